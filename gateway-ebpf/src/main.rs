@@ -1,0 +1,217 @@
+//! Kernel side of the gateway: cgroup socket hooks attached to every cgroup a policy governs.
+//!
+//! Each hook is a thin entry point over a `try_` function. The programs only redirect and
+//! record; every decision about what an agent may reach is taken by the daemon, except the
+//! ones that must be taken before a packet exists (UDP, raw sockets, binds).
+#![no_std]
+#![no_main]
+
+mod maps;
+mod sockaddr;
+
+use aya_ebpf::{
+    bindings::{BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_get_socket_cookie},
+    macros::{cgroup_sock, cgroup_sock_addr, sock_ops},
+    programs::{SockAddrContext, SockContext, SockOpsContext},
+    EbpfContext as _,
+};
+use aya_log_ebpf::warn;
+use gateway_common::{AF_INET6, Addr, ConnKey, Origin, is_v4_mapped, v4_mapped};
+
+use crate::{
+    maps::{CONN_ORIGINS, SOCK_ORIGINS, governed_ancestor, listen_port, resolver_allowed},
+    sockaddr::{Family, SockAddr, V4, V6},
+};
+
+/// Return values of cgroup socket programs: 1 lets the call proceed, 0 fails it with EPERM.
+const ALLOW: i32 = 1;
+const REFUSE: i32 = 0;
+
+const SOCK_STREAM: u32 = 1;
+const SOCK_DGRAM: u32 = 2;
+const SOCK_RAW: u32 = 3;
+const AF_PACKET: u32 = 17;
+const TCP_CLOSE: u32 = 7;
+
+const LOOPBACK4: u32 = u32::from_be(0x7f00_0001);
+const LOOPBACK6: Addr = [0, 0, 0, u32::from_be(1)];
+
+#[cgroup_sock_addr(connect4)]
+pub fn connect4(ctx: SockAddrContext) -> i32 {
+    try_connect(&ctx, SockAddr::<V4>::new(&ctx)).unwrap_or(REFUSE)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    try_connect(&ctx, SockAddr::<V6>::new(&ctx)).unwrap_or(REFUSE)
+}
+
+/// Redirects a governed TCP connect to the daemon and records where it was going.
+/// UDP connects are judged like UDP sends: only the policy's resolvers.
+fn try_connect<F: Family>(ctx: &SockAddrContext, sa: SockAddr<F>) -> Result<i32, i32> {
+    let (dst, port) = (sa.addr(), sa.port());
+    let governed = governed_ancestor();
+    match sa.sock_type() {
+        SOCK_STREAM => {}
+        SOCK_DGRAM => return Ok(judge_udp(ctx, governed, &dst, port)),
+        _ => return Ok(REFUSE),
+    }
+    // With policies pinned to nested cgroups the program runs once per attachment; the first
+    // run already pointed the socket at the daemon and recorded the real destination.
+    if port == listen_port() && (dst == v4_mapped(LOOPBACK4) || dst == LOOPBACK6) {
+        return Ok(ALLOW);
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    let origin = Origin {
+        dst_addr: dst,
+        dst_port: port,
+        family: sa.family(),
+        pid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        uid: uid_gid as u32,
+        gid: (uid_gid >> 32) as u32,
+        _pad: 0,
+        cgroup_id: unsafe { aya_ebpf::helpers::bpf_get_current_cgroup_id() },
+        governed_cgroup_id: governed,
+    };
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // No room to remember the origin means the daemon could not judge it: refuse.
+    SOCK_ORIGINS.insert(&cookie, &origin, 0)?;
+    if is_v4_mapped(&dst) {
+        sa.set_addr(&v4_mapped(LOOPBACK4));
+    } else {
+        sa.set_addr(&LOOPBACK6);
+    }
+    sa.set_port(listen_port());
+    Ok(ALLOW)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
+    let sa = SockAddr::<V4>::new(&ctx);
+    judge_udp(&ctx, governed_ancestor(), &sa.addr(), sa.port())
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
+    let sa = SockAddr::<V6>::new(&ctx);
+    judge_udp(&ctx, governed_ancestor(), &sa.addr(), sa.port())
+}
+
+/// UDP leaves the host only towards the DNS resolvers the policy names: QUIC and other
+/// datagram protocols would otherwise slip past inspection.
+fn judge_udp(ctx: &SockAddrContext, governed: u64, dst: &Addr, port: u16) -> i32 {
+    if resolver_allowed(governed, dst, port) {
+        return ALLOW;
+    }
+    warn!(ctx, "refused udp from cgroup {} to port {}", governed, port);
+    REFUSE
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn getpeername4(ctx: SockAddrContext) -> i32 {
+    restore_peer(&ctx, SockAddr::<V4>::new(&ctx));
+    ALLOW
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn getpeername6(ctx: SockAddrContext) -> i32 {
+    restore_peer(&ctx, SockAddr::<V6>::new(&ctx));
+    ALLOW
+}
+
+/// The agent sees the address it dialled, never the daemon's listener.
+fn restore_peer<F: Family>(ctx: &SockAddrContext, sa: SockAddr<F>) {
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if let Some(origin) = SOCK_ORIGINS.get_ptr(&cookie) {
+        let origin = unsafe { *origin };
+        sa.set_addr(&origin.dst_addr);
+        sa.set_port(origin.dst_port);
+    }
+}
+
+#[cgroup_sock_addr(bind4)]
+pub fn bind4(ctx: SockAddrContext) -> i32 {
+    judge_bind(&ctx, SockAddr::<V4>::new(&ctx))
+}
+
+#[cgroup_sock_addr(bind6)]
+pub fn bind6(ctx: SockAddrContext) -> i32 {
+    judge_bind(&ctx, SockAddr::<V6>::new(&ctx))
+}
+
+/// An agent must never be able to stand in for the gateway on its port.
+fn judge_bind<F: Family>(ctx: &SockAddrContext, sa: SockAddr<F>) -> i32 {
+    if sa.port() == listen_port() {
+        warn!(ctx, "refused bind to the gateway port {}", sa.port());
+        return REFUSE;
+    }
+    ALLOW
+}
+
+#[cgroup_sock(sock_create)]
+pub fn sock_create(ctx: SockContext) -> i32 {
+    let (family, ty) = unsafe { ((*ctx.sock).family, (*ctx.sock).type_) };
+    // Raw and packet sockets write their own headers: nothing above could judge them.
+    if ty == SOCK_RAW || family == AF_PACKET {
+        warn!(&ctx, "refused socket family {} type {}", family, ty);
+        return REFUSE;
+    }
+    ALLOW
+}
+
+#[sock_ops]
+pub fn rekey_sockops(ctx: SockOpsContext) -> u32 {
+    match ctx.op() {
+        BPF_SOCK_OPS_TCP_CONNECT_CB => on_tcp_connect(&ctx),
+        BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == TCP_CLOSE => on_tcp_close(&ctx),
+        _ => {}
+    }
+    1
+}
+
+/// Runs inside connect(), before the SYN: the entry exists before the daemon can accept.
+fn on_tcp_connect(ctx: &SockOpsContext) {
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let Some(origin) = SOCK_ORIGINS.get_ptr(&cookie) else {
+        return;
+    };
+    let origin = unsafe { *origin };
+    // Failure leaves the daemon without an origin, which it refuses: fail closed.
+    let _ = CONN_ORIGINS.insert(&conn_key(ctx), &origin, 0);
+    // Ask for state changes so the entries go when the connection does.
+    let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
+}
+
+fn on_tcp_close(ctx: &SockOpsContext) {
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let _ = SOCK_ORIGINS.remove(&cookie);
+    let _ = CONN_ORIGINS.remove(&conn_key(ctx));
+}
+
+/// The agent's end of the connection, keyed the way the daemon sees its peer: an IPv4 or
+/// IPv4-mapped connection as mapped IPv6, a pure IPv6 one (dialled to `::1`) as itself.
+fn conn_key(ctx: &SockOpsContext) -> ConnKey {
+    let ops = ctx.ops;
+    let port = unsafe { (*ops).local_port };
+    if ctx.family() == AF_INET6 as u32 {
+        let remote = sockaddr::read_words(unsafe { core::ptr::addr_of!((*ops).remote_ip6) });
+        if !is_v4_mapped(&remote) && remote != [0; 4] {
+            let local = sockaddr::read_words(unsafe { core::ptr::addr_of!((*ops).local_ip6) });
+            return ConnKey { addr: local, port };
+        }
+    }
+    ConnKey { addr: v4_mapped(unsafe { (*ops).local_ip4 }), port }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,59 @@
+//! Maps shared with the daemon, all pinned by name so a restarted daemon adopts them, and the
+//! lookups the hooks make in them.
+
+use aya_ebpf::{
+    helpers::bpf_get_current_ancestor_cgroup_id,
+    macros::map,
+    maps::{HashMap, LruHashMap},
+};
+use gateway_common::{
+    Addr, ConnKey, MAX_CGROUP_DEPTH, MAX_CONNECTIONS, MAX_GOVERNED_CGROUPS, MAX_RESOLVERS,
+    Origin, ResolverKey,
+};
+
+/// Set by the daemon at load time (read-only data): the port of its listener.
+#[unsafe(no_mangle)]
+static GW_LISTEN_PORT: u16 = 0;
+
+#[inline(always)]
+pub fn listen_port() -> u16 {
+    unsafe { core::ptr::read_volatile(&GW_LISTEN_PORT) }
+}
+
+/// connect() records by socket cookie; getpeername reads it back for the socket's lifetime.
+#[map(name = "GW_SOCK_ORIGINS")]
+pub static SOCK_ORIGINS: LruHashMap<u64, Origin> = LruHashMap::pinned(MAX_CONNECTIONS, 0);
+
+/// sock_ops re-keys by the agent's end of the connection; the daemon takes it at accept.
+#[map(name = "GW_CONN_ORIGINS")]
+pub static CONN_ORIGINS: LruHashMap<ConnKey, Origin> = LruHashMap::pinned(MAX_CONNECTIONS, 0);
+
+/// cgroup ids that a policy is pinned to (value unused).
+#[map(name = "GW_GOVERNED")]
+pub static GOVERNED: HashMap<u64, u32> = HashMap::pinned(MAX_GOVERNED_CGROUPS, 0);
+
+/// DNS resolvers each governed cgroup may reach over UDP (value unused).
+#[map(name = "GW_RESOLVERS")]
+pub static RESOLVERS: HashMap<ResolverKey, u32> = HashMap::pinned(MAX_RESOLVERS, 0);
+
+/// The nearest ancestor of the current cgroup (or itself) that a policy governs; 0 if none.
+#[inline(always)]
+pub fn governed_ancestor() -> u64 {
+    let mut found = 0;
+    for level in 0..MAX_CGROUP_DEPTH {
+        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
+        if id == 0 {
+            break;
+        }
+        if GOVERNED.get_ptr(&id).is_some() {
+            found = id;
+        }
+    }
+    found
+}
+
+#[inline(always)]
+pub fn resolver_allowed(governed: u64, addr: &Addr, port: u16) -> bool {
+    let key = ResolverKey { governed_cgroup_id: governed, addr: *addr, port: u32::from(port), _pad: 0 };
+    RESOLVERS.get_ptr(&key).is_some()
+}

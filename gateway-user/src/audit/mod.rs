@@ -1,0 +1,135 @@
+//! The audit store. All use of sled sits behind this module: key layout, encoding and
+//! flushing, so that another store could slot in here.
+//!
+//! Layout: tree `sessions`, key = session id (u64 big-endian, so iteration is in start
+//! order), value = JSON of [`SessionRecord`]. Ids come from sled's persistent generator, so
+//! they keep growing across restarts.
+
+pub mod filter;
+pub mod record;
+
+use std::path::Path;
+
+pub use filter::SessionFilter;
+pub use record::{Agent, SessionEnd, SessionRecord, VerdictKind, now_ms};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("audit store: {0}")]
+    Store(#[from] sled::Error),
+    #[error("audit store: record {id} is corrupt: {source}")]
+    Decode { id: u64, source: serde_json::Error },
+    #[error("audit store: encoding: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+#[derive(Clone)]
+pub struct AuditStore {
+    db: sled::Db,
+    sessions: sled::Tree,
+}
+
+impl AuditStore {
+    pub fn open(path: &Path) -> Result<Self, AuditError> {
+        let db = sled::Config::new().path(path).flush_every_ms(Some(200)).open()?;
+        let sessions = db.open_tree("sessions")?;
+        Ok(AuditStore { db, sessions })
+    }
+
+    pub fn next_id(&self) -> Result<u64, AuditError> {
+        // generate_id starts at 0; 0 reads badly as a session id.
+        Ok(self.db.generate_id()? + 1)
+    }
+
+    pub fn put(&self, record: &SessionRecord) -> Result<(), AuditError> {
+        self.sessions.insert(record.id.to_be_bytes(), serde_json::to_vec(record)?)?;
+        Ok(())
+    }
+
+    /// Writes and makes durable: the record is on disk when this returns.
+    pub async fn put_durable(&self, record: &SessionRecord) -> Result<(), AuditError> {
+        self.put(record)?;
+        self.sessions.flush_async().await?;
+        Ok(())
+    }
+
+    pub fn get(&self, id: u64) -> Result<Option<SessionRecord>, AuditError> {
+        self.sessions.get(id.to_be_bytes())?.map(|v| decode(id, &v)).transpose()
+    }
+
+    /// The newest `limit` sessions matching `filter`, oldest first.
+    pub fn list(&self, filter: &SessionFilter, limit: usize) -> Result<Vec<SessionRecord>, AuditError> {
+        let mut out = Vec::new();
+        for item in self.sessions.iter().rev() {
+            let (k, v) = item?;
+            let id = u64::from_be_bytes(k.as_ref().try_into().unwrap_or_default());
+            let r = decode(id, &v)?;
+            if filter.matches(&r) {
+                out.push(r);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    pub fn flush(&self) -> Result<(), AuditError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+fn decode(id: u64, bytes: &[u8]) -> Result<SessionRecord, AuditError> {
+    serde_json::from_slice(bytes).map_err(|source| AuditError::Decode { id, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: u64, verdict: VerdictKind) -> SessionRecord {
+        SessionRecord {
+            id,
+            started_at_ms: id * 10,
+            ended_at_ms: Some(id * 10 + 5),
+            agent: None,
+            peer: "127.0.0.1:1".into(),
+            policy: None,
+            destination: Some("127.10.0.5:80".into()),
+            target: None,
+            protocol: None,
+            verdict,
+            rule: "no-origin".into(),
+            bytes_up: 1,
+            bytes_down: 2,
+            end: Some(SessionEnd::Refused),
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_list_in_order_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = AuditStore::open(dir.path()).unwrap();
+            let ids: Vec<u64> = (0..5).map(|_| store.next_id().unwrap()).collect();
+            assert!(ids.windows(2).all(|w| w[0] < w[1]) && ids[0] > 0);
+            for (i, id) in ids.iter().enumerate() {
+                let v = if i % 2 == 0 { VerdictKind::Allow } else { VerdictKind::Deny };
+                store.put(&rec(*id, v)).unwrap();
+            }
+            store.flush().unwrap();
+        }
+        let store = AuditStore::open(dir.path()).unwrap();
+        let all = store.list(&SessionFilter::default(), 100).unwrap();
+        assert_eq!(all.len(), 5);
+        assert!(all.windows(2).all(|w| w[0].id < w[1].id));
+        assert_eq!(store.get(all[1].id).unwrap().unwrap(), all[1]);
+        let denied = store.list(&SessionFilter { verdict: Some(VerdictKind::Deny), ..Default::default() }, 100).unwrap();
+        assert_eq!(denied.len(), 2);
+        let newest = store.list(&SessionFilter::default(), 2).unwrap();
+        assert_eq!(newest.iter().map(|r| r.id).collect::<Vec<_>>(), all[3..].iter().map(|r| r.id).collect::<Vec<_>>());
+        assert!(store.next_id().unwrap() > all[4].id, "ids keep growing after a reopen");
+    }
+}

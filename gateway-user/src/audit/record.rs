@@ -1,0 +1,74 @@
+//! What the audit keeps of a session. The store encodes these; nothing else does.
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::Protocol;
+
+/// Who opened a connection: attested by the kernel (pid, uid, cgroup) and read from /proc at
+/// accept time (names, executable, command line), since the process may be gone later.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Agent {
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub user: Option<String>,
+    pub exe: Option<String>,
+    pub cmdline: Option<String>,
+    /// cgroup2 path of the process (`/agents/bot/job-1`).
+    pub cgroup: Option<String>,
+    pub cgroup_id: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum VerdictKind {
+    Allow,
+    Deny,
+}
+
+/// How a session ended, and on which side a failure was.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "detail", rename_all = "snake_case")]
+pub enum SessionEnd {
+    /// The policy refused the connection.
+    Refused,
+    /// Both sides finished normally.
+    Closed,
+    /// The agent side failed (reset, timeout).
+    AgentError(String),
+    /// The upstream could not be reached.
+    UpstreamUnreachable(String),
+    /// The upstream failed mid-session.
+    UpstreamError(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub id: u64,
+    /// Unix milliseconds.
+    pub started_at_ms: u64,
+    pub ended_at_ms: Option<u64>,
+    /// `None` when the kernel had no record of the connection (it was refused).
+    pub agent: Option<Agent>,
+    /// The agent's end of the connection as the daemon saw it.
+    pub peer: String,
+    pub policy: Option<String>,
+    /// The address the agent dialled.
+    pub destination: Option<String>,
+    pub target: Option<String>,
+    pub protocol: Option<Protocol>,
+    pub verdict: VerdictKind,
+    /// The rule that decided (`targets.db`, `default`, `no-policy`, `no-origin`).
+    pub rule: String,
+    /// Bytes from the agent to the upstream, and back.
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub end: Option<SessionEnd>,
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,174 @@
+//! gatewayctl: the operator CLI. Talks to the running daemon over its admin socket, or reads
+//! a store directly with --store (an auditor's copy; sled allows one process per store).
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand};
+use gateway_user::{
+    admin::{self, Request, client},
+    audit::{AuditStore, SessionFilter, SessionRecord, VerdictKind, now_ms},
+    config::Config,
+    policy::PolicySet,
+};
+
+#[derive(Parser)]
+#[command(version, about = "Operate gatewayd: audit sessions, check policies")]
+struct Cli {
+    /// Admin socket of the running daemon.
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
+    /// Read this audit store directly instead of asking the daemon.
+    #[arg(long, global = true, conflicts_with = "socket")]
+    store: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Audited sessions.
+    Sessions {
+        #[command(subcommand)]
+        command: SessionsCommand,
+    },
+    /// Policy files.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// What the daemon is enforcing.
+    Status,
+}
+
+#[derive(Subcommand)]
+enum SessionsCommand {
+    /// List sessions, oldest first.
+    List {
+        /// The agent's cgroup or an ancestor of it.
+        #[arg(long)]
+        cgroup: Option<String>,
+        /// Target name, or destination as dialled (IP:PORT).
+        #[arg(long)]
+        target: Option<String>,
+        /// RFC 3339 time, or an age such as 15m or 2h.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long, value_enum)]
+        verdict: Option<VerdictKind>,
+        /// At most this many of the newest matching sessions.
+        #[arg(long, default_value_t = admin::DEFAULT_LIMIT)]
+        limit: usize,
+    },
+    /// One session in full.
+    Show { id: u64 },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate a policy directory offline, as the daemon would.
+    Check { dir: PathBuf },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gatewayctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: &Cli) -> Result<(), String> {
+    match &cli.command {
+        Command::Policy { command: PolicyCommand::Check { dir } } => {
+            let set = PolicySet::load_dir(dir).map_err(|e| e.to_string())?;
+            for p in &set.policies {
+                println!("ok  {}  policy {:?} governs {} ({} targets)", p.file.display(), p.name, p.cgroup, p.targets.len());
+            }
+            Ok(())
+        }
+        Command::Status => {
+            let v = ask(cli, Request::Status)?;
+            println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
+            Ok(())
+        }
+        Command::Sessions { command: SessionsCommand::Show { id } } => {
+            let v = ask(cli, Request::SessionsShow { id: *id })?;
+            println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
+            Ok(())
+        }
+        Command::Sessions { command: SessionsCommand::List { cgroup, target, since, until, verdict, limit } } => {
+            let filter = SessionFilter {
+                cgroup: cgroup.clone(),
+                target: target.clone(),
+                since_ms: since.as_deref().map(parse_time).transpose()?,
+                until_ms: until.as_deref().map(parse_time).transpose()?,
+                verdict: *verdict,
+            };
+            let v = ask(cli, Request::SessionsList { filter, limit: Some(*limit) })?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
+            } else {
+                let sessions: Vec<SessionRecord> = serde_json::from_value(v).map_err(|e| e.to_string())?;
+                print_table(&sessions);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Asks the daemon, or answers from a store opened directly.
+fn ask(cli: &Cli, req: Request) -> Result<serde_json::Value, String> {
+    if let Some(path) = &cli.store {
+        let store = AuditStore::open(path).map_err(|e| format!("{e} (is a daemon holding it? ask it with --socket)"))?;
+        return match req {
+            Request::SessionsList { filter, limit } => {
+                let list = store.list(&filter, limit.unwrap_or(admin::DEFAULT_LIMIT)).map_err(|e| e.to_string())?;
+                serde_json::to_value(list).map_err(|e| e.to_string())
+            }
+            Request::SessionsShow { id } => match store.get(id).map_err(|e| e.to_string())? {
+                Some(r) => serde_json::to_value(r).map_err(|e| e.to_string()),
+                None => Err(format!("no session {id}")),
+            },
+            Request::Status => Err("status needs the running daemon".into()),
+        };
+    }
+    let socket = cli.socket.clone().unwrap_or_else(|| Config::default().admin_socket);
+    client::call(&socket, &req).map_err(|e| e.to_string())
+}
+
+fn parse_time(s: &str) -> Result<u64, String> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        return t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).map_err(|e| e.to_string());
+    }
+    let age: Duration = humantime::parse_duration(s).map_err(|_| format!("{s:?} is neither an RFC 3339 time nor an age like 15m"))?;
+    Ok(now_ms().saturating_sub(age.as_millis() as u64))
+}
+
+fn print_table(sessions: &[SessionRecord]) {
+    println!("{:>6}  {:<20}  {:<6}  {:<18}  {:>7}  {:<24}  {:<16}  {:>9}  {:>9}  END", "ID", "STARTED", "VERDICT", "RULE", "PID", "CGROUP", "DESTINATION", "UP", "DOWN");
+    for s in sessions {
+        let started = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(s.started_at_ms));
+        let agent = s.agent.as_ref();
+        println!(
+            "{:>6}  {:<20}  {:<6}  {:<18}  {:>7}  {:<24}  {:<16}  {:>9}  {:>9}  {}",
+            s.id,
+            started.to_string(),
+            format!("{:?}", s.verdict).to_lowercase(),
+            s.rule,
+            agent.map_or("-".into(), |a| a.pid.to_string()),
+            agent.and_then(|a| a.cgroup.clone()).unwrap_or_else(|| "-".into()),
+            s.destination.as_deref().unwrap_or("-"),
+            s.bytes_up,
+            s.bytes_down,
+            s.end.as_ref().map_or("open".into(), |e| serde_json::to_string(e).unwrap_or_default()),
+        );
+    }
+}

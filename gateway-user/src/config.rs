@@ -1,0 +1,146 @@
+//! The daemon's configuration: a built-in default that a file and flags override field by field.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+/// The default configuration, compiled in so that `gatewayd --policies DIR` needs nothing else.
+pub const DEFAULT_CONFIG: &str = include_str!("../gatewayd.toml");
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub policies: PathBuf,
+    pub listen_port: u16,
+    pub pin_dir: PathBuf,
+    pub store: PathBuf,
+    pub admin_socket: PathBuf,
+    pub resolve_interval_secs: u64,
+    pub upstream_connect_timeout_ms: u64,
+}
+
+/// The same fields, each optional: what a config file may set.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Overrides {
+    policies: Option<PathBuf>,
+    listen_port: Option<u16>,
+    pin_dir: Option<PathBuf>,
+    store: Option<PathBuf>,
+    admin_socket: Option<PathBuf>,
+    resolve_interval_secs: Option<u64>,
+    upstream_connect_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config {path}: {source}")]
+    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    #[error("config: listen_port must be between 1 and 1023 so that only root can hold it, got {0}")]
+    ListenPort(u16),
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        toml::from_str(DEFAULT_CONFIG).expect("the built-in config parses")
+    }
+}
+
+impl Config {
+    /// The built-in default, overridden by `file` when one is given.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut config = Config::default();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|source| ConfigError::Read { path: path.into(), source })?;
+            let o: Overrides = toml::from_str(&text)
+                .map_err(|e| ConfigError::Parse { path: path.into(), source: Box::new(e) })?;
+            config.apply(o);
+        }
+        Ok(config)
+    }
+
+    fn apply(&mut self, o: Overrides) {
+        let Overrides {
+            policies,
+            listen_port,
+            pin_dir,
+            store,
+            admin_socket,
+            resolve_interval_secs,
+            upstream_connect_timeout_ms,
+        } = o;
+        set(&mut self.policies, policies);
+        set(&mut self.listen_port, listen_port);
+        set(&mut self.pin_dir, pin_dir);
+        set(&mut self.store, store);
+        set(&mut self.admin_socket, admin_socket);
+        set(&mut self.resolve_interval_secs, resolve_interval_secs);
+        set(&mut self.upstream_connect_timeout_ms, upstream_connect_timeout_ms);
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen_port == 0 || self.listen_port >= 1024 {
+            return Err(ConfigError::ListenPort(self.listen_port));
+        }
+        Ok(())
+    }
+
+    pub fn resolve_interval(&self) -> Duration {
+        Duration::from_secs(self.resolve_interval_secs.max(1))
+    }
+
+    pub fn upstream_connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.upstream_connect_timeout_ms)
+    }
+}
+
+fn set<T>(field: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *field = v;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_default_is_valid() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.listen_port, 915);
+        assert_eq!(c.pin_dir, Path::new("/sys/fs/bpf/gatewayd"));
+    }
+
+    #[test]
+    fn file_overrides_only_what_it_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "listen_port = 916\nstore = \"/tmp/x\"\n").unwrap();
+        let c = Config::load(Some(&f)).unwrap();
+        assert_eq!(c.listen_port, 916);
+        assert_eq!(c.store, Path::new("/tmp/x"));
+        assert_eq!(c.pin_dir, Config::default().pin_dir);
+    }
+
+    #[test]
+    fn unknown_field_is_an_error_naming_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "listen_port = 916\nlisten_prot = 1\n").unwrap();
+        let e = Config::load(Some(&f)).unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("listen_prot"), "{e}");
+    }
+
+    #[test]
+    fn unprivileged_port_is_rejected() {
+        let c = Config { listen_port: 8080, ..Config::default() };
+        assert!(matches!(c.validate(), Err(ConfigError::ListenPort(8080))));
+    }
+}

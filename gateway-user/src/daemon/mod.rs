@@ -1,0 +1,171 @@
+//! The daemon: load policies, pin the kernel side, accept redirected connections, reload on
+//! SIGHUP, stop on SIGTERM. Stopping leaves the programs pinned: agents are refused until a
+//! daemon serves again.
+
+pub mod resolve;
+mod session;
+pub mod state;
+
+use std::{
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::{Arc, Mutex, RwLock},
+};
+
+use tokio::{
+    net::{TcpListener, TcpSocket},
+    signal::unix::{SignalKind, signal},
+};
+
+use crate::{
+    audit::AuditStore,
+    cgroup::{self, Hierarchy},
+    config::Config,
+    kernel::Kernel,
+    policy::PolicySet,
+};
+use state::{Loaded, State};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("policies rejected:\n{0}")]
+    Policy(#[from] crate::policy::PolicyErrors),
+    #[error(transparent)]
+    Cgroup(#[from] cgroup::CgroupError),
+    #[error(transparent)]
+    Kernel(#[from] crate::kernel::KernelError),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
+    #[error("listener {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("admin socket {path}: {source}")]
+    Admin { path: String, source: std::io::Error },
+    #[error("gatewayd runs in cgroup {0}, which a policy governs: its own connections would be redirected to itself")]
+    SelfGoverned(String),
+}
+
+pub async fn run(config: Config) -> Result<(), DaemonError> {
+    config.validate()?;
+    let hierarchy = Hierarchy::discover()?;
+    let set = PolicySet::load_dir(&config.policies)?;
+    refuse_self_governance(&set)?;
+    let audit = AuditStore::open(&config.store)?;
+    // Listen before the programs attach, so redirected agents find a listener at once.
+    let listeners = [
+        listen(SocketAddr::from((Ipv4Addr::LOCALHOST, config.listen_port)))?,
+        listen(SocketAddr::from((Ipv6Addr::LOCALHOST, config.listen_port)))?,
+    ];
+    let (kernel, origins) = Kernel::load(&config.pin_dir, config.listen_port)?;
+    let admin = crate::admin::bind(&config.admin_socket)
+        .map_err(|source| DaemonError::Admin { path: config.admin_socket.display().to_string(), source })?;
+    let resolved = resolve::resolve_all(&set, &Default::default()).await;
+    let state = Arc::new(State {
+        config,
+        hierarchy,
+        policies: RwLock::new(Arc::new(Loaded::default())),
+        resolved: RwLock::new(Arc::new(resolved)),
+        kernel: Mutex::new(kernel),
+        origins,
+        audit,
+        last_reload_error: Mutex::new(None),
+        active_sessions: Default::default(),
+    });
+    state.apply(set)?;
+    log_policies(&state);
+
+    for listener in listeners {
+        tokio::spawn(accept_loop(listener, state.clone()));
+    }
+    tokio::spawn(crate::admin::serve(admin, state.clone()));
+    tokio::spawn(resolve::run(state.clone()));
+    tracing::info!(port = state.config.listen_port, admin = %state.config.admin_socket.display(), "gatewayd serving");
+
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    loop {
+        tokio::select! {
+            _ = hup.recv() => reload(&state).await,
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    tracing::info!("stopping; programs stay pinned, governed agents are refused until a daemon serves again");
+    state.audit.flush()?;
+    let _ = std::fs::remove_file(&state.config.admin_socket);
+    Ok(())
+}
+
+/// Re-reads the policy directory. A set with any error is rejected whole and the last good
+/// one stays in force; live sessions are never dropped.
+pub async fn reload(state: &State) {
+    let result = PolicySet::load_dir(&state.config.policies)
+        .map_err(|e| e.to_string())
+        .and_then(|set| refuse_self_governance(&set).map(|()| set).map_err(|e| e.to_string()));
+    let result = match result {
+        Ok(set) => {
+            let applied = state.apply(set).map_err(|e| e.to_string());
+            if applied.is_ok() {
+                resolve::refresh(state).await;
+            }
+            applied
+        }
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => {
+            *state.last_reload_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            tracing::info!("policies reloaded");
+            log_policies(state);
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "policy reload rejected; keeping the last good set");
+            *state.last_reload_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+        }
+    }
+}
+
+fn log_policies(state: &State) {
+    for p in state.status().policies {
+        tracing::info!(policy.name = %p.name, policy.cgroup = %p.cgroup, cgroup.id = p.cgroup_id, targets = p.targets, "policy in force");
+    }
+}
+
+fn refuse_self_governance(set: &PolicySet) -> Result<(), DaemonError> {
+    let Some(own) = cgroup::of_process(std::process::id()) else {
+        return Ok(());
+    };
+    let inside = |governed: &str| own == governed || own.starts_with(&format!("{governed}/"));
+    match set.policies.iter().find(|p| inside(&p.cgroup)) {
+        Some(_) => Err(DaemonError::SelfGoverned(own)),
+        None => Ok(()),
+    }
+}
+
+fn listen(addr: SocketAddr) -> Result<TcpListener, DaemonError> {
+    let err = |source| DaemonError::Listen { addr, source };
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(err)?;
+    socket.set_reuseaddr(true).map_err(err)?;
+    if addr.is_ipv6() {
+        // `::ffff:127.0.0.1` redirects land on the IPv4 listener.
+        socket2::SockRef::from(&socket).set_only_v6(true).map_err(err)?;
+    }
+    socket.bind(addr).map_err(err)?;
+    socket.listen(4096).map_err(err)
+}
+
+async fn accept_loop(listener: TcpListener, state: Arc<State>) {
+    loop {
+        match listener.accept().await {
+            Ok((conn, peer)) => {
+                let state = state.clone();
+                tokio::spawn(async move { session::handle(&state, conn, peer).await });
+            }
+            Err(e) => {
+                // Out of fds and the like: back off instead of spinning, keep serving.
+                tracing::warn!(error = %e, "accept");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! One accepted connection, from the kernel's record of it to the audit's last word.
+
+use std::{net::SocketAddr, sync::atomic::Ordering, time::Instant};
+
+use tokio::net::TcpStream;
+
+use crate::{
+    audit::{SessionEnd, SessionRecord, VerdictKind, now_ms},
+    identity,
+    kernel::origins::destination,
+    policy::{Denial, Protocol, Verdict, decide},
+    protocol::tcp::{self, Side},
+};
+
+use super::state::State;
+
+pub async fn handle(state: &State, agent: TcpStream, peer: SocketAddr) {
+    state.active_sessions.fetch_add(1, Ordering::Relaxed);
+    let started = Instant::now();
+    let record = serve(state, agent, peer).await;
+    state.active_sessions.fetch_sub(1, Ordering::Relaxed);
+    let agent = record.agent.as_ref();
+    tracing::info!(
+        session.id = record.id,
+        agent.pid = agent.map(|a| a.pid),
+        agent.uid = agent.map(|a| a.uid),
+        agent.cgroup = agent.and_then(|a| a.cgroup.as_deref()),
+        agent.exe = agent.and_then(|a| a.exe.as_deref()),
+        target.name = record.target.as_deref(),
+        target.addr = record.destination.as_deref(),
+        policy.name = record.policy.as_deref(),
+        policy.rule = %record.rule,
+        verdict = ?record.verdict,
+        bytes.up = record.bytes_up,
+        bytes.down = record.bytes_down,
+        end = ?record.end,
+        duration_ms = started.elapsed().as_millis() as u64,
+        "session complete"
+    );
+    if let Err(e) = state.audit.put_durable(&record).await {
+        tracing::error!(session.id = record.id, error = %e, "audit write failed");
+    }
+}
+
+/// Runs the session and returns its final record. The opening record is written before any
+/// byte reaches the upstream.
+async fn serve(state: &State, agent: TcpStream, peer: SocketAddr) -> SessionRecord {
+    let id = state.audit.next_id().unwrap_or_else(|e| {
+        tracing::error!(error = %e, "audit id");
+        0
+    });
+    let origin = state.origins.take(peer);
+    let mut record = SessionRecord {
+        id,
+        started_at_ms: now_ms(),
+        ended_at_ms: None,
+        agent: origin.as_ref().map(identity::capture),
+        peer: peer.to_string(),
+        policy: None,
+        destination: origin.as_ref().map(|o| destination(o).to_string()),
+        target: None,
+        protocol: None,
+        verdict: VerdictKind::Deny,
+        rule: String::new(),
+        bytes_up: 0,
+        bytes_down: 0,
+        end: None,
+    };
+    let Some(origin) = origin else {
+        return refused(record, &agent, &Verdict::Deny(Denial::UnknownOrigin));
+    };
+    let dst = destination(&origin);
+    let verdict = {
+        let loaded = state.policies();
+        let policy = loaded.by_cgroup.get(&origin.governed_cgroup_id);
+        record.policy = policy.map(|p| p.name.clone());
+        decide(policy.map(AsRef::as_ref), &state.resolved(), dst)
+    };
+    let Verdict::Allow { target, protocol } = &verdict else {
+        return refused(record, &agent, &verdict);
+    };
+    record.rule = verdict.rule();
+    record.verdict = VerdictKind::Allow;
+    record.target = Some(target.clone());
+    record.protocol = Some(*protocol);
+    let protocol = *protocol;
+    // The audit must know of the session before the upstream sees a byte: an audit failure
+    // refuses the session rather than let it run unrecorded.
+    if let Err(e) = state.audit.put_durable(&record).await {
+        tracing::error!(session.id = id, error = %e, "audit unavailable; refusing");
+        record.verdict = VerdictKind::Deny;
+        return refused(record, &agent, &Verdict::Deny(Denial::AuditUnavailable));
+    }
+    let timeout = state.config.upstream_connect_timeout();
+    let upstream = match tokio::time::timeout(timeout, TcpStream::connect(dst)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return unreachable(record, &agent, e.to_string()),
+        Err(_) => return unreachable(record, &agent, format!("no answer within {timeout:?}")),
+    };
+    let _ = agent.set_nodelay(true);
+    let _ = upstream.set_nodelay(true);
+    match protocol {
+        Protocol::Tcp => {
+            let out = tcp::relay(agent, upstream).await;
+            record.bytes_up = out.bytes_up;
+            record.bytes_down = out.bytes_down;
+            record.end = Some(match out.error {
+                None => SessionEnd::Closed,
+                Some((Side::Agent, e)) => SessionEnd::AgentError(e.to_string()),
+                Some((Side::Upstream, e)) => SessionEnd::UpstreamError(e.to_string()),
+            });
+        }
+    }
+    record.ended_at_ms = Some(now_ms());
+    record
+}
+
+fn unreachable(mut record: SessionRecord, agent: &TcpStream, why: String) -> SessionRecord {
+    refuse(agent);
+    record.end = Some(SessionEnd::UpstreamUnreachable(why));
+    record.ended_at_ms = Some(now_ms());
+    record
+}
+
+fn refused(mut record: SessionRecord, agent: &TcpStream, verdict: &Verdict) -> SessionRecord {
+    refuse(agent);
+    record.rule = verdict.rule();
+    record.end = Some(SessionEnd::Refused);
+    record.ended_at_ms = Some(now_ms());
+    record
+}
+
+/// Plain TCP has no way to say why; a reset (not a clean close) at least tells the agent it
+/// was refused rather than served an empty answer.
+fn refuse(agent: &TcpStream) {
+    let _ = socket2::SockRef::from(agent).set_linger(Some(std::time::Duration::ZERO));
+}

@@ -1,0 +1,14 @@
+//! gatewayd and gatewayctl: the host gateway that decides what AI agents may do.
+//!
+//! `kernel` is the only module that touches aya; `policy` holds the pure verdicts; `audit`
+//! owns the store; `daemon` wires them to sockets.
+
+pub mod admin;
+pub mod audit;
+pub mod cgroup;
+pub mod config;
+pub mod daemon;
+pub mod identity;
+pub mod kernel;
+pub mod policy;
+pub mod protocol;
