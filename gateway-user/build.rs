@@ -3,7 +3,11 @@
 fn main() -> anyhow::Result<()> {
     let ebpf_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../gateway-ebpf");
     aya_build::build_ebpf(
-        [aya_build::Package { name: "gateway-ebpf", root_dir: ebpf_dir, ..Default::default() }],
+        [aya_build::Package {
+            name: "gateway-ebpf",
+            root_dir: ebpf_dir,
+            ..Default::default()
+        }],
         aya_build::Toolchain::default(),
     )
 }

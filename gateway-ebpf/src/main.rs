@@ -10,11 +10,11 @@ mod maps;
 mod sockaddr;
 
 use aya_ebpf::{
+    EbpfContext as _,
     bindings::{BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB},
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_get_socket_cookie},
     macros::{cgroup_sock, cgroup_sock_addr, sock_ops},
     programs::{SockAddrContext, SockContext, SockOpsContext},
-    EbpfContext as _,
 };
 use aya_log_ebpf::warn;
 use gateway_common::{AF_INET6, Addr, ConnKey, Origin, is_v4_mapped, v4_mapped};
@@ -203,7 +203,10 @@ fn conn_key(ctx: &SockOpsContext) -> ConnKey {
             return ConnKey { addr: local, port };
         }
     }
-    ConnKey { addr: v4_mapped(unsafe { (*ops).local_ip4 }), port }
+    ConnKey {
+        addr: v4_mapped(unsafe { (*ops).local_ip4 }),
+        port,
+    }
 }
 
 #[cfg(not(test))]

@@ -7,8 +7,8 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap},
 };
 use gateway_common::{
-    Addr, ConnKey, MAX_CGROUP_DEPTH, MAX_CONNECTIONS, MAX_GOVERNED_CGROUPS, MAX_RESOLVERS,
-    Origin, ResolverKey,
+    Addr, ConnKey, MAX_CGROUP_DEPTH, MAX_CONNECTIONS, MAX_GOVERNED_CGROUPS, MAX_RESOLVERS, Origin,
+    ResolverKey,
 };
 
 /// Set by the daemon at load time (read-only data): the port of its listener.
@@ -54,6 +54,11 @@ pub fn governed_ancestor() -> u64 {
 
 #[inline(always)]
 pub fn resolver_allowed(governed: u64, addr: &Addr, port: u16) -> bool {
-    let key = ResolverKey { governed_cgroup_id: governed, addr: *addr, port: u32::from(port), _pad: 0 };
+    let key = ResolverKey {
+        governed_cgroup_id: governed,
+        addr: *addr,
+        port: u32::from(port),
+        _pad: 0,
+    };
     RESOLVERS.get_ptr(&key).is_some()
 }

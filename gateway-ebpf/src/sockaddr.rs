@@ -60,7 +60,14 @@ impl Family for V6 {
 #[inline(always)]
 pub fn read_words(words: *const [u32; 4]) -> Addr {
     let w = words.cast::<u32>();
-    unsafe { [read_volatile(w), read_volatile(w.add(1)), read_volatile(w.add(2)), read_volatile(w.add(3))] }
+    unsafe {
+        [
+            read_volatile(w),
+            read_volatile(w.add(1)),
+            read_volatile(w.add(2)),
+            read_volatile(w.add(3)),
+        ]
+    }
 }
 
 pub struct SockAddr<'a, F> {
@@ -71,7 +78,10 @@ pub struct SockAddr<'a, F> {
 impl<'a, F: Family> SockAddr<'a, F> {
     #[inline(always)]
     pub fn new(ctx: &'a SockAddrContext) -> Self {
-        SockAddr { ctx, _family: PhantomData }
+        SockAddr {
+            ctx,
+            _family: PhantomData,
+        }
     }
 
     #[inline(always)]
@@ -104,6 +114,11 @@ impl<'a, F: Family> SockAddr<'a, F> {
 
     #[inline(always)]
     pub fn set_port(&self, port: u16) {
-        unsafe { write_volatile(addr_of_mut!((*self.ctx.sock_addr).user_port), u32::from(port.to_be())) }
+        unsafe {
+            write_volatile(
+                addr_of_mut!((*self.ctx.sock_addr).user_port),
+                u32::from(port.to_be()),
+            )
+        }
     }
 }

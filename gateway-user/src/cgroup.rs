@@ -27,9 +27,14 @@ pub struct Hierarchy {
 
 impl Hierarchy {
     pub fn discover() -> Result<Self, CgroupError> {
-        let info = std::fs::read_to_string("/proc/self/mountinfo")
-            .map_err(|source| CgroupError::Io { path: "/proc/self/mountinfo".into(), source })?;
-        cgroup2_mount(&info).map(|root| Hierarchy { root }).ok_or(CgroupError::NoCgroup2)
+        let info =
+            std::fs::read_to_string("/proc/self/mountinfo").map_err(|source| CgroupError::Io {
+                path: "/proc/self/mountinfo".into(),
+                source,
+            })?;
+        cgroup2_mount(&info)
+            .map(|root| Hierarchy { root })
+            .ok_or(CgroupError::NoCgroup2)
     }
 
     pub fn at(root: impl Into<PathBuf>) -> Self {
@@ -49,7 +54,10 @@ impl Hierarchy {
     /// which is what bpf_get_current_cgroup_id reports).
     pub fn ensure(&self, cgroup: &str) -> Result<(PathBuf, u64), CgroupError> {
         let dir = self.dir(cgroup)?;
-        std::fs::create_dir_all(&dir).map_err(|source| CgroupError::Io { path: dir.clone(), source })?;
+        std::fs::create_dir_all(&dir).map_err(|source| CgroupError::Io {
+            path: dir.clone(),
+            source,
+        })?;
         let id = cgroup_id(&dir)?;
         Ok((dir, id))
     }
@@ -58,7 +66,10 @@ impl Hierarchy {
 pub fn cgroup_id(dir: &Path) -> Result<u64, CgroupError> {
     std::fs::metadata(dir)
         .map(|m| m.ino())
-        .map_err(|source| CgroupError::Io { path: dir.into(), source })
+        .map_err(|source| CgroupError::Io {
+            path: dir.into(),
+            source,
+        })
 }
 
 /// Normalises a policy's cgroup name: leading slashes dropped, `..` refused.
@@ -94,7 +105,9 @@ fn unescape(field: &str) -> PathBuf {
     let mut rest = field;
     while let Some(i) = rest.find('\\') {
         out.push_str(&rest[..i]);
-        let code = rest.get(i + 1..i + 4).and_then(|o| u8::from_str_radix(o, 8).ok());
+        let code = rest
+            .get(i + 1..i + 4)
+            .and_then(|o| u8::from_str_radix(o, 8).ok());
         match code {
             Some(c) => {
                 out.push(c as char);
@@ -113,7 +126,9 @@ fn unescape(field: &str) -> PathBuf {
 /// The cgroup2 path of a process (`/agents/bot`), from /proc/PID/cgroup.
 pub fn of_process(pid: u32) -> Option<String> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    text.lines().find_map(|l| l.strip_prefix("0::")).map(str::to_owned)
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_owned)
 }
 
 #[cfg(test)]
@@ -131,7 +146,10 @@ mod tests {
 
     #[test]
     fn finds_cgroup2_on_hybrid_and_unified_hosts() {
-        assert_eq!(cgroup2_mount(HYBRID).unwrap(), Path::new("/sys/fs/cgroup/unified"));
+        assert_eq!(
+            cgroup2_mount(HYBRID).unwrap(),
+            Path::new("/sys/fs/cgroup/unified")
+        );
         assert_eq!(cgroup2_mount(UNIFIED).unwrap(), Path::new("/sys/fs/cgroup"));
         assert_eq!(cgroup2_mount("1 2 0:1 / / rw - ext4 /dev/vda rw\n"), None);
     }
@@ -144,7 +162,10 @@ mod tests {
 
     #[test]
     fn relative_paths_are_normalised_and_escapes_refused() {
-        assert_eq!(relative("/system.slice/agent.service").unwrap(), Path::new("system.slice/agent.service"));
+        assert_eq!(
+            relative("/system.slice/agent.service").unwrap(),
+            Path::new("system.slice/agent.service")
+        );
         assert_eq!(relative("agents/./bot").unwrap(), Path::new("agents/bot"));
         for bad in ["", "/", "agents/../etc", ".."] {
             assert!(relative(bad).is_err(), "{bad}");

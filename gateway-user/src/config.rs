@@ -38,10 +38,18 @@ struct Overrides {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("config {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config {path}: {source}")]
-    Parse { path: PathBuf, source: Box<toml::de::Error> },
-    #[error("config: listen_port must be between 1 and 1023 so that only root can hold it, got {0}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error(
+        "config: listen_port must be between 1 and 1023 so that only root can hold it, got {0}"
+    )]
     ListenPort(u16),
 }
 
@@ -56,10 +64,14 @@ impl Config {
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
         let mut config = Config::default();
         if let Some(path) = file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|source| ConfigError::Read { path: path.into(), source })?;
-            let o: Overrides = toml::from_str(&text)
-                .map_err(|e| ConfigError::Parse { path: path.into(), source: Box::new(e) })?;
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.into(),
+                source,
+            })?;
+            let o: Overrides = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                path: path.into(),
+                source: Box::new(e),
+            })?;
             config.apply(o);
         }
         Ok(config)
@@ -81,7 +93,10 @@ impl Config {
         set(&mut self.store, store);
         set(&mut self.admin_socket, admin_socket);
         set(&mut self.resolve_interval_secs, resolve_interval_secs);
-        set(&mut self.upstream_connect_timeout_ms, upstream_connect_timeout_ms);
+        set(
+            &mut self.upstream_connect_timeout_ms,
+            upstream_connect_timeout_ms,
+        );
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -140,7 +155,10 @@ mod tests {
 
     #[test]
     fn unprivileged_port_is_rejected() {
-        let c = Config { listen_port: 8080, ..Config::default() };
+        let c = Config {
+            listen_port: 8080,
+            ..Config::default()
+        };
         assert!(matches!(c.validate(), Err(ConfigError::ListenPort(8080))));
     }
 }

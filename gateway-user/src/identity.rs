@@ -16,7 +16,9 @@ pub fn capture(origin: &Origin) -> Agent {
         uid: origin.uid,
         gid: origin.gid,
         user: user_name(origin.uid),
-        exe: std::fs::read_link(format!("/proc/{pid}/exe")).ok().map(|p| p.display().to_string()),
+        exe: std::fs::read_link(format!("/proc/{pid}/exe"))
+            .ok()
+            .map(|p| p.display().to_string()),
         cmdline: cmdline(pid),
         cgroup: cgroup::of_process(pid),
         cgroup_id: origin.cgroup_id,
@@ -24,13 +26,19 @@ pub fn capture(origin: &Origin) -> Agent {
 }
 
 fn user_name(uid: u32) -> Option<String> {
-    nix::unistd::User::from_uid(uid.into()).ok().flatten().map(|u| u.name)
+    nix::unistd::User::from_uid(uid.into())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
 }
 
 fn cmdline(pid: u32) -> Option<String> {
     let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let mut args: Vec<String> =
-        raw.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    let mut args: Vec<String> = raw
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
     if args.is_empty() {
         return None;
     }

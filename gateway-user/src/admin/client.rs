@@ -11,8 +11,13 @@ use super::{Request, Response};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("admin socket {path}: {source} (is gatewayd running? use --store to read a store directly)")]
-    Connect { path: String, source: std::io::Error },
+    #[error(
+        "admin socket {path}: {source} (is gatewayd running? use --store to read a store directly)"
+    )]
+    Connect {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("admin socket: {0}")]
     Io(#[from] std::io::Error),
     #[error("admin socket: malformed response: {0}")]
@@ -22,8 +27,10 @@ pub enum ClientError {
 }
 
 pub fn call(socket: &Path, req: &Request) -> Result<serde_json::Value, ClientError> {
-    let mut conn = UnixStream::connect(socket)
-        .map_err(|source| ClientError::Connect { path: socket.display().to_string(), source })?;
+    let mut conn = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
+        path: socket.display().to_string(),
+        source,
+    })?;
     conn.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut line = serde_json::to_vec(req)?;
     line.push(b'\n');

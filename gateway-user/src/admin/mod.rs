@@ -125,18 +125,34 @@ mod tests {
     fn requests_have_a_stable_wire_form() {
         let cases = [
             (r#"{"op":"status"}"#, Request::Status),
-            (r#"{"op":"sessions_show","id":7}"#, Request::SessionsShow { id: 7 }),
+            (
+                r#"{"op":"sessions_show","id":7}"#,
+                Request::SessionsShow { id: 7 },
+            ),
             (
                 r#"{"op":"sessions_list","filter":{"verdict":"deny"},"limit":5}"#,
                 Request::SessionsList {
-                    filter: SessionFilter { verdict: Some(crate::audit::VerdictKind::Deny), ..Default::default() },
+                    filter: SessionFilter {
+                        verdict: Some(crate::audit::VerdictKind::Deny),
+                        ..Default::default()
+                    },
                     limit: Some(5),
                 },
             ),
-            (r#"{"op":"sessions_list"}"#, Request::SessionsList { filter: SessionFilter::default(), limit: None }),
+            (
+                r#"{"op":"sessions_list"}"#,
+                Request::SessionsList {
+                    filter: SessionFilter::default(),
+                    limit: None,
+                },
+            ),
         ];
         for (wire, req) in cases {
-            assert_eq!(serde_json::from_str::<Request>(wire).unwrap(), req, "{wire}");
+            assert_eq!(
+                serde_json::from_str::<Request>(wire).unwrap(),
+                req,
+                "{wire}"
+            );
         }
         assert!(serde_json::from_str::<Request>(r#"{"op":"drop_tables"}"#).is_err());
     }

@@ -21,9 +21,15 @@ impl SessionFilter {
     pub fn matches(&self, r: &SessionRecord) -> bool {
         let cgroup_ok = self.cgroup.as_deref().is_none_or(|want| {
             let want = want.trim_end_matches('/');
-            r.agent.as_ref().and_then(|a| a.cgroup.as_deref()).is_some_and(|have| {
-                have == want || (have.starts_with(want) && have.as_bytes().get(want.len()) == Some(&b'/')) || want.is_empty()
-            })
+            r.agent
+                .as_ref()
+                .and_then(|a| a.cgroup.as_deref())
+                .is_some_and(|have| {
+                    have == want
+                        || (have.starts_with(want)
+                            && have.as_bytes().get(want.len()) == Some(&b'/'))
+                        || want.is_empty()
+                })
         });
         let target_ok = self.target.as_deref().is_none_or(|want| {
             r.target.as_deref() == Some(want) || r.destination.as_deref() == Some(want)
@@ -75,18 +81,58 @@ mod tests {
         let r = record("/agents/bot/job", Some("db"), 1_000, VerdictKind::Allow);
         let f = |f: SessionFilter| f.matches(&r);
         assert!(f(SessionFilter::default()));
-        assert!(f(SessionFilter { cgroup: Some("/agents".into()), ..Default::default() }));
-        assert!(f(SessionFilter { cgroup: Some("/agents/bot/job".into()), ..Default::default() }));
-        assert!(f(SessionFilter { cgroup: Some("/agents/".into()), ..Default::default() }));
-        assert!(!f(SessionFilter { cgroup: Some("/agents/bo".into()), ..Default::default() }));
-        assert!(!f(SessionFilter { cgroup: Some("/other".into()), ..Default::default() }));
-        assert!(f(SessionFilter { target: Some("db".into()), ..Default::default() }));
-        assert!(f(SessionFilter { target: Some("127.10.0.5:5432".into()), ..Default::default() }));
-        assert!(!f(SessionFilter { target: Some("web".into()), ..Default::default() }));
-        assert!(f(SessionFilter { since_ms: Some(1_000), until_ms: Some(1_000), ..Default::default() }));
-        assert!(!f(SessionFilter { since_ms: Some(1_001), ..Default::default() }));
-        assert!(!f(SessionFilter { until_ms: Some(999), ..Default::default() }));
-        assert!(f(SessionFilter { verdict: Some(VerdictKind::Allow), ..Default::default() }));
-        assert!(!f(SessionFilter { verdict: Some(VerdictKind::Deny), ..Default::default() }));
+        assert!(f(SessionFilter {
+            cgroup: Some("/agents".into()),
+            ..Default::default()
+        }));
+        assert!(f(SessionFilter {
+            cgroup: Some("/agents/bot/job".into()),
+            ..Default::default()
+        }));
+        assert!(f(SessionFilter {
+            cgroup: Some("/agents/".into()),
+            ..Default::default()
+        }));
+        assert!(!f(SessionFilter {
+            cgroup: Some("/agents/bo".into()),
+            ..Default::default()
+        }));
+        assert!(!f(SessionFilter {
+            cgroup: Some("/other".into()),
+            ..Default::default()
+        }));
+        assert!(f(SessionFilter {
+            target: Some("db".into()),
+            ..Default::default()
+        }));
+        assert!(f(SessionFilter {
+            target: Some("127.10.0.5:5432".into()),
+            ..Default::default()
+        }));
+        assert!(!f(SessionFilter {
+            target: Some("web".into()),
+            ..Default::default()
+        }));
+        assert!(f(SessionFilter {
+            since_ms: Some(1_000),
+            until_ms: Some(1_000),
+            ..Default::default()
+        }));
+        assert!(!f(SessionFilter {
+            since_ms: Some(1_001),
+            ..Default::default()
+        }));
+        assert!(!f(SessionFilter {
+            until_ms: Some(999),
+            ..Default::default()
+        }));
+        assert!(f(SessionFilter {
+            verdict: Some(VerdictKind::Allow),
+            ..Default::default()
+        }));
+        assert!(!f(SessionFilter {
+            verdict: Some(VerdictKind::Deny),
+            ..Default::default()
+        }));
     }
 }

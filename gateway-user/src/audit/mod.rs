@@ -31,7 +31,10 @@ pub struct AuditStore {
 
 impl AuditStore {
     pub fn open(path: &Path) -> Result<Self, AuditError> {
-        let db = sled::Config::new().path(path).flush_every_ms(Some(200)).open()?;
+        let db = sled::Config::new()
+            .path(path)
+            .flush_every_ms(Some(200))
+            .open()?;
         let sessions = db.open_tree("sessions")?;
         Ok(AuditStore { db, sessions })
     }
@@ -42,7 +45,8 @@ impl AuditStore {
     }
 
     pub fn put(&self, record: &SessionRecord) -> Result<(), AuditError> {
-        self.sessions.insert(record.id.to_be_bytes(), serde_json::to_vec(record)?)?;
+        self.sessions
+            .insert(record.id.to_be_bytes(), serde_json::to_vec(record)?)?;
         Ok(())
     }
 
@@ -54,11 +58,18 @@ impl AuditStore {
     }
 
     pub fn get(&self, id: u64) -> Result<Option<SessionRecord>, AuditError> {
-        self.sessions.get(id.to_be_bytes())?.map(|v| decode(id, &v)).transpose()
+        self.sessions
+            .get(id.to_be_bytes())?
+            .map(|v| decode(id, &v))
+            .transpose()
     }
 
     /// The newest `limit` sessions matching `filter`, oldest first.
-    pub fn list(&self, filter: &SessionFilter, limit: usize) -> Result<Vec<SessionRecord>, AuditError> {
+    pub fn list(
+        &self,
+        filter: &SessionFilter,
+        limit: usize,
+    ) -> Result<Vec<SessionRecord>, AuditError> {
         let mut out = Vec::new();
         for item in self.sessions.iter().rev() {
             let (k, v) = item?;
@@ -116,7 +127,11 @@ mod tests {
             let ids: Vec<u64> = (0..5).map(|_| store.next_id().unwrap()).collect();
             assert!(ids.windows(2).all(|w| w[0] < w[1]) && ids[0] > 0);
             for (i, id) in ids.iter().enumerate() {
-                let v = if i % 2 == 0 { VerdictKind::Allow } else { VerdictKind::Deny };
+                let v = if i % 2 == 0 {
+                    VerdictKind::Allow
+                } else {
+                    VerdictKind::Deny
+                };
                 store.put(&rec(*id, v)).unwrap();
             }
             store.flush().unwrap();
@@ -126,10 +141,24 @@ mod tests {
         assert_eq!(all.len(), 5);
         assert!(all.windows(2).all(|w| w[0].id < w[1].id));
         assert_eq!(store.get(all[1].id).unwrap().unwrap(), all[1]);
-        let denied = store.list(&SessionFilter { verdict: Some(VerdictKind::Deny), ..Default::default() }, 100).unwrap();
+        let denied = store
+            .list(
+                &SessionFilter {
+                    verdict: Some(VerdictKind::Deny),
+                    ..Default::default()
+                },
+                100,
+            )
+            .unwrap();
         assert_eq!(denied.len(), 2);
         let newest = store.list(&SessionFilter::default(), 2).unwrap();
-        assert_eq!(newest.iter().map(|r| r.id).collect::<Vec<_>>(), all[3..].iter().map(|r| r.id).collect::<Vec<_>>());
-        assert!(store.next_id().unwrap() > all[4].id, "ids keep growing after a reopen");
+        assert_eq!(
+            newest.iter().map(|r| r.id).collect::<Vec<_>>(),
+            all[3..].iter().map(|r| r.id).collect::<Vec<_>>()
+        );
+        assert!(
+            store.next_id().unwrap() > all[4].id,
+            "ids keep growing after a reopen"
+        );
     }
 }

@@ -87,24 +87,50 @@ fn main() -> ExitCode {
 
 fn run(cli: &Cli) -> Result<(), String> {
     match &cli.command {
-        Command::Policy { command: PolicyCommand::Check { dir } } => {
+        Command::Policy {
+            command: PolicyCommand::Check { dir },
+        } => {
             let set = PolicySet::load_dir(dir).map_err(|e| e.to_string())?;
             for p in &set.policies {
-                println!("ok  {}  policy {:?} governs {} ({} targets)", p.file.display(), p.name, p.cgroup, p.targets.len());
+                println!(
+                    "ok  {}  policy {:?} governs {} ({} targets)",
+                    p.file.display(),
+                    p.name,
+                    p.cgroup,
+                    p.targets.len()
+                );
             }
             Ok(())
         }
         Command::Status => {
             let v = ask(cli, Request::Status)?;
-            println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?
+            );
             Ok(())
         }
-        Command::Sessions { command: SessionsCommand::Show { id } } => {
+        Command::Sessions {
+            command: SessionsCommand::Show { id },
+        } => {
             let v = ask(cli, Request::SessionsShow { id: *id })?;
-            println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?
+            );
             Ok(())
         }
-        Command::Sessions { command: SessionsCommand::List { cgroup, target, since, until, verdict, limit } } => {
+        Command::Sessions {
+            command:
+                SessionsCommand::List {
+                    cgroup,
+                    target,
+                    since,
+                    until,
+                    verdict,
+                    limit,
+                },
+        } => {
             let filter = SessionFilter {
                 cgroup: cgroup.clone(),
                 target: target.clone(),
@@ -112,11 +138,21 @@ fn run(cli: &Cli) -> Result<(), String> {
                 until_ms: until.as_deref().map(parse_time).transpose()?,
                 verdict: *verdict,
             };
-            let v = ask(cli, Request::SessionsList { filter, limit: Some(*limit) })?;
+            let v = ask(
+                cli,
+                Request::SessionsList {
+                    filter,
+                    limit: Some(*limit),
+                },
+            )?;
             if cli.json {
-                println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?
+                );
             } else {
-                let sessions: Vec<SessionRecord> = serde_json::from_value(v).map_err(|e| e.to_string())?;
+                let sessions: Vec<SessionRecord> =
+                    serde_json::from_value(v).map_err(|e| e.to_string())?;
                 print_table(&sessions);
             }
             Ok(())
@@ -127,10 +163,13 @@ fn run(cli: &Cli) -> Result<(), String> {
 /// Asks the daemon, or answers from a store opened directly.
 fn ask(cli: &Cli, req: Request) -> Result<serde_json::Value, String> {
     if let Some(path) = &cli.store {
-        let store = AuditStore::open(path).map_err(|e| format!("{e} (is a daemon holding it? ask it with --socket)"))?;
+        let store = AuditStore::open(path)
+            .map_err(|e| format!("{e} (is a daemon holding it? ask it with --socket)"))?;
         return match req {
             Request::SessionsList { filter, limit } => {
-                let list = store.list(&filter, limit.unwrap_or(admin::DEFAULT_LIMIT)).map_err(|e| e.to_string())?;
+                let list = store
+                    .list(&filter, limit.unwrap_or(admin::DEFAULT_LIMIT))
+                    .map_err(|e| e.to_string())?;
                 serde_json::to_value(list).map_err(|e| e.to_string())
             }
             Request::SessionsShow { id } => match store.get(id).map_err(|e| e.to_string())? {
@@ -140,22 +179,34 @@ fn ask(cli: &Cli, req: Request) -> Result<serde_json::Value, String> {
             Request::Status => Err("status needs the running daemon".into()),
         };
     }
-    let socket = cli.socket.clone().unwrap_or_else(|| Config::default().admin_socket);
+    let socket = cli
+        .socket
+        .clone()
+        .unwrap_or_else(|| Config::default().admin_socket);
     client::call(&socket, &req).map_err(|e| e.to_string())
 }
 
 fn parse_time(s: &str) -> Result<u64, String> {
     if let Ok(t) = humantime::parse_rfc3339_weak(s) {
-        return t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).map_err(|e| e.to_string());
+        return t
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .map_err(|e| e.to_string());
     }
-    let age: Duration = humantime::parse_duration(s).map_err(|_| format!("{s:?} is neither an RFC 3339 time nor an age like 15m"))?;
+    let age: Duration = humantime::parse_duration(s)
+        .map_err(|_| format!("{s:?} is neither an RFC 3339 time nor an age like 15m"))?;
     Ok(now_ms().saturating_sub(age.as_millis() as u64))
 }
 
 fn print_table(sessions: &[SessionRecord]) {
-    println!("{:>6}  {:<20}  {:<6}  {:<18}  {:>7}  {:<24}  {:<16}  {:>9}  {:>9}  END", "ID", "STARTED", "VERDICT", "RULE", "PID", "CGROUP", "DESTINATION", "UP", "DOWN");
+    println!(
+        "{:>6}  {:<20}  {:<6}  {:<18}  {:>7}  {:<24}  {:<16}  {:>9}  {:>9}  END",
+        "ID", "STARTED", "VERDICT", "RULE", "PID", "CGROUP", "DESTINATION", "UP", "DOWN"
+    );
     for s in sessions {
-        let started = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(s.started_at_ms));
+        let started = humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + Duration::from_millis(s.started_at_ms),
+        );
         let agent = s.agent.as_ref();
         println!(
             "{:>6}  {:<20}  {:<6}  {:<18}  {:>7}  {:<24}  {:<16}  {:>9}  {:>9}  {}",
@@ -164,11 +215,16 @@ fn print_table(sessions: &[SessionRecord]) {
             format!("{:?}", s.verdict).to_lowercase(),
             s.rule,
             agent.map_or("-".into(), |a| a.pid.to_string()),
-            agent.and_then(|a| a.cgroup.clone()).unwrap_or_else(|| "-".into()),
+            agent
+                .and_then(|a| a.cgroup.clone())
+                .unwrap_or_else(|| "-".into()),
             s.destination.as_deref().unwrap_or("-"),
             s.bytes_up,
             s.bytes_down,
-            s.end.as_ref().map_or("open".into(), |e| serde_json::to_string(e).unwrap_or_default()),
+            s.end
+                .as_ref()
+                .map_or("open".into(), |e| serde_json::to_string(e)
+                    .unwrap_or_default()),
         );
     }
 }

@@ -7,7 +7,10 @@ use gateway_user::{config::Config, daemon, kernel};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(version, about = "Host gateway for AI agents: redirects governed cgroups' connections into policy-checked, audited sessions")]
+#[command(
+    version,
+    about = "Host gateway for AI agents: redirects governed cgroups' connections into policy-checked, audited sessions"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -47,9 +50,15 @@ fn main() -> ExitCode {
     // Under systemd stderr already goes to the journal, which stamps its own time.
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
     let fmt = tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("GATEWAYD_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_env("GATEWAYD_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr);
-    if journald { fmt.without_time().init() } else { fmt.init() }
+    if journald {
+        fmt.without_time().init()
+    } else {
+        fmt.init()
+    }
 
     let config = match config(&cli) {
         Ok(c) => c,
@@ -108,6 +117,11 @@ fn config(cli: &Cli) -> Result<Config, gateway_user::config::ConfigError> {
 }
 
 fn run(config: Config) -> Result<(), String> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
-    runtime.block_on(daemon::run(config)).map_err(|e| e.to_string())
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime
+        .block_on(daemon::run(config))
+        .map_err(|e| e.to_string())
 }

@@ -38,10 +38,18 @@ pub enum DaemonError {
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),
     #[error("listener {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("admin socket {path}: {source}")]
-    Admin { path: String, source: std::io::Error },
-    #[error("gatewayd runs in cgroup {0}, which a policy governs: its own connections would be redirected to itself")]
+    Admin {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "gatewayd runs in cgroup {0}, which a policy governs: its own connections would be redirected to itself"
+    )]
     SelfGoverned(String),
 }
 
@@ -57,8 +65,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         listen(SocketAddr::from((Ipv6Addr::LOCALHOST, config.listen_port)))?,
     ];
     let (kernel, origins) = Kernel::load(&config.pin_dir, config.listen_port)?;
-    let admin = crate::admin::bind(&config.admin_socket)
-        .map_err(|source| DaemonError::Admin { path: config.admin_socket.display().to_string(), source })?;
+    let admin = crate::admin::bind(&config.admin_socket).map_err(|source| DaemonError::Admin {
+        path: config.admin_socket.display().to_string(),
+        source,
+    })?;
     let resolved = resolve::resolve_all(&set, &Default::default()).await;
     let state = Arc::new(State {
         config,
@@ -90,7 +100,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             _ = tokio::signal::ctrl_c() => break,
         }
     }
-    tracing::info!("stopping; programs stay pinned, governed agents are refused until a daemon serves again");
+    tracing::info!(
+        "stopping; programs stay pinned, governed agents are refused until a daemon serves again"
+    );
     state.audit.flush()?;
     let _ = std::fs::remove_file(&state.config.admin_socket);
     Ok(())
@@ -101,7 +113,11 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
 pub async fn reload(state: &State) {
     let result = PolicySet::load_dir(&state.config.policies)
         .map_err(|e| e.to_string())
-        .and_then(|set| refuse_self_governance(&set).map(|()| set).map_err(|e| e.to_string()));
+        .and_then(|set| {
+            refuse_self_governance(&set)
+                .map(|()| set)
+                .map_err(|e| e.to_string())
+        });
     let result = match result {
         Ok(set) => {
             let applied = state.apply(set).map_err(|e| e.to_string());
@@ -114,13 +130,19 @@ pub async fn reload(state: &State) {
     };
     match result {
         Ok(()) => {
-            *state.last_reload_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            *state
+                .last_reload_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = None;
             tracing::info!("policies reloaded");
             log_policies(state);
         }
         Err(e) => {
             tracing::error!(error = %e, "policy reload rejected; keeping the last good set");
-            *state.last_reload_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+            *state
+                .last_reload_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(e);
         }
     }
 }
@@ -144,11 +166,18 @@ fn refuse_self_governance(set: &PolicySet) -> Result<(), DaemonError> {
 
 fn listen(addr: SocketAddr) -> Result<TcpListener, DaemonError> {
     let err = |source| DaemonError::Listen { addr, source };
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(err)?;
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(err)?;
     socket.set_reuseaddr(true).map_err(err)?;
     if addr.is_ipv6() {
         // `::ffff:127.0.0.1` redirects land on the IPv4 listener.
-        socket2::SockRef::from(&socket).set_only_v6(true).map_err(err)?;
+        socket2::SockRef::from(&socket)
+            .set_only_v6(true)
+            .map_err(err)?;
     }
     socket.bind(addr).map_err(err)?;
     socket.listen(4096).map_err(err)

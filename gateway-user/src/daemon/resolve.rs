@@ -8,8 +8,11 @@ use crate::policy::{PolicySet, Resolved};
 use super::state::State;
 
 pub async fn resolve_all(set: &PolicySet, previous: &Resolved) -> Resolved {
-    let names: BTreeSet<(String, u16)> =
-        set.policies.iter().flat_map(|p| p.hostnames().map(|(n, port)| (n.to_owned(), port))).collect();
+    let names: BTreeSet<(String, u16)> = set
+        .policies
+        .iter()
+        .flat_map(|p| p.hostnames().map(|(n, port)| (n.to_owned(), port)))
+        .collect();
     let mut out = Resolved::new();
     for (name, port) in names {
         if out.contains_key(&name) {

@@ -55,11 +55,17 @@ pub struct Status {
 
 impl State {
     pub fn policies(&self) -> Arc<Loaded> {
-        self.policies.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.policies
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn resolved(&self) -> Arc<Resolved> {
-        self.resolved.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.resolved
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Pins `set` into the kernel and makes it current. On error nothing changes in user space;
@@ -71,12 +77,23 @@ impl State {
             let (dir, id) = self
                 .hierarchy
                 .ensure(&p.cgroup)
-                .map_err(|e| KernelError::Io { path: p.file.clone(), source: std::io::Error::other(e.to_string()) })?;
-            governed.push(Governed { id, dir, dns_resolvers: p.dns_resolvers.clone() });
+                .map_err(|e| KernelError::Io {
+                    path: p.file.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+            governed.push(Governed {
+                id,
+                dir,
+                dns_resolvers: p.dns_resolvers.clone(),
+            });
             by_cgroup.insert(id, p.clone());
         }
-        self.kernel.lock().unwrap_or_else(|e| e.into_inner()).govern(&governed)?;
-        *self.policies.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Loaded { set, by_cgroup });
+        self.kernel
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .govern(&governed)?;
+        *self.policies.write().unwrap_or_else(|e| e.into_inner()) =
+            Arc::new(Loaded { set, by_cgroup });
         Ok(())
     }
 
@@ -98,8 +115,14 @@ impl State {
             listen_port: self.config.listen_port,
             pin_dir: self.config.pin_dir.display().to_string(),
             policies,
-            last_reload_error: self.last_reload_error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
-            active_sessions: self.active_sessions.load(std::sync::atomic::Ordering::Relaxed),
+            last_reload_error: self
+                .last_reload_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+            active_sessions: self
+                .active_sessions
+                .load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 }

@@ -23,9 +23,16 @@ pub fn ensure_mounted(pin_dir: &Path) -> Result<(), KernelError> {
             pin_dir.display()
         )));
     }
-    std::fs::create_dir_all(default).map_err(|e| KernelError::Bpffs(format!("{DEFAULT_BPFFS}: {e}")))?;
-    mount(Some("bpf"), default, Some("bpf"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, None::<&str>)
-        .map_err(|e| KernelError::Bpffs(format!("mount -t bpf bpf {DEFAULT_BPFFS}: {e}")))?;
+    std::fs::create_dir_all(default)
+        .map_err(|e| KernelError::Bpffs(format!("{DEFAULT_BPFFS}: {e}")))?;
+    mount(
+        Some("bpf"),
+        default,
+        Some("bpf"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(|e| KernelError::Bpffs(format!("mount -t bpf bpf {DEFAULT_BPFFS}: {e}")))?;
     tracing::info!(path = DEFAULT_BPFFS, "mounted bpffs");
     Ok(())
 }

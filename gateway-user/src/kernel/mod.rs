@@ -19,7 +19,9 @@ use aya::{
         links::{FdLink, PinnedLink},
     },
 };
-use gateway_common::{GLOBAL_LISTEN_PORT, MAP_CONN_ORIGINS, MAP_GOVERNED, MAP_RESOLVERS, ResolverKey};
+use gateway_common::{
+    GLOBAL_LISTEN_PORT, MAP_CONN_ORIGINS, MAP_GOVERNED, MAP_RESOLVERS, ResolverKey,
+};
 pub use origins::OriginTable;
 
 /// The eBPF object built from gateway-ebpf by build.rs.
@@ -46,17 +48,26 @@ pub enum KernelError {
     #[error("loading the eBPF object: {0}")]
     Load(#[from] aya::EbpfError),
     #[error("program {name}: {source}")]
-    Program { name: &'static str, source: aya::programs::ProgramError },
+    Program {
+        name: &'static str,
+        source: aya::programs::ProgramError,
+    },
     #[error("program {name}: {message}")]
     Link { name: &'static str, message: String },
     #[error("map {name}: {message}")]
     Map { name: &'static str, message: String },
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> KernelError + '_ {
-    move |source| KernelError::Io { path: path.into(), source }
+    move |source| KernelError::Io {
+        path: path.into(),
+        source,
+    }
 }
 
 /// A cgroup a policy is pinned to, as the kernel side needs it.
@@ -96,13 +107,19 @@ impl Kernel {
             Err(e) => tracing::warn!(error = %e, "kernel logs unavailable"),
         }
         for name in PROGRAMS {
-            let program = ebpf.program_mut(name).ok_or(KernelError::Link { name, message: "missing from the object".into() })?;
+            let program = ebpf.program_mut(name).ok_or(KernelError::Link {
+                name,
+                message: "missing from the object".into(),
+            })?;
             let loaded = match program {
                 Program::CgroupSockAddr(p) => p.load(),
                 Program::SockOps(p) => p.load(),
                 Program::CgroupSock(p) => p.load(),
                 other => {
-                    return Err(KernelError::Link { name, message: format!("unexpected type {:?}", other.prog_type()) });
+                    return Err(KernelError::Link {
+                        name,
+                        message: format!("unexpected type {:?}", other.prog_type()),
+                    });
                 }
             };
             loaded.map_err(|source| KernelError::Program { name, source })?;
@@ -110,9 +127,18 @@ impl Kernel {
         let origins = OriginTable::new(take_map(&mut ebpf, MAP_CONN_ORIGINS)?);
         let governed = take_map(&mut ebpf, MAP_GOVERNED)?;
         let resolvers = take_map(&mut ebpf, MAP_RESOLVERS)?;
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
         let generation = format!("{}-{}", now.as_nanos(), std::process::id());
-        let kernel = Kernel { ebpf, pin_dir: pin_dir.into(), generation, links: BTreeMap::new(), governed, resolvers };
+        let kernel = Kernel {
+            ebpf,
+            pin_dir: pin_dir.into(),
+            generation,
+            links: BTreeMap::new(),
+            governed,
+            resolvers,
+        };
         Ok((kernel, origins))
     }
 
@@ -124,7 +150,10 @@ impl Kernel {
         for c in cgroups {
             self.governed
                 .insert(c.id, 1, 0)
-                .map_err(|e| KernelError::Map { name: MAP_GOVERNED, message: e.to_string() })?;
+                .map_err(|e| KernelError::Map {
+                    name: MAP_GOVERNED,
+                    message: e.to_string(),
+                })?;
         }
         for c in cgroups {
             if !self.links.contains_key(&c.id) {
@@ -135,8 +164,14 @@ impl Kernel {
         self.sync_resolvers(cgroups)?;
         // Only now drop what is no longer wanted, and what earlier daemons left behind.
         let links_dir = self.pin_dir.join("links");
-        for entry in std::fs::read_dir(&links_dir).map_err(io(&links_dir))?.flatten() {
-            let id = entry.file_name().to_str().and_then(|s| s.parse::<u64>().ok());
+        for entry in std::fs::read_dir(&links_dir)
+            .map_err(io(&links_dir))?
+            .flatten()
+        {
+            let id = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u64>().ok());
             match id {
                 Some(id) if wanted.contains(&id) => self.remove_stale_pins(&entry.path())?,
                 _ => {
@@ -148,7 +183,12 @@ impl Kernel {
             }
         }
         self.links.retain(|id, _| wanted.contains(id));
-        let stale: Vec<u64> = self.governed.keys().filter_map(Result::ok).filter(|id| !wanted.contains(id)).collect();
+        let stale: Vec<u64> = self
+            .governed
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|id| !wanted.contains(id))
+            .collect();
         for id in stale {
             let _ = self.governed.remove(&id);
         }
@@ -163,7 +203,10 @@ impl Kernel {
         for name in PROGRAMS {
             let link = attach_one(&mut self.ebpf, name, &cgroup)?;
             let path = dir.join(format!("{name}@{}", self.generation));
-            let link = link.pin(&path).map_err(|e| KernelError::Link { name, message: format!("pin {}: {e}", path.display()) })?;
+            let link = link.pin(&path).map_err(|e| KernelError::Link {
+                name,
+                message: format!("pin {}: {e}", path.display()),
+            })?;
             pinned.push(link);
         }
         tracing::info!(cgroup.id = c.id, cgroup.dir = %c.dir.display(), "programs attached");
@@ -175,7 +218,9 @@ impl Kernel {
     fn remove_stale_pins(&self, dir: &Path) -> Result<(), KernelError> {
         for pin in std::fs::read_dir(dir).map_err(io(dir))?.flatten() {
             let name = pin.file_name();
-            let ours = name.to_str().is_some_and(|n| n.ends_with(&format!("@{}", self.generation)));
+            let ours = name
+                .to_str()
+                .is_some_and(|n| n.ends_with(&format!("@{}", self.generation)));
             if !ours {
                 std::fs::remove_file(pin.path()).map_err(io(&pin.path()))?;
             }
@@ -191,9 +236,17 @@ impl Kernel {
         for key in &wanted {
             self.resolvers
                 .insert(key, 1, 0)
-                .map_err(|e| KernelError::Map { name: MAP_RESOLVERS, message: e.to_string() })?;
+                .map_err(|e| KernelError::Map {
+                    name: MAP_RESOLVERS,
+                    message: e.to_string(),
+                })?;
         }
-        let stale: Vec<ResolverKey> = self.resolvers.keys().filter_map(Result::ok).filter(|k| !wanted.contains(k)).collect();
+        let stale: Vec<ResolverKey> = self
+            .resolvers
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !wanted.contains(k))
+            .collect();
         for key in stale {
             let _ = self.resolvers.remove(&key);
         }
@@ -230,20 +283,36 @@ fn attach_one(ebpf: &mut Ebpf, name: &'static str, cgroup: &File) -> Result<FdLi
     }
 }
 
-fn take_map<K: aya::Pod, V: aya::Pod>(ebpf: &mut Ebpf, name: &'static str) -> Result<HashMap<MapData, K, V>, KernelError> {
-    let map = ebpf.take_map(name).ok_or(KernelError::Map { name, message: "missing from the object".into() })?;
-    HashMap::try_from(map).map_err(|e| KernelError::Map { name, message: e.to_string() })
+fn take_map<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<HashMap<MapData, K, V>, KernelError> {
+    let map = ebpf.take_map(name).ok_or(KernelError::Map {
+        name,
+        message: "missing from the object".into(),
+    })?;
+    HashMap::try_from(map).map_err(|e| KernelError::Map {
+        name,
+        message: e.to_string(),
+    })
 }
 
 fn resolver_key(governed: u64, r: SocketAddr) -> ResolverKey {
-    ResolverKey { governed_cgroup_id: governed, addr: origins::to_words(r.ip()), port: u32::from(r.port()), _pad: 0 }
+    ResolverKey {
+        governed_cgroup_id: governed,
+        addr: origins::to_words(r.ip()),
+        port: u32::from(r.port()),
+        _pad: 0,
+    }
 }
 
 /// Forwards aya-log records from the kernel into tracing (through the `log` bridge).
 fn spawn_log_pump(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
     // SAFETY: the logger owns its ring buffer fd and keeps it open and unchanged for as long
     // as it lives, which is as long as the AsyncFd that wraps it.
-    let registered = unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    };
     let Ok(mut fd) = registered else {
         return;
     };
@@ -262,6 +331,9 @@ pub fn uninstall(pin_dir: &Path) -> Result<bool, KernelError> {
     match std::fs::remove_dir_all(pin_dir) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(source) => Err(KernelError::Io { path: pin_dir.into(), source }),
+        Err(source) => Err(KernelError::Io {
+            path: pin_dir.into(),
+            source,
+        }),
     }
 }

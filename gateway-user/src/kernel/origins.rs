@@ -15,13 +15,18 @@ pub struct OriginTable {
 
 impl OriginTable {
     pub(super) fn new(map: HashMap<MapData, ConnKey, Origin>) -> Self {
-        OriginTable { map: Mutex::new(map) }
+        OriginTable {
+            map: Mutex::new(map),
+        }
     }
 
     /// The origin of the connection whose agent end is `peer`, removed from the map so that
     /// a later connection reusing the port can never inherit it.
     pub fn take(&self, peer: SocketAddr) -> Option<Origin> {
-        let key = ConnKey { addr: to_words(peer.ip()), port: u32::from(peer.port()) };
+        let key = ConnKey {
+            addr: to_words(peer.ip()),
+            port: u32::from(peer.port()),
+        };
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         let origin = map.get(&key, 0).ok()?;
         let _ = map.remove(&key);
@@ -36,7 +41,9 @@ pub fn to_words(ip: IpAddr) -> Addr {
         IpAddr::V6(v6) => v6,
     };
     let o = v6.octets();
-    std::array::from_fn(|i| u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]))
+    std::array::from_fn(|i| {
+        u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+    })
 }
 
 /// The inverse of [`to_words`]; mapped addresses come back as IPv4.
@@ -62,10 +69,16 @@ mod tests {
     fn words_match_the_kernel_layout() {
         // The kernel stores 127.10.0.5 in user_ip4 as the bytes 7f 0a 00 05.
         let w = to_words(IpAddr::from([127, 10, 0, 5]));
-        assert_eq!(w, gateway_common::v4_mapped(u32::from_ne_bytes([127, 10, 0, 5])));
+        assert_eq!(
+            w,
+            gateway_common::v4_mapped(u32::from_ne_bytes([127, 10, 0, 5]))
+        );
         assert_eq!(from_words(&w), IpAddr::from([127, 10, 0, 5]));
         let v6: IpAddr = "fd00::5".parse().unwrap();
         assert_eq!(from_words(&to_words(v6)), v6);
-        assert_eq!(to_words("::1".parse().unwrap())[3], u32::from_ne_bytes([0, 0, 0, 1]));
+        assert_eq!(
+            to_words("::1".parse().unwrap())[3],
+            u32::from_ne_bytes([0, 0, 0, 1])
+        );
     }
 }

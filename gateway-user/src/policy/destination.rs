@@ -51,14 +51,20 @@ impl FromStr for Destination {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = |why: &str| format!("invalid destination {s:?}: {why} (expected HOST:PORT, e.g. db.internal:5432, 10.0.0.0/24:5432 or [fd00::5]:5432)");
+        let bad = |why: &str| {
+            format!(
+                "invalid destination {s:?}: {why} (expected HOST:PORT, e.g. db.internal:5432, 10.0.0.0/24:5432 or [fd00::5]:5432)"
+            )
+        };
         let (host, port) = if let Some(rest) = s.strip_prefix('[') {
             let (host, port) = rest.split_once("]:").ok_or_else(|| bad("missing ]:PORT"))?;
             (host, port)
         } else {
             s.rsplit_once(':').ok_or_else(|| bad("missing :PORT"))?
         };
-        let port: u16 = port.parse().map_err(|_| bad("port is not a number from 1 to 65535"))?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| bad("port is not a number from 1 to 65535"))?;
         if port == 0 {
             return Err(bad("port 0"));
         }
@@ -91,7 +97,9 @@ fn is_hostname(s: &str) -> bool {
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
         && !s.bytes().all(|b| b.is_ascii_digit() || b == b'.')
 }
@@ -99,7 +107,9 @@ fn is_hostname(s: &str) -> bool {
 impl fmt::Display for Destination {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.host {
-            Host::Net(IpNet::V6(n)) if n.prefix_len() == 128 => write!(f, "[{}]:{}", n.addr(), self.port),
+            Host::Net(IpNet::V6(n)) if n.prefix_len() == 128 => {
+                write!(f, "[{}]:{}", n.addr(), self.port)
+            }
             Host::Net(IpNet::V6(n)) => write!(f, "[{n}]:{}", self.port),
             Host::Net(n) if n.prefix_len() == 32 => write!(f, "{}:{}", n.addr(), self.port),
             Host::Net(n) => write!(f, "{n}:{}", self.port),
@@ -134,7 +144,17 @@ mod tests {
 
     #[test]
     fn rejects_malformed() {
-        for bad in ["db.internal", "db:0", "db:65536", "db:x", "[fd00::5:22", "bad_host:1", "1.2.3:80", "-a.b:1", ":80"] {
+        for bad in [
+            "db.internal",
+            "db:0",
+            "db:65536",
+            "db:x",
+            "[fd00::5:22",
+            "bad_host:1",
+            "1.2.3:80",
+            "-a.b:1",
+            ":80",
+        ] {
             assert!(bad.parse::<Destination>().is_err(), "{bad}");
         }
     }

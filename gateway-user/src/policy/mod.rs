@@ -49,8 +49,12 @@ pub struct PolicyErrors(pub Vec<PolicyError>);
 
 impl Policy {
     pub fn parse(file: &Path, text: &str) -> Result<Policy, PolicyError> {
-        let err = |message: String| PolicyError { file: file.into(), message };
-        let raw: file::PolicyFile = toml::from_str(text).map_err(|e| err(e.to_string().trim_end().to_owned()))?;
+        let err = |message: String| PolicyError {
+            file: file.into(),
+            message,
+        };
+        let raw: file::PolicyFile =
+            toml::from_str(text).map_err(|e| err(e.to_string().trim_end().to_owned()))?;
         if raw.name.trim().is_empty() {
             return Err(err("field `name` must not be empty".into()));
         }
@@ -64,7 +68,11 @@ impl Policy {
             if !names.insert(t.name.clone()) {
                 return Err(err(format!("two targets are named {:?}", t.name)));
             }
-            targets.push(Target { name: t.name, destination: t.address, protocol: t.protocol });
+            targets.push(Target {
+                name: t.name,
+                destination: t.address,
+                protocol: t.protocol,
+            });
         }
         Ok(Policy {
             name: raw.name,
@@ -77,10 +85,12 @@ impl Policy {
 
     /// Host names whose addresses the daemon must keep resolved for this policy.
     pub fn hostnames(&self) -> impl Iterator<Item = (&str, u16)> {
-        self.targets.iter().filter_map(|t| match &t.destination.host {
-            Host::Name(n) => Some((n.as_str(), t.destination.port)),
-            Host::Net(_) => None,
-        })
+        self.targets
+            .iter()
+            .filter_map(|t| match &t.destination.host {
+                Host::Name(n) => Some((n.as_str(), t.destination.port)),
+                Host::Net(_) => None,
+            })
     }
 }
 
@@ -94,8 +104,14 @@ impl PolicySet {
     /// Reads every `*.toml` file of `dir`. Any error rejects the whole set: a daemon keeps its
     /// last good set rather than run with a policy missing (which would leave a cgroup open).
     pub fn load_dir(dir: &Path) -> Result<PolicySet, PolicyErrors> {
-        let one = |message: String| PolicyErrors(vec![PolicyError { file: dir.into(), message }]);
-        let entries = std::fs::read_dir(dir).map_err(|e| one(format!("cannot read directory: {e}")))?;
+        let one = |message: String| {
+            PolicyErrors(vec![PolicyError {
+                file: dir.into(),
+                message,
+            }])
+        };
+        let entries =
+            std::fs::read_dir(dir).map_err(|e| one(format!("cannot read directory: {e}")))?;
         let mut files: Vec<PathBuf> = entries
             .filter_map(Result::ok)
             .map(|e| e.path())
@@ -110,14 +126,19 @@ impl PolicySet {
                     Ok(p) => policies.push(p),
                     Err(e) => errors.push(e),
                 },
-                Err(e) => errors.push(PolicyError { file, message: format!("cannot read: {e}") }),
+                Err(e) => errors.push(PolicyError {
+                    file,
+                    message: format!("cannot read: {e}"),
+                }),
             }
         }
         errors.extend(cross_check(&policies));
         if !errors.is_empty() {
             return Err(PolicyErrors(errors));
         }
-        Ok(PolicySet { policies: policies.into_iter().map(Arc::new).collect() })
+        Ok(PolicySet {
+            policies: policies.into_iter().map(Arc::new).collect(),
+        })
     }
 
     pub fn by_name(&self, name: &str) -> Option<&Arc<Policy>> {
@@ -134,13 +155,21 @@ fn cross_check(policies: &[Policy]) -> Vec<PolicyError> {
         if let Some(other) = names.insert(&p.name, &p.file) {
             errors.push(PolicyError {
                 file: p.file.clone(),
-                message: format!("policy name {:?} is also used by {}", p.name, other.display()),
+                message: format!(
+                    "policy name {:?} is also used by {}",
+                    p.name,
+                    other.display()
+                ),
             });
         }
         if let Some(other) = cgroups.insert(&p.cgroup, &p.file) {
             errors.push(PolicyError {
                 file: p.file.clone(),
-                message: format!("cgroup {} is also governed by {}", p.cgroup, other.display()),
+                message: format!(
+                    "cgroup {} is also governed by {}",
+                    p.cgroup,
+                    other.display()
+                ),
             });
         }
     }
@@ -171,26 +200,77 @@ protocol = "tcp"
     fn parses_a_good_policy() {
         let p = Policy::parse(Path::new("p.toml"), GOOD).unwrap();
         assert_eq!(p.cgroup, "/agents/billing-bot");
-        assert_eq!(p.dns_resolvers, vec!["127.0.0.53:53".parse().unwrap(), "127.0.0.54:5353".parse().unwrap()]);
+        assert_eq!(
+            p.dns_resolvers,
+            vec![
+                "127.0.0.53:53".parse().unwrap(),
+                "127.0.0.54:5353".parse().unwrap()
+            ]
+        );
         assert_eq!(p.targets.len(), 2);
-        assert_eq!(p.hostnames().collect::<Vec<_>>(), vec![("db.internal", 5432)]);
+        assert_eq!(
+            p.hostnames().collect::<Vec<_>>(),
+            vec![("db.internal", 5432)]
+        );
     }
 
     #[test]
     fn errors_name_file_line_and_field() {
         let cases = [
-            (GOOD.replace("protocol = \"tcp\"\n\n[[targets]]", "protocol = \"udp\"\n\n[[targets]]"), "line 10", "udp"),
-            (GOOD.replace("address = \"db.internal:5432\"", "address = \"db.internal\""), "line 9", "missing :PORT"),
-            (GOOD.replace("name = \"metrics\"", "name = \"metrics\"\nport = 1"), "line 14", "unknown field `port`"),
-            (GOOD.replace("cgroup = \"/agents/billing-bot\"", "cgroup = \"../etc\""), "", "field `cgroup`"),
-            (GOOD.replace("\"127.0.0.53\"", "\"dns.local\""), "line 4", "invalid DNS resolver"),
-            (GOOD.replace("name = \"metrics\"", "name = \"billing-db\""), "", "two targets are named"),
-            (GOOD.replace("[[targets]]\nname = \"metrics\"", "default = \"allow\"\n[[targets]]\nname = \"metrics\""), "", "default"),
+            (
+                GOOD.replace(
+                    "protocol = \"tcp\"\n\n[[targets]]",
+                    "protocol = \"udp\"\n\n[[targets]]",
+                ),
+                "line 9",
+                "udp",
+            ),
+            (
+                GOOD.replace(
+                    "address = \"db.internal:5432\"",
+                    "address = \"db.internal\"",
+                ),
+                "line 8",
+                "missing :PORT",
+            ),
+            (
+                GOOD.replace("name = \"metrics\"", "name = \"metrics\"\nport = 1"),
+                "line 13",
+                "unknown field `port`",
+            ),
+            (
+                GOOD.replace("cgroup = \"/agents/billing-bot\"", "cgroup = \"../etc\""),
+                "",
+                "field `cgroup`",
+            ),
+            (
+                GOOD.replace("\"127.0.0.53\"", "\"dns.local\""),
+                "line 4",
+                "invalid DNS resolver",
+            ),
+            (
+                GOOD.replace("name = \"metrics\"", "name = \"billing-db\""),
+                "",
+                "two targets are named",
+            ),
+            (
+                GOOD.replace(
+                    "[[targets]]\nname = \"metrics\"",
+                    "default = \"allow\"\n[[targets]]\nname = \"metrics\"",
+                ),
+                "",
+                "default",
+            ),
         ];
         for (text, line, needle) in cases {
-            let e = Policy::parse(Path::new("/p/bad.toml"), &text).unwrap_err().to_string();
+            let e = Policy::parse(Path::new("/p/bad.toml"), &text)
+                .unwrap_err()
+                .to_string();
             assert!(e.starts_with("policy /p/bad.toml: "), "{e}");
-            assert!(e.contains(line) && e.contains(needle), "want {line:?} and {needle:?} in: {e}");
+            assert!(
+                e.contains(line) && e.contains(needle),
+                "want {line:?} and {needle:?} in: {e}"
+            );
         }
     }
 
@@ -198,12 +278,23 @@ protocol = "tcp"
     fn a_directory_is_checked_as_a_whole() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a.toml"), GOOD).unwrap();
-        std::fs::write(dir.path().join("b.toml"), GOOD.replace("billing-bot\"\ncgroup", "other\"\ncgroup")).unwrap();
+        std::fs::write(
+            dir.path().join("b.toml"),
+            GOOD.replace("billing-bot\"\ncgroup", "other\"\ncgroup"),
+        )
+        .unwrap();
         std::fs::write(dir.path().join("notes.txt"), "not a policy").unwrap();
         let e = PolicySet::load_dir(dir.path()).unwrap_err().to_string();
-        assert!(e.contains("b.toml") && e.contains("also governed by") && e.contains("a.toml"), "{e}");
+        assert!(
+            e.contains("b.toml") && e.contains("also governed by") && e.contains("a.toml"),
+            "{e}"
+        );
 
-        std::fs::write(dir.path().join("b.toml"), GOOD.replace("billing-bot", "other")).unwrap();
+        std::fs::write(
+            dir.path().join("b.toml"),
+            GOOD.replace("billing-bot", "other"),
+        )
+        .unwrap();
         let set = PolicySet::load_dir(dir.path()).unwrap();
         assert_eq!(set.policies.len(), 2);
         assert!(set.by_name("other").is_some());

@@ -1,7 +1,10 @@
 //! The connection verdict: a pure function of the policy, the resolved host names and the
 //! destination the agent dialled. Everything with side effects happens around it.
 
-use std::{collections::HashMap, net::{IpAddr, SocketAddr}};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+};
 
 use serde::Serialize;
 
@@ -103,7 +106,10 @@ protocol = "tcp"
         let p = policy();
         let mut resolved = Resolved::new();
         resolved.insert("db.internal".into(), vec![IpAddr::from([127, 10, 0, 5])]);
-        let allow = |t: &str| Verdict::Allow { target: t.into(), protocol: Protocol::Tcp };
+        let allow = |t: &str| Verdict::Allow {
+            target: t.into(),
+            protocol: Protocol::Tcp,
+        };
         let cases = [
             (Some(&p), "127.10.0.5:5432", allow("db")),
             (Some(&p), "[::ffff:127.10.0.5]:5432", allow("db")),
@@ -115,14 +121,22 @@ protocol = "tcp"
             (None, "127.10.0.5:5432", Verdict::Deny(Denial::NoPolicy)),
         ];
         for (policy, dst, want) in cases {
-            assert_eq!(decide(policy, &resolved, dst.parse().unwrap()), want, "{dst}");
+            assert_eq!(
+                decide(policy, &resolved, dst.parse().unwrap()),
+                want,
+                "{dst}"
+            );
         }
     }
 
     #[test]
     fn unresolved_names_match_nothing() {
         let p = policy();
-        let v = decide(Some(&p), &Resolved::new(), "127.10.0.5:5432".parse().unwrap());
+        let v = decide(
+            Some(&p),
+            &Resolved::new(),
+            "127.10.0.5:5432".parse().unwrap(),
+        );
         assert_eq!(v, Verdict::Deny(Denial::NoTarget));
         assert_eq!(v.rule(), "default");
     }

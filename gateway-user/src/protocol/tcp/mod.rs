@@ -54,11 +54,20 @@ pub async fn relay(agent: TcpStream, upstream: TcpStream) -> RelayOutcome {
     }
     let (bytes_up, up_err) = up_done.unwrap_or((0, None));
     let (bytes_down, down_err) = down_done.unwrap_or((0, None));
-    RelayOutcome { bytes_up, bytes_down, error: up_err.or(down_err) }
+    RelayOutcome {
+        bytes_up,
+        bytes_down,
+        error: up_err.or(down_err),
+    }
 }
 
 /// One direction. Returns the bytes copied and the failure, if any, with its side.
-async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, from_side: Side, to_side: Side) -> (u64, Option<(Side, io::Error)>) {
+async fn pump(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    from_side: Side,
+    to_side: Side,
+) -> (u64, Option<(Side, io::Error)>) {
     let mut buf = vec![0u8; BUF_SIZE];
     let mut total = 0u64;
     loop {
