@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what building and testing the gateway needs on Debian 12, as root. Idempotent and
+# quick when everything is there already: each step checks before it installs.
+set -euo pipefail
+
+packages=(
+    # bpf-linker links the eBPF object against LLVM 22 (see ../shared/DESIGN.md).
+    llvm-22-dev libpolly-22-dev libzstd-dev clang-22
+    # Tests: inspect attached programs, addresses, the unit file, a real HTTP client.
+    bpftool iproute2 systemd curl python3
+)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    echo "install-deps: apt-get install ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# aya-build compiles gateway-ebpf with nightly for bpfel-unknown-none, which needs rust-src.
+if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then
+    rustup toolchain install nightly --profile minimal --component rust-src
+fi
+
+if ! command -v bpf-linker >/dev/null 2>&1; then
+    LLVM_PREFIX=/usr/lib/llvm-22 cargo install bpf-linker \
+        --no-default-features --features llvm-22
+fi
+
+# Pinned programs live on bpffs; some hosts do not mount it by default.
+if ! mountpoint -q /sys/fs/bpf; then
+    mount -t bpf bpf /sys/fs/bpf
+fi
