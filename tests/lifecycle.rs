@@ -7,14 +7,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use gateway_tests::{Cgroup, EchoServer, Gateway, bin, probe};
+use gateway_tests::{Cgroup, EchoServer, Gateway, bin, probe, tcp_target};
 use gateway_user::audit::VerdictKind;
 use nix::sys::signal::Signal;
 use serde_json::Value;
-
-fn tcp_target(name: &str, addr: &str) -> String {
-    format!("\n[[targets]]\nname = \"{name}\"\naddress = \"{addr}\"\nprotocol = \"tcp\"\n")
-}
 
 /// Program ids attached to a cgroup, as bpftool sees them.
 fn attached(cgroup: &Path) -> Vec<u64> {
@@ -23,7 +19,11 @@ fn attached(cgroup: &Path) -> Vec<u64> {
         .arg(cgroup)
         .output()
         .expect("bpftool");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     if out.stdout.trim_ascii().is_empty() {
         return Vec::new();
     }
@@ -63,7 +63,11 @@ fn kill9_fails_closed_and_a_restart_adopts_the_pins() {
     let mut gw = Gateway::start("kill9", &tcp_target("echo", &addr));
     assert_eq!(gw.agent(&["tcp", &addr, "--send", "a"])["reply"], "echo:a");
     let programs = attached(gw.cgroup.dir());
-    assert_eq!(programs.len(), 10, "connect, getpeername, sendmsg, bind x2, sock_create, sockops");
+    assert_eq!(
+        programs.len(),
+        10,
+        "connect, getpeername, sendmsg, bind x2, sock_create, sockops"
+    );
 
     gw.kill9();
     for flags in [&[][..], &["--nonblocking"], &["--mapped"]] {
@@ -72,7 +76,11 @@ fn kill9_fails_closed_and_a_restart_adopts_the_pins() {
     }
     assert_eq!(server.accepted(), 1, "no governed connection may go direct");
     assert_eq!(probe(&["tcp", &addr, "--send", "b"])["reply"], "echo:b");
-    assert_eq!(attached(gw.cgroup.dir()), programs, "links stay while the daemon is dead");
+    assert_eq!(
+        attached(gw.cgroup.dir()),
+        programs,
+        "links stay while the daemon is dead"
+    );
     assert_eq!(pinned_links(&gw), programs.len());
 
     gw.spawn();
@@ -82,7 +90,11 @@ fn kill9_fails_closed_and_a_restart_adopts_the_pins() {
     assert_eq!(attached(gw.cgroup.dir()).len(), programs.len());
     assert_eq!(pinned_links(&gw), programs.len());
     let sessions = gw.ended_sessions(2);
-    assert_eq!(sessions.len(), 2, "the store kept the session from before the kill");
+    assert_eq!(
+        sessions.len(),
+        2,
+        "the store kept the session from before the kill"
+    );
     assert!(sessions.iter().all(|s| s.verdict == VerdictKind::Allow));
 }
 
@@ -122,17 +134,29 @@ fn reload_applies_good_policies_keeps_live_sessions_and_rejects_bad_ones() {
     });
     assert_eq!(gw.agent(&["tcp", &b, "--send", "2"])["reply"], "echo:2");
     assert_eq!(other.probe(&["tcp", &a, "--send", "o"])["reply"], "echo:o");
-    assert_eq!(other.probe(&["tcp", &b])["reply"], "", "the new policy governs it");
+    assert_eq!(
+        other.probe(&["tcp", &b])["reply"],
+        "",
+        "the new policy governs it"
+    );
     let out = live.wait_with_output().unwrap();
     let live: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(live["reply"], "echo:live", "the reload dropped a live session: {live}");
+    assert_eq!(
+        live["reply"], "echo:live",
+        "the reload dropped a live session: {live}"
+    );
 
     // Bad reload: the file is named with its line and field; the last good set stays.
     let bad = gw.policy_dir().join("bad.toml");
     std::fs::write(&bad, "name = \"bad\"\ncgroup = \"/x\"\ncolour = \"red\"\n").unwrap();
     gw.signal(Signal::SIGHUP);
-    wait_for("the reload error", || !gw.status()["last_reload_error"].is_null());
-    let error = gw.status()["last_reload_error"].as_str().unwrap().to_string();
+    wait_for("the reload error", || {
+        !gw.status()["last_reload_error"].is_null()
+    });
+    let error = gw.status()["last_reload_error"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(
         error.contains("bad.toml") && error.contains("line 3") && error.contains("colour"),
         "{error}"
@@ -149,7 +173,10 @@ fn reload_applies_good_policies_keeps_live_sessions_and_rejects_bad_ones() {
         .unwrap();
     assert!(!check.status.success());
     let stderr = String::from_utf8_lossy(&check.stderr);
-    assert!(stderr.contains("bad.toml") && stderr.contains("colour"), "{stderr}");
+    assert!(
+        stderr.contains("bad.toml") && stderr.contains("colour"),
+        "{stderr}"
+    );
 
     // Fixed: the second policy goes away, its cgroup is no longer governed.
     std::fs::remove_file(bad).unwrap();
@@ -159,7 +186,10 @@ fn reload_applies_good_policies_keeps_live_sessions_and_rejects_bad_ones() {
         let s = gw.status();
         s["last_reload_error"].is_null() && s["policies"].as_array().unwrap().len() == 1
     });
-    assert!(attached(other.dir()).is_empty(), "detached from the cgroup no policy names");
+    assert!(
+        attached(other.dir()).is_empty(),
+        "detached from the cgroup no policy names"
+    );
     assert_eq!(other.probe(&["tcp", &b, "--send", "d"])["reply"], "echo:d");
 }
 
@@ -180,15 +210,26 @@ fn stop_keeps_agents_refused_and_uninstall_removes_everything() {
         .output()
         .unwrap();
     let table = String::from_utf8_lossy(&list.stdout);
-    assert!(list.status.success(), "{}", String::from_utf8_lossy(&list.stderr));
-    assert!(table.contains(&addr) && table.contains("targets.echo"), "{table}");
+    assert!(
+        list.status.success(),
+        "{}",
+        String::from_utf8_lossy(&list.stderr)
+    );
+    assert!(
+        table.contains(&addr) && table.contains("targets.echo"),
+        "{table}"
+    );
 
     let out = Command::new(bin("gatewayd"))
         .args(gw.args())
         .arg("uninstall")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!gw.pin_dir.exists());
     assert!(attached(gw.cgroup.dir()).is_empty());
     assert_eq!(gw.agent(&["tcp", &addr, "--send", "b"])["reply"], "echo:b");

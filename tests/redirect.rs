@@ -4,12 +4,10 @@
 
 use std::process::Command;
 
-use gateway_tests::{EchoServer, Gateway, HttpServer, bin, non_loopback_v4, output_json, probe};
+use gateway_tests::{
+    EchoServer, Gateway, HttpServer, bin, non_loopback_v4, output_json, probe, tcp_target,
+};
 use gateway_user::audit::{SessionEnd, VerdictKind};
-
-fn tcp_target(name: &str, addr: &str) -> String {
-    format!("\n[[targets]]\nname = \"{name}\"\naddress = \"{addr}\"\nprotocol = \"tcp\"\n")
-}
 
 /// The kernel accepted the connect (it was redirected) and the daemon then reset it.
 fn assert_refused(out: &serde_json::Value) {
@@ -36,8 +34,15 @@ fn allowed_connection_is_relayed_and_audited_with_who_and_where() {
     let mut curl = Command::new("curl");
     curl.args(["-sS", "--max-time", "10", &url]);
     let out = gw.cgroup.command(curl).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from upstream\n");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from upstream\n"
+    );
 
     let sessions = gw.ended_sessions(1);
     let [s] = sessions.as_slice() else {
@@ -54,8 +59,14 @@ fn allowed_connection_is_relayed_and_audited_with_who_and_where() {
     assert!(agent.pid > 0);
     assert_eq!(agent.uid, 0);
     assert_eq!(agent.user.as_deref(), Some("root"));
-    assert!(agent.exe.as_deref().is_some_and(|e| e.ends_with("/curl")), "{agent:?}");
-    assert!(agent.cmdline.as_deref().is_some_and(|c| c.contains(&url)), "{agent:?}");
+    assert!(
+        agent.exe.as_deref().is_some_and(|e| e.ends_with("/curl")),
+        "{agent:?}"
+    );
+    assert!(
+        agent.cmdline.as_deref().is_some_and(|c| c.contains(&url)),
+        "{agent:?}"
+    );
     assert_eq!(agent.cgroup.as_deref(), Some(gw.cgroup.rel()));
     assert!(gw.log().contains("session complete"), "{}", gw.log());
 }
@@ -68,7 +79,11 @@ fn unlisted_destination_is_refused_and_audited() {
 
     let out = gw.agent(&["tcp", &other.addr.to_string(), "--send", "secret"]);
     assert_refused(&out);
-    assert_eq!(other.accepted(), 0, "the refused server must never be reached");
+    assert_eq!(
+        other.accepted(),
+        0,
+        "the refused server must never be reached"
+    );
 
     let sessions = gw.ended_sessions(1);
     let s = &sessions[0];
@@ -77,7 +92,15 @@ fn unlisted_destination_is_refused_and_audited() {
     assert_eq!(s.end, Some(SessionEnd::Refused));
     assert_eq!(s.destination, Some(other.addr.to_string()));
     assert_eq!((s.bytes_up, s.bytes_down), (0, 0));
-    assert!(s.agent.as_ref().unwrap().exe.as_deref().unwrap().ends_with("agent-probe"));
+    assert!(
+        s.agent
+            .as_ref()
+            .unwrap()
+            .exe
+            .as_deref()
+            .unwrap()
+            .ends_with("agent-probe")
+    );
 }
 
 #[test]
@@ -93,7 +116,11 @@ fn ungoverned_process_connects_directly_and_is_not_audited() {
     assert_refused(&gw.agent(&["tcp", &server.addr.to_string(), "--send", "x"]));
     assert_eq!(server.accepted(), 1);
     let sessions = gw.ended_sessions(1);
-    assert_eq!(sessions.len(), 1, "only the governed connection: {sessions:#?}");
+    assert_eq!(
+        sessions.len(),
+        1,
+        "only the governed connection: {sessions:#?}"
+    );
     assert_eq!(sessions[0].verdict, VerdictKind::Deny);
 }
 
@@ -125,10 +152,19 @@ fn children_and_descendant_cgroups_are_governed() {
         [gw.cgroup.rel(), gw.cgroup.rel(), &job_rel, &job_rel],
         "{sessions:#?}"
     );
-    assert!(sessions.iter().all(|s| s.policy.as_deref() == Some(gw.name.as_str())));
+    assert!(
+        sessions
+            .iter()
+            .all(|s| s.policy.as_deref() == Some(gw.name.as_str()))
+    );
     assert_eq!(
         sessions.iter().map(|s| s.verdict).collect::<Vec<_>>(),
-        [VerdictKind::Allow, VerdictKind::Deny, VerdictKind::Allow, VerdictKind::Deny]
+        [
+            VerdictKind::Allow,
+            VerdictKind::Deny,
+            VerdictKind::Allow,
+            VerdictKind::Deny
+        ]
     );
 }
 
@@ -143,13 +179,20 @@ fn ipv6_and_mapped_destinations_are_redirected_never_direct() {
 
     let out = gw.agent(&["tcp", &v6.addr.to_string(), "--send", "six"]);
     assert_eq!(out["reply"], "echo:six", "{out}");
-    assert_eq!(out["peer"], v6.addr.to_string(), "getpeername must show the dialled address");
+    assert_eq!(
+        out["peer"],
+        v6.addr.to_string(),
+        "getpeername must show the dialled address"
+    );
     assert_refused(&gw.agent(&["tcp", &v6_unlisted.addr.to_string()]));
 
     // An AF_INET6 socket dialling ::ffff:127.10.0.5 is an IPv4 connection in disguise.
     let out = gw.agent(&["tcp", &v4.addr.to_string(), "--mapped", "--send", "mapped"]);
     assert_eq!(out["reply"], "echo:mapped", "{out}");
-    assert_eq!(out["peer"], format!("[::ffff:{}]:{}", v4.addr.ip(), v4.addr.port()));
+    assert_eq!(
+        out["peer"],
+        format!("[::ffff:{}]:{}", v4.addr.ip(), v4.addr.port())
+    );
     assert_refused(&gw.agent(&["tcp", &v4_unlisted.addr.to_string(), "--mapped"]));
     assert_eq!(v6_unlisted.accepted() + v4_unlisted.accepted(), 0);
 
@@ -187,16 +230,31 @@ fn nonblocking_and_source_bound_sockets_are_redirected() {
     let out = gw.agent(&["tcp", &addr, "--bind", &src, "--send", "bound"]);
     assert_eq!(out["bind"], "ok", "{out}");
     assert_eq!(out["reply"], "echo:bound", "{out}");
-    assert!(out["local"].as_str().unwrap().starts_with(&format!("{src}:")), "{out}");
+    assert!(
+        out["local"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{src}:")),
+        "{out}"
+    );
     let out = gw.agent(&["tcp", &denied.addr.to_string(), "--bind", &src]);
     assert_refused(&out);
     assert_eq!(denied.accepted(), 0);
 
     let sessions = gw.ended_sessions(4);
-    assert!(sessions[2].peer.starts_with(&format!("{src}:")), "{:#?}", sessions[2]);
+    assert!(
+        sessions[2].peer.starts_with(&format!("{src}:")),
+        "{:#?}",
+        sessions[2]
+    );
     assert_eq!(
         sessions.iter().map(|s| s.verdict).collect::<Vec<_>>(),
-        [VerdictKind::Allow, VerdictKind::Deny, VerdictKind::Allow, VerdictKind::Deny]
+        [
+            VerdictKind::Allow,
+            VerdictKind::Deny,
+            VerdictKind::Allow,
+            VerdictKind::Deny
+        ]
     );
 }
 
@@ -211,7 +269,12 @@ fn udp_raw_packet_and_listener_binds_are_refused() {
         "{allowed}"
     );
     assert_eq!(gw.agent(&["udp", "[::1]:5353"])["sendto"], "ok");
-    for dst in ["127.10.0.54:53", "127.10.0.53:443", "[::1]:53", "[::ffff:127.10.0.54]:443"] {
+    for dst in [
+        "127.10.0.54:53",
+        "127.10.0.53:443",
+        "[::1]:53",
+        "[::ffff:127.10.0.54]:443",
+    ] {
         let out = gw.agent(&["udp", dst]);
         assert_eq!(out["sendto"], "EPERM", "{dst}: {out}");
         assert_eq!(out["connect"], "EPERM", "{dst}: {out}");
@@ -245,5 +308,29 @@ fn a_connection_the_kernel_did_not_redirect_is_refused_and_audited() {
     assert_eq!(sessions[0].rule, "no-origin");
     assert_eq!(sessions[0].agent, None);
     // The daemon goes on serving.
-    assert!(gw.status()["policies"].as_array().is_some_and(|p| p.len() == 1));
+    assert!(
+        gw.status()["policies"]
+            .as_array()
+            .is_some_and(|p| p.len() == 1)
+    );
+}
+
+#[test]
+fn a_governed_agent_in_its_own_network_namespace_is_refused() {
+    let server = EchoServer::start("127.10.0.5");
+    let addr = server.addr.to_string();
+    let gw = Gateway::start("netns", &tcp_target("echo", &addr));
+    // The programs follow the cgroup into the new namespace; the listener does not.
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--net",
+        "sh",
+        "-c",
+        "ip link set lo up && exec \"$0\" \"$@\"",
+    ])
+    .arg(bin("agent-probe"))
+    .args(["tcp", &addr, "--send", "x"]);
+    let out = output_json(&mut gw.cgroup.command(cmd));
+    assert_eq!(out["connect"], "ECONNREFUSED", "{out}");
+    assert_eq!(server.accepted(), 0);
 }

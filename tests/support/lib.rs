@@ -51,9 +51,13 @@ pub fn output_json(cmd: &mut Command) -> Value {
         "{cmd:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("{cmd:?}: {e}: {}", String::from_utf8_lossy(&out.stdout))
-    })
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// A `[[targets]]` table of a policy for a plain TCP destination.
+pub fn tcp_target(name: &str, addr: &str) -> String {
+    format!("\n[[targets]]\nname = \"{name}\"\naddress = \"{addr}\"\nprotocol = \"tcp\"\n")
 }
 
 static NEXT_PORT: AtomicU16 = AtomicU16::new(900);
@@ -172,13 +176,24 @@ impl Gateway {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("gatewayd exited with {status} during start:\n{}", self.log());
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "gatewayd exited with {status} during start:\n{}",
+                    self.log()
+                );
             }
             if client::call(&self.socket(), &Request::Status).is_ok() {
                 return;
             }
-            assert!(Instant::now() < deadline, "gatewayd did not start:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "gatewayd did not start:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }

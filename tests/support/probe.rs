@@ -80,8 +80,20 @@ fn tcp(args: &[String]) -> Value {
     if failed {
         return out;
     }
-    out["local"] = json!(socket.local_addr().ok().and_then(|a| a.as_socket()).map(|a| a.to_string()));
-    out["peer"] = json!(socket.peer_addr().ok().and_then(|a| a.as_socket()).map(|a| a.to_string()));
+    out["local"] = json!(
+        socket
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .map(|a| a.to_string())
+    );
+    out["peer"] = json!(
+        socket
+            .peer_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .map(|a| a.to_string())
+    );
     let mut stream: std::net::TcpStream = socket.into();
     stream.set_nonblocking(false).expect("blocking");
     stream

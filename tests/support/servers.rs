@@ -73,7 +73,14 @@ impl HttpServer {
     pub fn start(ip: &str, root: &Path) -> HttpServer {
         let port = free_port(ip);
         let child = Command::new("python3")
-            .args(["-m", "http.server", &port.to_string(), "--bind", ip, "--directory"])
+            .args([
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                ip,
+                "--directory",
+            ])
             .arg(root)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -82,7 +89,10 @@ impl HttpServer {
         let addr = SocketAddr::new(ip.parse().expect("ip"), port);
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            assert!(Instant::now() < deadline, "http.server on {addr} did not start");
+            assert!(
+                Instant::now() < deadline,
+                "http.server on {addr} did not start"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         HttpServer { addr, child }
