@@ -285,6 +285,39 @@ fn udp_raw_packet_and_listener_binds_are_refused() {
 
     assert_eq!(gw.agent(&["raw"])["socket"], "EPERM");
     assert_eq!(probe(&["raw"])["socket"], "ok");
+    // Only TCP and UDP sockets can be made: nothing else would pass the other hooks. ICMP
+    // echo sockets need the group in ping_group_range before any hook runs: let root's in.
+    let _ping = Sysctl::set("/proc/sys/net/ipv4/ping_group_range", "0 0");
+    for (family, ty, protocol) in [
+        ("inet", "stream", "0"),
+        ("inet6", "stream", "6"),
+        ("inet", "dgram", "0"),
+        ("inet6", "dgram", "17"),
+    ] {
+        let out = gw.agent(&["socket", family, ty, protocol]);
+        assert_eq!(out["socket"], "ok", "{family} {ty} {protocol}");
+    }
+    for (family, ty, protocol, what) in [
+        ("inet", "dgram", "1", "ICMP echo"),
+        ("inet6", "dgram", "58", "ICMPv6 echo"),
+        ("inet", "stream", "262", "MPTCP"),
+        ("inet", "stream", "132", "SCTP"),
+        ("inet", "dgram", "136", "UDP-Lite"),
+        ("inet6", "raw", "6", "raw TCP"),
+    ] {
+        let out = gw.agent(&["socket", family, ty, protocol]);
+        // EPERM from the program; a kernel without the protocol answers before it runs.
+        assert!(
+            out["socket"] == "EPERM" || out["socket"] == "EPROTONOSUPPORT",
+            "{what}: {out}"
+        );
+        if probe(&["socket", family, ty, protocol])["socket"] == "ok" {
+            assert_eq!(
+                out["socket"], "EPERM",
+                "{what} works outside, so the program must refuse it"
+            );
+        }
+    }
     // AF_PACKET never reaches cgroup hooks (the kernel runs them for inet sockets only); the
     // README's threat model closes it by running agents without CAP_NET_RAW, as here.
     let mut cmd = Command::new("setpriv");
@@ -333,4 +366,24 @@ fn a_governed_agent_in_its_own_network_namespace_is_refused() {
     let out = output_json(&mut gw.cgroup.command(cmd));
     assert_eq!(out["connect"], "ECONNREFUSED", "{out}");
     assert_eq!(server.accepted(), 0);
+}
+
+/// A sysctl changed for one test and put back when dropped.
+struct Sysctl {
+    path: &'static str,
+    old: String,
+}
+
+impl Sysctl {
+    fn set(path: &'static str, value: &str) -> Sysctl {
+        let old = std::fs::read_to_string(path).unwrap();
+        std::fs::write(path, value).unwrap();
+        Sysctl { path, old }
+    }
+}
+
+impl Drop for Sysctl {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.path, self.old.trim());
+    }
 }

@@ -30,7 +30,8 @@ const REFUSE: i32 = 0;
 
 const SOCK_STREAM: u32 = 1;
 const SOCK_DGRAM: u32 = 2;
-const SOCK_RAW: u32 = 3;
+const IPPROTO_TCP: u32 = 6;
+const IPPROTO_UDP: u32 = 17;
 const TCP_CLOSE: u32 = 7;
 
 const LOOPBACK4: u32 = u32::from_be(0x7f00_0001);
@@ -152,15 +153,22 @@ fn judge_bind<F: Family>(ctx: &SockAddrContext, sa: SockAddr<F>) -> i32 {
 
 #[cgroup_sock(sock_create)]
 pub fn sock_create(ctx: SockContext) -> i32 {
-    let (family, ty) = unsafe { ((*ctx.sock).family, (*ctx.sock).type_) };
-    // Raw sockets write their own headers: nothing above could judge them. The kernel runs
-    // this hook for inet sockets only, so AF_PACKET is closed by capabilities instead (README,
-    // threat model).
-    if ty == SOCK_RAW {
-        warn!(&ctx, "refused socket family {} type {}", family, ty);
-        return REFUSE;
+    let (family, ty, protocol) =
+        unsafe { ((*ctx.sock).family, (*ctx.sock).type_, (*ctx.sock).protocol) };
+    // Only the sockets the other hooks can judge: TCP (redirected to the daemon) and UDP
+    // (resolvers only). Raw sockets, ICMP datagrams, SCTP, MPTCP and UDP-Lite would carry
+    // data past them. The kernel runs this hook for inet sockets only, so AF_PACKET is closed
+    // by capabilities instead (README, threat model).
+    match (ty, protocol) {
+        (SOCK_STREAM, IPPROTO_TCP) | (SOCK_DGRAM, IPPROTO_UDP) => ALLOW,
+        _ => {
+            warn!(
+                &ctx,
+                "refused socket family {} type {} protocol {}", family, ty, protocol
+            );
+            REFUSE
+        }
     }
-    ALLOW
 }
 
 #[sock_ops]

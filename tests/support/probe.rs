@@ -6,6 +6,7 @@
 //! agent-probe tcp ADDR [--bind IP] [--nonblocking] [--mapped] [--delay-ms N] [--send TEXT]
 //! agent-probe udp ADDR
 //! agent-probe raw | packet
+//! agent-probe socket inet|inet6 stream|dgram|raw PROTOCOL
 //! agent-probe listen PORT
 //! agent-probe child ARGS...      run another probe as a child process
 //! ```
@@ -35,6 +36,7 @@ fn main() -> ExitCode {
             Type::RAW,
             None
         )) }),
+        Some("socket") => socket(&args[1..]),
         Some("listen") => listen(&args[1..]),
         Some("child") => child(&args[1..]),
         _ => {
@@ -148,6 +150,23 @@ fn udp(args: &[String]) -> Value {
     let connect = socket.connect(dst);
     let send = socket.send(b"probe").map(|_| ());
     json!({ "sendto": result(sendto), "connect": result(connect), "send": result(send) })
+}
+
+/// `socket inet|inet6 stream|dgram|raw PROTOCOL`: only creates the socket.
+fn socket(args: &[String]) -> Value {
+    let domain = match args[0].as_str() {
+        "inet" => Domain::IPV4,
+        "inet6" => Domain::IPV6,
+        other => panic!("family {other}"),
+    };
+    let ty = match args[1].as_str() {
+        "stream" => Type::STREAM,
+        "dgram" => Type::DGRAM,
+        "raw" => Type::RAW,
+        other => panic!("type {other}"),
+    };
+    let protocol: i32 = args[2].parse().expect("PROTOCOL number");
+    json!({ "socket": result(Socket::new(domain, ty, Some(Protocol::from(protocol)))) })
 }
 
 fn listen(args: &[String]) -> Value {
