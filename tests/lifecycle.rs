@@ -104,7 +104,9 @@ fn reload_applies_good_policies_keeps_live_sessions_and_rejects_bad_ones() {
     let second = EchoServer::start("127.10.0.6");
     let (a, b) = (first.addr.to_string(), second.addr.to_string());
     let gw = Gateway::start("reload", &tcp_target("first", &a));
-    let other = Cgroup::create(&format!("{}-other", gw.name));
+    // Governed the way a systemd unit is: a nested cgroup path.
+    let other_root = Cgroup::create(&format!("{}-other", gw.name));
+    let other = other_root.child("system.slice/agent.service");
 
     // A session that is open while the policy changes under it.
     let live = gw

@@ -69,6 +69,43 @@ fn allowed_connection_is_relayed_and_audited_with_who_and_where() {
     );
     assert_eq!(agent.cgroup.as_deref(), Some(gw.cgroup.rel()));
     assert!(gw.log().contains("session complete"), "{}", gw.log());
+
+    // What an operator sees of it through gatewayctl and the admin socket.
+    let ctl = |args: &[&str]| {
+        let out = Command::new(bin("gatewayctl"))
+            .arg("--socket")
+            .arg(gw.socket())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let shown: serde_json::Value =
+        serde_json::from_str(&ctl(&["sessions", "show", &s.id.to_string()])).unwrap();
+    assert_eq!(shown["agent"]["pid"], agent.pid);
+    assert_eq!(shown["destination"], web.addr.to_string());
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&ctl(&[
+        "--json",
+        "sessions",
+        "list",
+        "--cgroup",
+        gw.cgroup.rel(),
+        "--verdict",
+        "allow",
+        "--since",
+        "5m",
+    ]))
+    .unwrap();
+    assert_eq!(listed.len(), 1);
+    let none: Vec<serde_json::Value> =
+        serde_json::from_str(&ctl(&["--json", "sessions", "list", "--verdict", "deny"])).unwrap();
+    assert!(none.is_empty());
+    assert!(ctl(&["sessions", "list", "--target", "web"]).contains("targets.web"));
 }
 
 #[test]
