@@ -8,6 +8,8 @@ packages=(
     llvm-22-dev libpolly-22-dev libzstd-dev clang-22
     # Tests: inspect attached programs, addresses, the unit file, a real HTTP client.
     bpftool iproute2 systemd curl python3
+    # PostgreSQL tests: a real server (initdb, postgres), psql and pgbench.
+    postgresql postgresql-client postgresql-contrib
 )
 missing=()
 for p in "${packages[@]}"; do

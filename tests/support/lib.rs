@@ -6,6 +6,7 @@
 //! all of it).
 
 mod cgroup;
+mod postgres;
 mod servers;
 
 use std::{
@@ -24,6 +25,7 @@ use gateway_user::{
 use serde_json::Value;
 
 pub use cgroup::Cgroup;
+pub use postgres::{APP_PASSWORD, APP_ROLE, PgServer, test_ca};
 pub use servers::{EchoServer, HttpServer, free_port, non_loopback_v4};
 
 /// A built binary of the workspace (`target/debug/NAME`, next to this test's own executable).

@@ -48,8 +48,8 @@ pub fn answer(state: &State, req: Request) -> Response {
             .list(&filter, limit.unwrap_or(DEFAULT_LIMIT))
             .map_err(|e| e.to_string())
             .and_then(|v| serde_json::to_value(v).map_err(|e| e.to_string())),
-        Request::SessionsShow { id } => match state.audit.get(id) {
-            Ok(Some(r)) => serde_json::to_value(r).map_err(|e| e.to_string()),
+        Request::SessionsShow { id } => match state.audit.show(id) {
+            Ok(Some(v)) => Ok(v),
             Ok(None) => Err(format!("no session {id}")),
             Err(e) => Err(e.to_string()),
         },

@@ -2,8 +2,10 @@
 //! flushing, so that another store could slot in here.
 //!
 //! Layout: tree `sessions`, key = session id (u64 big-endian, so iteration is in start
-//! order), value = JSON of [`SessionRecord`]. Ids come from sled's persistent generator, so
-//! they keep growing across restarts.
+//! order), value = JSON of [`SessionRecord`]; tree `events`, key = session id then sequence
+//! number (both u64 big-endian, so a session's events are one ordered range), value = JSON of
+//! [`StatementEvent`]. Ids come from sled's persistent generator, so they keep growing
+//! across restarts.
 
 pub mod filter;
 pub mod record;
@@ -11,7 +13,7 @@ pub mod record;
 use std::path::Path;
 
 pub use filter::SessionFilter;
-pub use record::{Agent, SessionEnd, SessionRecord, VerdictKind, now_ms};
+pub use record::{Agent, SessionEnd, SessionRecord, StatementEvent, VerdictKind, now_ms};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -27,6 +29,7 @@ pub enum AuditError {
 pub struct AuditStore {
     db: sled::Db,
     sessions: sled::Tree,
+    events: sled::Tree,
 }
 
 impl AuditStore {
@@ -36,7 +39,12 @@ impl AuditStore {
             .flush_every_ms(Some(200))
             .open()?;
         let sessions = db.open_tree("sessions")?;
-        Ok(AuditStore { db, sessions })
+        let events = db.open_tree("events")?;
+        Ok(AuditStore {
+            db,
+            sessions,
+            events,
+        })
     }
 
     pub fn next_id(&self) -> Result<u64, AuditError> {
@@ -86,10 +94,55 @@ impl AuditStore {
         Ok(out)
     }
 
+    pub fn put_event(&self, event: &StatementEvent) -> Result<(), AuditError> {
+        self.events.insert(
+            event_key(event.session_id, event.seq),
+            serde_json::to_vec(event)?,
+        )?;
+        Ok(())
+    }
+
+    /// A session with its events, as `sessions show` presents it.
+    pub fn show(&self, id: u64) -> Result<Option<serde_json::Value>, AuditError> {
+        let Some(record) = self.get(id)? else {
+            return Ok(None);
+        };
+        let mut v = serde_json::to_value(record)?;
+        v["events"] = serde_json::to_value(self.events(id)?)?;
+        Ok(Some(v))
+    }
+
+    /// A session's events in order.
+    pub fn events(&self, session_id: u64) -> Result<Vec<StatementEvent>, AuditError> {
+        self.events
+            .scan_prefix(session_id.to_be_bytes())
+            .map(|item| {
+                let (_, v) = item?;
+                serde_json::from_slice(&v).map_err(|source| AuditError::Decode {
+                    id: session_id,
+                    source,
+                })
+            })
+            .collect()
+    }
+
+    /// Makes everything written so far durable.
+    pub async fn flush_async(&self) -> Result<(), AuditError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
     pub fn flush(&self) -> Result<(), AuditError> {
         self.db.flush()?;
         Ok(())
     }
+}
+
+fn event_key(session_id: u64, seq: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&session_id.to_be_bytes());
+    k[8..].copy_from_slice(&seq.to_be_bytes());
+    k
 }
 
 fn decode(id: u64, bytes: &[u8]) -> Result<SessionRecord, AuditError> {

@@ -67,6 +67,30 @@ pub struct SessionRecord {
     pub end: Option<SessionEnd>,
 }
 
+/// One statement (or refused protocol step) of a session, in the order the agent sent them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatementEvent {
+    pub session_id: u64,
+    /// 1, 2, ... within the session.
+    pub seq: u64,
+    pub at_ms: u64,
+    /// The protocol step that carried it: `query`, `parse`, `bind`, `execute`.
+    pub step: String,
+    /// The statement kind (`select`, `update`, ...), or `unparsed`.
+    pub kind: String,
+    /// The SQL, with literals replaced by `?` unless the policy keeps them.
+    pub sql: String,
+    /// `allow`, `deny`, `mask` or `hold`.
+    pub verdict: String,
+    pub rule: String,
+    /// From forwarding to the upstream's completion.
+    pub duration_us: u64,
+    pub rows: Option<u64>,
+    /// How many values were masked; never the values themselves.
+    pub masked: u64,
+    pub error: Option<String>,
+}
+
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

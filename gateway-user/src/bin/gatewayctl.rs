@@ -172,10 +172,10 @@ fn ask(cli: &Cli, req: Request) -> Result<serde_json::Value, String> {
                     .map_err(|e| e.to_string())?;
                 serde_json::to_value(list).map_err(|e| e.to_string())
             }
-            Request::SessionsShow { id } => match store.get(id).map_err(|e| e.to_string())? {
-                Some(r) => serde_json::to_value(r).map_err(|e| e.to_string()),
-                None => Err(format!("no session {id}")),
-            },
+            Request::SessionsShow { id } => store
+                .show(id)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("no session {id}")),
             Request::Status => Err("status needs the running daemon".into()),
         };
     }

@@ -1,6 +1,10 @@
 //! One accepted connection, from the kernel's record of it to the audit's last word.
 
-use std::{net::SocketAddr, sync::atomic::Ordering, time::Instant};
+use std::{
+    net::SocketAddr,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Instant,
+};
 
 use tokio::net::TcpStream;
 
@@ -9,7 +13,10 @@ use crate::{
     identity,
     kernel::origins::destination,
     policy::{Denial, Protocol, Verdict, decide},
-    protocol::tcp::{self, Side},
+    protocol::{
+        postgres,
+        tcp::{self, Side},
+    },
 };
 
 use super::state::State;
@@ -70,12 +77,13 @@ async fn serve(state: &State, agent: TcpStream, peer: SocketAddr) -> SessionReco
         return refused(record, &agent, &Verdict::Deny(Denial::UnknownOrigin));
     };
     let dst = destination(&origin);
-    let verdict = {
-        let loaded = state.policies();
-        let policy = loaded.by_cgroup.get(&origin.governed_cgroup_id);
-        record.policy = policy.map(|p| p.name.clone());
-        decide(policy.map(AsRef::as_ref), &state.resolved(), dst)
-    };
+    let policy = state
+        .policies()
+        .by_cgroup
+        .get(&origin.governed_cgroup_id)
+        .cloned();
+    record.policy = policy.as_ref().map(|p| p.name.clone());
+    let verdict = decide(policy.as_deref(), &state.resolved(), dst);
     let Verdict::Allow { target, protocol } = &verdict else {
         return refused(record, &agent, &verdict);
     };
@@ -93,13 +101,54 @@ async fn serve(state: &State, agent: TcpStream, peer: SocketAddr) -> SessionReco
     }
     let timeout = state.config.upstream_connect_timeout();
     let upstream = match tokio::time::timeout(timeout, TcpStream::connect(dst)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return unreachable(record, &agent, e.to_string()),
-        Err(_) => return unreachable(record, &agent, format!("no answer within {timeout:?}")),
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {timeout:?}")),
+    };
+    let upstream = match upstream {
+        Ok(s) => s,
+        Err(why) if protocol == Protocol::Postgres => {
+            postgres::unreachable(agent, target, &why).await;
+            record.end = Some(SessionEnd::UpstreamUnreachable(why));
+            record.ended_at_ms = Some(now_ms());
+            return record;
+        }
+        Err(why) => return unreachable(record, &agent, why),
     };
     let _ = agent.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
     match protocol {
+        Protocol::Postgres => {
+            let Some(pg) = policy
+                .as_ref()
+                .and_then(|p| p.targets.iter().find(|t| &t.name == target))
+                .and_then(|t| t.postgres.clone())
+            else {
+                unreachable!("a validated postgres target has its settings")
+            };
+            let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+            let params = postgres::Params {
+                policy: record.policy.clone().unwrap_or_default(),
+                target: pg,
+                audit: state.audit.clone(),
+                session_id: id,
+                cancels: &state.pg_cancels,
+                governed_cgroup_id: origin.governed_cgroup_id,
+                upstream_addr: dst,
+                server_name: target_host(policy.as_deref(), target, dst),
+                bytes_up: &up,
+                bytes_down: &down,
+            };
+            let outcome = postgres::serve(params, agent, upstream).await;
+            record.bytes_up = up.load(Ordering::Relaxed);
+            record.bytes_down = down.load(Ordering::Relaxed);
+            record.end = Some(match outcome {
+                postgres::Outcome::Closed | postgres::Outcome::Cancel => SessionEnd::Closed,
+                postgres::Outcome::Agent(e) => SessionEnd::AgentError(e),
+                postgres::Outcome::Upstream(e) => SessionEnd::UpstreamError(e),
+                postgres::Outcome::UpstreamLogin(e) => SessionEnd::UpstreamUnreachable(e),
+            });
+        }
         Protocol::Tcp => {
             let out = tcp::relay(agent, upstream).await;
             record.bytes_up = out.bytes_up;
@@ -113,6 +162,17 @@ async fn serve(state: &State, agent: TcpStream, peer: SocketAddr) -> SessionReco
     }
     record.ended_at_ms = Some(now_ms());
     record
+}
+
+/// The host a policy names for a target: its DNS name, or the address dialled.
+fn target_host(policy: Option<&crate::policy::Policy>, target: &str, dst: SocketAddr) -> String {
+    match policy
+        .and_then(|p| p.targets.iter().find(|t| t.name == target))
+        .map(|t| &t.destination.host)
+    {
+        Some(crate::policy::Host::Name(n)) => n.clone(),
+        _ => dst.ip().to_string(),
+    }
 }
 
 fn unreachable(mut record: SessionRecord, agent: &TcpStream, why: String) -> SessionRecord {

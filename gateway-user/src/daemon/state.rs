@@ -33,6 +33,8 @@ pub struct State {
     pub audit: AuditStore,
     pub last_reload_error: Mutex<Option<String>>,
     pub active_sessions: AtomicU64,
+    /// Cancel keys handed to PostgreSQL agents, mapped to their upstream backends.
+    pub pg_cancels: crate::protocol::postgres::CancelRegistry,
 }
 
 #[derive(Debug, Serialize)]

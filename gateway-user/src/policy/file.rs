@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use serde::Deserialize;
 
 use super::destination::Destination;
+use crate::protocol::postgres::PostgresFile;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,14 +38,19 @@ pub struct TargetFile {
     pub name: String,
     pub address: Destination,
     pub protocol: Protocol,
+    /// Required for, and only for, `protocol = "postgres"`.
+    pub postgres: Option<PostgresFile>,
 }
 
-/// How the daemon speaks to a target. Later protocols (postgres, mysql, ssh, http) add
-/// variants here and a handler under `protocol/`.
+/// How the daemon speaks to a target. Later protocols (mysql, ssh, http) add variants here
+/// and a handler under `protocol/`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
+    /// Bytes relayed both ways; the connection is the unit of policy.
     Tcp,
+    /// The wire protocol terminated; each statement is judged.
+    Postgres,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -15,7 +15,7 @@ pub use destination::{Destination, Host};
 pub use file::Protocol;
 pub use verdict::{Denial, Resolved, Verdict, decide};
 
-use crate::cgroup;
+use crate::{cgroup, protocol::postgres::PostgresTarget};
 
 /// One validated policy, pinned to one cgroup.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,6 +33,7 @@ pub struct Target {
     pub name: String,
     pub destination: Destination,
     pub protocol: Protocol,
+    pub postgres: Option<Arc<PostgresTarget>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,10 +69,30 @@ impl Policy {
             if !names.insert(t.name.clone()) {
                 return Err(err(format!("two targets are named {:?}", t.name)));
             }
+            let postgres = match (t.protocol, t.postgres) {
+                (Protocol::Postgres, Some(pg)) => Some(Arc::new(
+                    PostgresTarget::validate(pg)
+                        .map_err(|e| err(format!("target {:?}: {e}", t.name)))?,
+                )),
+                (Protocol::Postgres, None) => {
+                    return Err(err(format!(
+                        "target {:?}: protocol \"postgres\" needs a [targets.postgres] table",
+                        t.name
+                    )));
+                }
+                (_, Some(_)) => {
+                    return Err(err(format!(
+                        "target {:?}: a [targets.postgres] table needs protocol \"postgres\"",
+                        t.name
+                    )));
+                }
+                (_, None) => None,
+            };
             targets.push(Target {
                 name: t.name,
                 destination: t.address,
                 protocol: t.protocol,
+                postgres,
             });
         }
         Ok(Policy {

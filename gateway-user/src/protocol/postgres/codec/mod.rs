@@ -1,0 +1,8 @@
+//! The PostgreSQL wire protocol (3.0) as far as the gateway speaks it: framing, the agent's
+//! messages, and the server side's. No I/O here; the session owns the sockets.
+
+pub mod backend;
+pub mod frame;
+pub mod frontend;
+
+pub use frame::{Frame, FrameError};

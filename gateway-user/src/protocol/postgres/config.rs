@@ -1,0 +1,129 @@
+//! A `postgres` target's settings in a policy file: the upstream login, TLS, and the
+//! per-statement rules. Validated here, so the session never meets a bad combination.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::{rules::SqlRule, upstream::UpstreamError};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresFile {
+    /// The upstream role and database the daemon logs in as; the agent's own are ignored.
+    pub user: String,
+    pub database: String,
+    /// The upstream password: a file only the daemon can read, or a variable of its service
+    /// environment. Read at each login, so a rotated secret needs no reload.
+    pub password_file: Option<PathBuf>,
+    pub password_env: Option<String>,
+    /// `disable`, `require` (encrypted, certificate not checked) or `verify-full` (chain
+    /// checked against `ca_file`, name against the target's host).
+    pub tls: TlsMode,
+    pub ca_file: Option<PathBuf>,
+    /// A statement sqlparser cannot parse: `deny` (the default) or `allow`.
+    #[serde(default)]
+    pub unparsed: Unparsed,
+    /// Keep literal values in the audited SQL text (off: they are replaced by `?`).
+    #[serde(default)]
+    pub audit_literals: bool,
+    #[serde(default)]
+    pub rules: Vec<SqlRule>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    Disable,
+    Require,
+    VerifyFull,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unparsed {
+    #[default]
+    Deny,
+    Allow,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    None,
+    File(PathBuf),
+    Env(String),
+}
+
+/// A validated `postgres` target.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PostgresTarget {
+    pub user: String,
+    pub database: String,
+    pub credential: Credential,
+    pub tls: TlsMode,
+    pub ca_file: Option<PathBuf>,
+    pub unparsed: Unparsed,
+    pub audit_literals: bool,
+    pub rules: Vec<SqlRule>,
+}
+
+impl PostgresTarget {
+    pub fn validate(raw: PostgresFile) -> Result<PostgresTarget, String> {
+        if raw.user.is_empty() || raw.database.is_empty() {
+            return Err("`user` and `database` must not be empty".into());
+        }
+        let credential = match (raw.password_file, raw.password_env) {
+            (Some(_), Some(_)) => {
+                return Err("set one of `password_file` and `password_env`, not both".into());
+            }
+            (Some(f), None) => Credential::File(f),
+            (None, Some(v)) => Credential::Env(v),
+            (None, None) => Credential::None,
+        };
+        match (raw.tls, &raw.ca_file) {
+            (TlsMode::VerifyFull, None) => {
+                return Err("tls = \"verify-full\" needs `ca_file`".into());
+            }
+            (TlsMode::Disable | TlsMode::Require, Some(_)) => {
+                return Err("`ca_file` is only used with tls = \"verify-full\"".into());
+            }
+            _ => {}
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for r in &raw.rules {
+            r.validate().map_err(|e| e.to_string())?;
+            if !names.insert(r.name.as_str()) {
+                return Err(format!("two rules are named {:?}", r.name));
+            }
+        }
+        Ok(PostgresTarget {
+            user: raw.user,
+            database: raw.database,
+            credential,
+            tls: raw.tls,
+            ca_file: raw.ca_file,
+            unparsed: raw.unparsed,
+            audit_literals: raw.audit_literals,
+            rules: raw.rules,
+        })
+    }
+
+    /// The upstream password. Never logged, never audited, never sent to the agent.
+    pub fn password(&self) -> Result<Vec<u8>, UpstreamError> {
+        match &self.credential {
+            Credential::None => Err(UpstreamError::NoCredential),
+            Credential::File(path) => std::fs::read(path)
+                .map(|mut v| {
+                    // A trailing newline is how editors end files, not part of the secret.
+                    while v.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                        v.pop();
+                    }
+                    v
+                })
+                .map_err(|e| UpstreamError::Credential(format!("{}: {e}", path.display()))),
+            Credential::Env(var) => std::env::var(var)
+                .map(String::into_bytes)
+                .map_err(|_| UpstreamError::Credential(format!("${var} is not set"))),
+        }
+    }
+}

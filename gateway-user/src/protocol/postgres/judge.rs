@@ -1,0 +1,122 @@
+//! From SQL text to what the session does with it: parse, the pure rule verdict, the masker
+//! the verdict calls for, the refusal the agent will read, and the text the audit keeps.
+
+use std::sync::Arc;
+
+use super::{
+    codec::backend::ErrorFields,
+    config::{PostgresTarget, Unparsed},
+    mask::Masker,
+    rules::{Action, decide_all},
+    sql::classify,
+};
+
+/// SQLSTATE for a policy refusal: insufficient_privilege, what PostgreSQL itself reports
+/// when a role may not do something.
+pub const POLICY_DENIED: &str = "42501";
+
+/// The judgement of one Query or Parse, kept for each Execute of a prepared statement.
+#[derive(Debug, Clone)]
+pub struct Judged {
+    pub action: Action,
+    pub rule: String,
+    /// What the agent reads instead of a result, when refused.
+    pub refusal: Option<ErrorFields>,
+    pub masker: Option<Arc<Masker>>,
+    /// One entry per statement: its kind and its SQL as the audit keeps it.
+    pub statements: Vec<(String, String)>,
+}
+
+impl Judged {
+    pub fn verdict(&self) -> &'static str {
+        match self.action {
+            Action::Allow => "allow",
+            Action::Deny => "deny",
+            Action::Mask => "mask",
+            Action::Hold => "hold",
+        }
+    }
+}
+
+pub fn judge(policy: &str, target: &PostgresTarget, sql: &str) -> Judged {
+    let stmts = match classify(sql) {
+        Ok(s) => s,
+        Err(e) => {
+            let statements = vec![("unparsed".to_owned(), sql.to_owned())];
+            return match target.unparsed {
+                Unparsed::Allow => Judged {
+                    action: Action::Allow,
+                    rule: "unparsed".into(),
+                    refusal: None,
+                    masker: None,
+                    statements,
+                },
+                Unparsed::Deny => Judged {
+                    action: Action::Deny,
+                    rule: "unparsed".into(),
+                    refusal: Some(
+                        ErrorFields::error(
+                            POLICY_DENIED,
+                            format!(
+                                "gatewayd: policy {policy} refuses a statement it cannot parse"
+                            ),
+                        )
+                        .with_detail(e.to_string())
+                        .with_hint("The gateway does not guess what an unparsed statement does."),
+                    ),
+                    masker: None,
+                    statements,
+                },
+            };
+        }
+    };
+    let verdict = decide_all(&target.rules, &stmts);
+    let statements = stmts
+        .iter()
+        .map(|s| {
+            let kind = serde_json::to_value(s.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            let text = if target.audit_literals {
+                s.text.clone()
+            } else {
+                s.redacted.clone()
+            };
+            (kind, text)
+        })
+        .collect();
+    let refusal = match verdict.action {
+        Action::Deny => Some(ErrorFields::error(
+            POLICY_DENIED,
+            format!(
+                "gatewayd: policy {policy} denies this statement (rule {})",
+                verdict.rule
+            ),
+        )),
+        Action::Hold => Some(
+            ErrorFields::error(
+                POLICY_DENIED,
+                format!(
+                    "gatewayd: policy {policy} holds this statement for approval (rule {})",
+                    verdict.rule
+                ),
+            )
+            .with_detail(
+                "Approvals are not enabled on this gateway yet, so held statements are refused.",
+            ),
+        ),
+        Action::Allow | Action::Mask => None,
+    };
+    let masker = (verdict.action == Action::Mask).then(|| {
+        let rules: Vec<_> = verdict.masks.iter().map(|&i| &target.rules[i]).collect();
+        Arc::new(Masker::from_rules(&rules))
+    });
+    Judged {
+        action: verdict.action,
+        rule: verdict.rule,
+        refusal,
+        masker,
+        statements,
+    }
+}

@@ -1,0 +1,901 @@
+//! Value masking for result rows: whole columns by name, or sensitive
+//! fragments found inside text by small hand-written scanners.
+//!
+//! Scanners work on bytes and only ever cut at ASCII bytes, so every match
+//! boundary is a valid `str` boundary. Nothing is allocated until something
+//! matches, because this runs once per value on the hot path.
+
+use std::cmp::Reverse;
+
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::protocol::postgres::rules::{Glob, SqlRule};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Detector {
+    Email,
+    Card,
+    NationalId,
+    Phone,
+    Iban,
+    ApiKey,
+    Jwt,
+}
+
+impl Detector {
+    pub const ALL: [Detector; 7] = [
+        Detector::Email,
+        Detector::Card,
+        Detector::NationalId,
+        Detector::Phone,
+        Detector::Iban,
+        Detector::ApiKey,
+        Detector::Jwt,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        TABLE[self as usize].0
+    }
+
+    fn replacement(self) -> &'static str {
+        TABLE[self as usize].1
+    }
+
+    /// When two findings cover exactly the same bytes, the more specific
+    /// detector names it in the audit.
+    fn specificity(self) -> u8 {
+        TABLE[self as usize].2
+    }
+
+    fn scan(self, b: &[u8], out: &mut Vec<Found>) {
+        match self {
+            Detector::Email => scan_email(b, out),
+            Detector::Card => scan_card(b, out),
+            Detector::NationalId => scan_national_id(b, out),
+            Detector::Phone => scan_phone(b, out),
+            Detector::Iban => scan_iban(b, out),
+            Detector::ApiKey => scan_api_key(b, out),
+            Detector::Jwt => scan_jwt(b, out),
+        }
+    }
+}
+
+/// Name, replacement text and tie-break rank, indexed by `Detector as usize`.
+const TABLE: [(&str, &str, u8); 7] = [
+    ("email", "[redacted:email]", 5),
+    ("card", "[redacted:card]", 2),
+    ("national_id", "[redacted:national_id]", 3),
+    ("phone", "[redacted:phone]", 6),
+    ("iban", "[redacted:iban]", 1),
+    ("api_key", "[redacted:api_key]", 4),
+    ("jwt", "[redacted:jwt]", 0),
+];
+
+/// How many fragments each detector replaced in one value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DetectorCounts([u32; 7]);
+
+impl DetectorCounts {
+    pub fn get(&self, d: Detector) -> u32 {
+        self.0[d as usize]
+    }
+
+    pub fn total(&self) -> u32 {
+        self.0.iter().sum()
+    }
+
+    pub fn add(&mut self, other: &DetectorCounts) {
+        for (a, b) in self.0.iter_mut().zip(other.0) {
+            *a += b;
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (Detector, u32)> + '_ {
+        Detector::ALL
+            .into_iter()
+            .map(|d| (d, self.get(d)))
+            .filter(|(_, n)| *n > 0)
+    }
+}
+
+impl Serialize for DetectorCounts {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(None)?;
+        for (d, n) in self.iter() {
+            map.serialize_entry(d.as_str(), &n)?;
+        }
+        map.end()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaskReason {
+    /// The column name matched a mask rule; the whole value was replaced.
+    Column,
+    /// Detectors found fragments inside the value.
+    Detected(DetectorCounts),
+}
+
+pub const COLUMN_REDACTION: &str = "[redacted]";
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Masker {
+    columns: Vec<Glob>,
+    detectors: Vec<Detector>,
+}
+
+impl Masker {
+    /// Unions the columns and detectors of every matching mask rule: a value
+    /// is masked if any rule that applies to the statement wants it masked.
+    pub fn from_rules(rules: &[&SqlRule]) -> Masker {
+        Masker::new(
+            rules
+                .iter()
+                .flat_map(|r| r.columns.iter().cloned())
+                .collect(),
+            rules
+                .iter()
+                .flat_map(|r| r.detectors.iter().copied())
+                .collect(),
+        )
+    }
+
+    pub fn new(columns: Vec<Glob>, detectors: Vec<Detector>) -> Masker {
+        let mut unique = Vec::with_capacity(detectors.len());
+        for d in detectors {
+            if !unique.contains(&d) {
+                unique.push(d);
+            }
+        }
+        Masker {
+            columns,
+            detectors: unique,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.columns.is_empty() && self.detectors.is_empty()
+    }
+
+    pub fn masks_column(&self, column: &str) -> bool {
+        self.columns.iter().any(|g| g.matches(column))
+    }
+
+    pub fn mask_text(&self, column: &str, value: &str) -> Option<(String, MaskReason)> {
+        if self.masks_column(column) {
+            return Some((COLUMN_REDACTION.to_string(), MaskReason::Column));
+        }
+        let bytes = value.as_bytes();
+        // Most values hold neither digits nor `@`; one pass lets those skip
+        // the scanners that could not match anyway.
+        let has_digit = bytes.iter().any(u8::is_ascii_digit);
+        let mut found = Vec::new();
+        for &d in &self.detectors {
+            let possible = match d {
+                Detector::Email => bytes.contains(&b'@'),
+                Detector::Card | Detector::NationalId | Detector::Phone | Detector::Iban => {
+                    has_digit
+                }
+                Detector::ApiKey | Detector::Jwt => true,
+            };
+            if possible {
+                d.scan(bytes, &mut found);
+            }
+        }
+        if found.is_empty() {
+            return None;
+        }
+        found.sort_by_key(|f| (f.start, Reverse(f.end), f.detector.specificity()));
+        let mut out = String::with_capacity(value.len() + 16);
+        let mut counts = DetectorCounts::default();
+        let mut pos = 0;
+        for f in found {
+            // Findings overlap (a JWT segment is also a long token); the
+            // earliest, longest one wins so each byte is redacted once.
+            if f.start < pos {
+                continue;
+            }
+            out.push_str(&value[pos..f.start]);
+            out.push_str(f.detector.replacement());
+            counts.0[f.detector as usize] += 1;
+            pos = f.end;
+        }
+        out.push_str(&value[pos..]);
+        Some((out, MaskReason::Detected(counts)))
+    }
+}
+
+struct Found {
+    start: usize,
+    end: usize,
+    detector: Detector,
+}
+
+fn push(out: &mut Vec<Found>, start: usize, end: usize, detector: Detector) {
+    out.push(Found {
+        start,
+        end,
+        detector,
+    });
+}
+
+fn is_word(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_'
+}
+
+fn is_token(c: u8) -> bool {
+    is_word(c) || c == b'-'
+}
+
+fn digit_at(b: &[u8], i: usize) -> bool {
+    b.get(i).is_some_and(u8::is_ascii_digit)
+}
+
+/// A number may start here only if it is not the tail of a longer word or
+/// number (`x4111…`, `12-4111…`, `3.4111…`), which would make it something else.
+fn number_starts(b: &[u8], i: usize) -> bool {
+    if i == 0 {
+        return true;
+    }
+    let p = b[i - 1];
+    !(is_word(p) || p == b'+' || (matches!(p, b'-' | b'.' | b',') && i >= 2 && digit_at(b, i - 2)))
+}
+
+fn number_ends(b: &[u8], j: usize) -> bool {
+    match b.get(j) {
+        None => true,
+        Some(&n) => !(is_word(n) || (matches!(n, b'-' | b'.' | b',') && digit_at(b, j + 1))),
+    }
+}
+
+fn scan_email(b: &[u8], out: &mut Vec<Found>) {
+    let is_local = |c: u8| c.is_ascii_alphanumeric() || b"._%+-".contains(&c);
+    let is_domain = |c: u8| c.is_ascii_alphanumeric() || c == b'.' || c == b'-';
+    for at in 0..b.len() {
+        if b[at] != b'@' {
+            continue;
+        }
+        let mut s = at;
+        while s > 0 && is_local(b[s - 1]) {
+            s -= 1;
+        }
+        while s < at && b[s] == b'.' {
+            s += 1;
+        }
+        let mut e = at + 1;
+        while e < b.len() && is_domain(b[e]) {
+            e += 1;
+        }
+        while e > at + 1 && matches!(b[e - 1], b'.' | b'-') {
+            e -= 1;
+        }
+        if s < at && valid_domain(&b[at + 1..e]) {
+            push(out, s, e, Detector::Email);
+        }
+    }
+}
+
+fn valid_domain(d: &[u8]) -> bool {
+    let mut labels = 0;
+    let mut last: &[u8] = &[];
+    for label in d.split(|&c| c == b'.') {
+        if label.is_empty() || label.len() > 63 || label[0] == b'-' {
+            return false;
+        }
+        labels += 1;
+        last = label;
+    }
+    labels >= 2 && last.len() >= 2 && last.iter().all(u8::is_ascii_alphabetic)
+}
+
+/// Digit groups separated by single spaces or dashes, e.g. `4111 1111 1111 1111`.
+fn scan_card(b: &[u8], out: &mut Vec<Found>) {
+    let mut i = 0;
+    while i < b.len() {
+        if !b[i].is_ascii_digit() || !number_starts(b, i) {
+            i += 1;
+            continue;
+        }
+        // Collect the run's groups; a fixed array keeps this allocation-free.
+        let mut groups = [(0usize, 0usize); 24];
+        let mut n = 0;
+        let mut j = i;
+        loop {
+            let start = j;
+            while digit_at(b, j) {
+                j += 1;
+            }
+            if n < groups.len() {
+                groups[n] = (start, j);
+                n += 1;
+            }
+            if matches!(b.get(j), Some(b' ' | b'-')) && digit_at(b, j + 1) {
+                j += 1;
+            } else {
+                break;
+            }
+        }
+        if number_ends(b, j) {
+            card_in_groups(b, &groups[..n], out);
+        }
+        i = j + 1;
+    }
+}
+
+/// Tries the longest run of whole groups first so `qty 3 4111…` still finds
+/// the card after the stray `3`.
+fn card_in_groups(b: &[u8], groups: &[(usize, usize)], out: &mut Vec<Found>) {
+    let mut a = 0;
+    while a < groups.len() {
+        let mut best = None;
+        let mut digits = 0;
+        for (z, &(gs, ge)) in groups.iter().enumerate().skip(a) {
+            // Cards are printed in groups of four or more; only the last may be short.
+            if z > a && groups[z - 1].1 - groups[z - 1].0 < 4 {
+                break;
+            }
+            digits += ge - gs;
+            if digits > 19 {
+                break;
+            }
+            if digits >= 13 && luhn(&b[groups[a].0..ge]) {
+                best = Some(z);
+            }
+        }
+        match best {
+            Some(z) => {
+                push(out, groups[a].0, groups[z].1, Detector::Card);
+                a = z + 1;
+            }
+            None => a += 1,
+        }
+    }
+}
+
+fn luhn(s: &[u8]) -> bool {
+    let mut sum = 0u32;
+    let mut double = false;
+    for &c in s.iter().rev().filter(|c| c.is_ascii_digit()) {
+        let mut d = u32::from(c - b'0');
+        if double {
+            d *= 2;
+            if d > 9 {
+                d -= 9;
+            }
+        }
+        sum += d;
+        double = !double;
+    }
+    sum.is_multiple_of(10)
+}
+
+fn scan_national_id(b: &[u8], out: &mut Vec<Found>) {
+    let mut i = 0;
+    while i < b.len() {
+        let found = match b[i] {
+            b'0'..=b'9' => ssn_at(b, i),
+            b'A'..=b'Z' | b'a'..=b'z' => nino_at(b, i),
+            _ => None,
+        };
+        match found {
+            Some(end) => {
+                push(out, i, end, Detector::NationalId);
+                i = end;
+            }
+            None => i += 1,
+        }
+    }
+}
+
+/// US SSN `ddd-dd-dddd`; area 000, 666 and 9xx, group 00 and serial 0000
+/// are never issued, so excluding them avoids masking look-alikes.
+fn ssn_at(b: &[u8], i: usize) -> Option<usize> {
+    let s = b.get(i..i + 11)?;
+    if !s[0].is_ascii_digit() || s[3] != b'-' {
+        return None;
+    }
+    let shape = s.iter().enumerate().all(|(k, &c)| match k {
+        3 | 6 => c == b'-',
+        _ => c.is_ascii_digit(),
+    });
+    if !shape || !number_starts(b, i) || !number_ends(b, i + 11) {
+        return None;
+    }
+    let valid = &s[..3] != b"000" && &s[..3] != b"666" && s[0] != b'9';
+    (valid && &s[4..6] != b"00" && &s[7..11] != b"0000").then_some(i + 11)
+}
+
+/// UK National Insurance number `AB 12 34 56 C`, spaces optional.
+fn nino_at(b: &[u8], i: usize) -> Option<usize> {
+    if !b[i].is_ascii_alphabetic() || (i > 0 && is_word(b[i - 1])) {
+        return None;
+    }
+    let up = |k: usize| b.get(k).map(u8::to_ascii_uppercase);
+    let (p1, p2) = (up(i)?, up(i + 1)?);
+    if !p1.is_ascii_alphabetic()
+        || !p2.is_ascii_alphabetic()
+        || b"DFIQUV".contains(&p1)
+        || b"DFIOQUV".contains(&p2)
+        || [*b"BG", *b"GB", *b"NK", *b"KN", *b"TN", *b"NT", *b"ZZ"].contains(&[p1, p2])
+    {
+        return None;
+    }
+    let mut j = i + 2;
+    for _ in 0..3 {
+        if b.get(j) == Some(&b' ') {
+            j += 1;
+        }
+        if !(digit_at(b, j) && digit_at(b, j + 1)) {
+            return None;
+        }
+        j += 2;
+    }
+    if b.get(j) == Some(&b' ') {
+        j += 1;
+    }
+    let suffix = up(j)?;
+    let end = j + 1;
+    (matches!(suffix, b'A'..=b'D') && !b.get(end).copied().is_some_and(is_word)).then_some(end)
+}
+
+fn scan_phone(b: &[u8], out: &mut Vec<Found>) {
+    let mut i = 0;
+    while i < b.len() {
+        let end = match b[i] {
+            b'+' => e164_at(b, i),
+            b'(' | b'0'..=b'9' => nanp_at(b, i),
+            _ => None,
+        };
+        match end {
+            Some(e) => {
+                push(out, i, e, Detector::Phone);
+                i = e;
+            }
+            None => i += 1,
+        }
+    }
+}
+
+/// `+` then 8–15 digits, allowing the usual visual separators.
+fn e164_at(b: &[u8], i: usize) -> Option<usize> {
+    if (i > 0 && (is_word(b[i - 1]) || b[i - 1] == b'+'))
+        || !matches!(b.get(i + 1), Some(b'1'..=b'9'))
+    {
+        return None;
+    }
+    let (mut j, mut digits, mut end, mut seps) = (i + 1, 0, i + 1, 0);
+    while let Some(&c) = b.get(j) {
+        if c.is_ascii_digit() {
+            digits += 1;
+            seps = 0;
+            end = j + 1;
+        } else if matches!(c, b' ' | b'-' | b'.' | b'(' | b')') && seps < 2 {
+            seps += 1;
+        } else {
+            break;
+        }
+        j += 1;
+    }
+    ((8..=15).contains(&digits) && number_ends(b, end)).then_some(end)
+}
+
+/// North American layouts: `(555) 123-4567`, `555-123-4567`, `555.123.4567`.
+fn nanp_at(b: &[u8], i: usize) -> Option<usize> {
+    let digits = |k: usize, n: usize| (k..k + n).all(|x| digit_at(b, x));
+    let (mut j, sep) = if b[i] == b'(' {
+        if (i > 0 && is_word(b[i - 1])) || !digits(i + 1, 3) || b.get(i + 4) != Some(&b')') {
+            return None;
+        }
+        let j = i + 5;
+        (if b.get(j) == Some(&b' ') { j + 1 } else { j }, None)
+    } else {
+        let sep = *b.get(i + 3)?;
+        if !number_starts(b, i) || !digits(i, 3) || !matches!(sep, b'-' | b'.') {
+            return None;
+        }
+        (i + 4, Some(sep))
+    };
+    if !digits(j, 3) {
+        return None;
+    }
+    j += 3;
+    let second = *b.get(j)?;
+    let ok = match sep {
+        Some(s) => second == s,
+        None => matches!(second, b'-' | b'.' | b' '),
+    };
+    (ok && digits(j + 1, 4) && number_ends(b, j + 5)).then_some(j + 5)
+}
+
+/// Country code, check digits and BBAN, optionally in space-separated
+/// groups; accepted only when the ISO 13616 mod-97 check holds.
+fn scan_iban(b: &[u8], out: &mut Vec<Found>) {
+    let mut i = 0;
+    while i + 4 <= b.len() {
+        let shape = b[i].is_ascii_alphabetic()
+            && b[i + 1].is_ascii_alphabetic()
+            && b[i + 2].is_ascii_digit()
+            && b[i + 3].is_ascii_digit();
+        if !shape || (i > 0 && is_word(b[i - 1])) {
+            i += 1;
+            continue;
+        }
+        let (mut j, mut len) = (i + 4, 4);
+        let mut best = None;
+        loop {
+            while b.get(j).is_some_and(u8::is_ascii_alphanumeric) {
+                j += 1;
+                len += 1;
+            }
+            // No IBAN is longer than 34 characters; stopping here keeps long
+            // space-separated text from being rechecked over and over.
+            if len > 34 {
+                break;
+            }
+            if !b.get(j).copied().is_some_and(is_word) && iban_valid(&b[i..j]) {
+                best = Some(j);
+            }
+            if b.get(j) == Some(&b' ') && b.get(j + 1).is_some_and(u8::is_ascii_alphanumeric) {
+                j += 1;
+            } else {
+                break;
+            }
+        }
+        match best {
+            Some(e) => {
+                push(out, i, e, Detector::Iban);
+                i = e;
+            }
+            None => i += 1,
+        }
+    }
+}
+
+fn iban_valid(s: &[u8]) -> bool {
+    let chars = || s.iter().copied().filter(|&c| c != b' ');
+    let len = chars().count();
+    // Every national BBAN carries an account number, so demand some digits
+    // to keep product codes like `AB12CDEFGHIJKLMN` out.
+    if !(15..=34).contains(&len) || chars().skip(4).filter(u8::is_ascii_digit).count() < 6 {
+        return false;
+    }
+    let mut r = 0u32;
+    for c in chars().skip(4).chain(chars().take(4)) {
+        r = match c.to_ascii_uppercase() {
+            d @ b'0'..=b'9' => (r * 10 + u32::from(d - b'0')) % 97,
+            l @ b'A'..=b'Z' => (r * 100 + u32::from(l - b'A') + 10) % 97,
+            _ => return false,
+        };
+    }
+    r == 1
+}
+
+fn scan_api_key(b: &[u8], out: &mut Vec<Found>) {
+    let mut i = 0;
+    while i < b.len() {
+        if !is_token(b[i]) || (i > 0 && is_token(b[i - 1])) {
+            i += 1;
+            continue;
+        }
+        let mut e = i;
+        while e < b.len() && is_token(b[e]) {
+            e += 1;
+        }
+        if looks_like_key(&b[i..e]) {
+            push(out, i, e, Detector::ApiKey);
+        }
+        i = e;
+    }
+}
+
+fn looks_like_key(t: &[u8]) -> bool {
+    // Shorter than the shortest accepted key (`xoxb-` and ten more).
+    if t.len() < 15 {
+        return false;
+    }
+    const PREFIXED: [(&[u8], usize); 12] = [
+        (b"sk_live_", 16),
+        (b"sk_test_", 16),
+        (b"github_pat_", 20),
+        (b"ghp_", 20),
+        (b"gho_", 20),
+        (b"xoxb-", 10),
+        (b"xoxa-", 10),
+        (b"xoxp-", 10),
+        (b"xoxr-", 10),
+        (b"xoxs-", 10),
+        (b"AIza", 30),
+        (b"AKIA", 16),
+    ];
+    for (prefix, min_rest) in PREFIXED {
+        if let Some(rest) = t.strip_prefix(prefix)
+            && rest.len() >= min_rest
+        {
+            // AWS access key ids have an exact shape; the others only a floor.
+            return prefix != b"AKIA"
+                || (rest.len() == 16
+                    && rest
+                        .iter()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()));
+        }
+    }
+    t.len() >= 32 && high_entropy(t) && !is_uuid(t)
+}
+
+/// Random tokens interleave letters and digits; identifiers such as
+/// `report_2024_final_version_12345678` keep them in a few blocks.
+fn high_entropy(t: &[u8]) -> bool {
+    let mut switches = 0;
+    for w in t.windows(2) {
+        let (a, c) = (w[0], w[1]);
+        if a.is_ascii_alphanumeric()
+            && c.is_ascii_alphanumeric()
+            && a.is_ascii_digit() != c.is_ascii_digit()
+        {
+            switches += 1;
+        }
+    }
+    if switches < 3 {
+        return false;
+    }
+    let mut hist = [0u32; 128];
+    for &c in t {
+        hist[usize::from(c & 0x7f)] += 1;
+    }
+    let n = t.len() as f64;
+    let bits: f64 = hist
+        .iter()
+        .filter(|&&k| k > 0)
+        .map(|&k| {
+            let p = f64::from(k) / n;
+            -p * p.log2()
+        })
+        .sum();
+    bits >= 3.0
+}
+
+fn is_uuid(t: &[u8]) -> bool {
+    t.len() == 36
+        && t.iter().enumerate().all(|(k, &c)| match k {
+            8 | 13 | 18 | 23 => c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+/// `header.payload.signature` where header and payload are base64url JSON
+/// objects, which always encode to a leading `eyJ` (`{"`).
+fn scan_jwt(b: &[u8], out: &mut Vec<Found>) {
+    let segment = |from: usize| {
+        let mut e = from;
+        while e < b.len() && is_token(b[e]) {
+            e += 1;
+        }
+        e
+    };
+    let mut i = 0;
+    while i + 3 <= b.len() {
+        if &b[i..i + 3] != b"eyJ" || (i > 0 && (is_token(b[i - 1]) || b[i - 1] == b'.')) {
+            i += 1;
+            continue;
+        }
+        let e1 = segment(i);
+        let s2 = e1 + 1;
+        let found = (e1 - i >= 8 && b.get(e1) == Some(&b'.') && b[s2..].starts_with(b"eyJ"))
+            .then(|| segment(s2))
+            .filter(|&e2| e2 - s2 >= 8 && b.get(e2) == Some(&b'.'))
+            .map(|e2| segment(e2 + 1));
+        match found {
+            Some(end) => {
+                push(out, i, end, Detector::Jwt);
+                i = end;
+            }
+            None => i = e1.max(i + 1),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Detector as D;
+
+    const JWT: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIiwiaWF0IjoxNTE2MjM5MDIyfQ.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c";
+
+    fn only(d: Detector) -> Masker {
+        Masker::new(Vec::new(), vec![d])
+    }
+
+    #[test]
+    fn detectors_positive_and_negative() {
+        // (detector, value, expected masked value or None)
+        #[rustfmt::skip]
+        let cases: &[(Detector, &str, Option<&str>)] = &[
+            (D::Email, "alice@example.com", Some("[redacted:email]")),
+            (D::Email, "mail first.last+tag@sub.example.co.uk.", Some("mail [redacted:email].")),
+            (D::Email, "root@localhost", None),
+            (D::Email, "a@b.c", None),
+            (D::Email, "@example.com", None),
+            (D::Card, "4111 1111 1111 1111", Some("[redacted:card]")),
+            (D::Card, "4111-1111-1111-1111", Some("[redacted:card]")),
+            (D::Card, "amex 378282246310005 ok", Some("amex [redacted:card] ok")),
+            (D::Card, "qty 3 4111111111111111", Some("qty 3 [redacted:card]")),
+            (D::Card, "4111 1111 1111 1112", None),
+            (D::Card, "41111111111111110000", None),
+            (D::Card, "x4111111111111111", None),
+            (D::Card, "pi 3.4111111111111111", None),
+            (D::NationalId, "ssn 123-45-6789", Some("ssn [redacted:national_id]")),
+            (D::NationalId, "000-12-3456", None),
+            (D::NationalId, "666-12-3456", None),
+            (D::NationalId, "912-12-3456", None),
+            (D::NationalId, "123-00-4567", None),
+            (D::NationalId, "123-45-0000", None),
+            (D::NationalId, "123-45-67890", None),
+            (D::NationalId, "NINO AB 12 34 56 C", Some("NINO [redacted:national_id]")),
+            (D::NationalId, "ab123456c", Some("[redacted:national_id]")),
+            (D::NationalId, "QQ 12 34 56 C", None),
+            (D::NationalId, "GB123456A", None),
+            (D::NationalId, "AB123456E", None),
+            (D::Phone, "call +14155552671 now", Some("call [redacted:phone] now")),
+            (D::Phone, "+44 20 7946 0958", Some("[redacted:phone]")),
+            (D::Phone, "+1 (555) 123-4567", Some("[redacted:phone]")),
+            (D::Phone, "(555) 123-4567", Some("[redacted:phone]")),
+            (D::Phone, "555-123-4567.", Some("[redacted:phone].")),
+            (D::Phone, "555.123.4567", Some("[redacted:phone]")),
+            (D::Phone, "+123456", None),
+            (D::Phone, "+0123456789", None),
+            (D::Phone, "2024-01-15", None),
+            (D::Phone, "555-123.4567", None),
+            (D::Phone, "555-1234", None),
+            (D::Iban, "GB82WEST12345698765432", Some("[redacted:iban]")),
+            (D::Iban, "iban GB82 WEST 1234 5698 7654 32 thanks", Some("iban [redacted:iban] thanks")),
+            (D::Iban, "DE89370400440532013000", Some("[redacted:iban]")),
+            (D::Iban, "GB82WEST12345698765433", None),
+            (D::Iban, "GB82WEST12345698765432X", None),
+            (D::Iban, "AB12CDEFGHIJKLMNOP", None),
+            (D::ApiKey, "key=sk_live_4eC39HqLyjWDarjtT1zdp7dc", Some("key=[redacted:api_key]")),
+            (D::ApiKey, "AKIAIOSFODNN7EXAMPLE", Some("[redacted:api_key]")),
+            (D::ApiKey, "ghp_16C7e42F292c6912E7710c838347Ae178B4a", Some("[redacted:api_key]")),
+            (D::ApiKey, "xoxb-123456789012-abcdefghij", Some("[redacted:api_key]")),
+            (D::ApiKey, "AIzaSyA-1234567890abcdefghijklmnopqrstu", Some("[redacted:api_key]")),
+            (D::ApiKey, "token q8Zr4Xk2Lw9Pm3Nv7Bt5Yc1Hd6Jf0Gs8", Some("token [redacted:api_key]")),
+            (D::ApiKey, "AKIAIOSFODNN7EXAMPLEX", None),
+            (D::ApiKey, "akiaiosfodnn7example", None),
+            (D::ApiKey, "sk_live_short", None),
+            (D::ApiKey, "report_2024_final_version_12345678", None),
+            (D::ApiKey, "550e8400-e29b-41d4-a716-446655440000", None),
+            (D::ApiKey, "a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1", None),
+            (D::Jwt, JWT, Some("[redacted:jwt]")),
+            (D::Jwt, "eyJhbGciOiJIUzI1NiJ9.c29tZXRoaW5nZWxzZQ.sig", None),
+            (D::Jwt, "abc.def.ghi", None),
+            (D::Jwt, "xeyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig", None),
+        ];
+        for (d, value, expected) in cases {
+            let got = only(*d).mask_text("note", value).map(|(text, _)| text);
+            assert_eq!(got.as_deref(), *expected, "{d:?} on {value:?}");
+        }
+    }
+
+    #[test]
+    fn several_findings_in_one_value() {
+        let m = Masker::new(Vec::new(), Detector::ALL.to_vec());
+        let value =
+            format!("mail bob@corp.io or 555-123-4567, card 4111 1111 1111 1111, auth {JWT}.");
+        let (text, reason) = m.mask_text("note", &value).unwrap();
+        assert_eq!(
+            text,
+            "mail [redacted:email] or [redacted:phone], card [redacted:card], auth [redacted:jwt]."
+        );
+        let MaskReason::Detected(counts) = reason else {
+            panic!("{reason:?}")
+        };
+        let got: Vec<_> = counts.iter().collect();
+        assert_eq!(
+            got,
+            [(D::Email, 1), (D::Card, 1), (D::Phone, 1), (D::Jwt, 1)]
+        );
+        assert_eq!(counts.total(), 4);
+        assert_eq!(
+            serde_json::to_value(MaskReason::Detected(counts)).unwrap(),
+            serde_json::json!({"detected": {"email": 1, "card": 1, "phone": 1, "jwt": 1}})
+        );
+    }
+
+    #[test]
+    fn columns() {
+        let globs = ["email", "*ssn*", "card_?"].map(|g| Glob::new(g).unwrap());
+        let m = Masker::new(globs.to_vec(), vec![D::Email]);
+        // (column, masks the whole value)
+        #[rustfmt::skip]
+        let cases = [
+            ("email", true),
+            ("EMAIL", true),
+            ("customer_ssn_hash", true),
+            ("card_1", true),
+            ("card_12", false),
+            ("emails", false),
+            ("name", false),
+        ];
+        for (column, whole) in cases {
+            assert_eq!(m.masks_column(column), whole, "{column}");
+            let got = m.mask_text(column, "plain");
+            assert_eq!(got.is_some(), whole, "{column}");
+        }
+        assert_eq!(
+            m.mask_text("Email", ""),
+            Some((COLUMN_REDACTION.to_string(), MaskReason::Column))
+        );
+        assert_eq!(serde_json::to_value(MaskReason::Column).unwrap(), "column");
+    }
+
+    #[test]
+    fn nothing_to_mask_is_none() {
+        let all = Masker::new(Vec::new(), Detector::ALL.to_vec());
+        #[rustfmt::skip]
+        let cases = [
+            "",
+            "hello world",
+            "order 12345 shipped on 2024-01-15 at 10:30",
+            "version 1.2.3, ratio 3.14159265358979",
+            "uuid 550e8400-e29b-41d4-a716-446655440000",
+            "naïve café — ünïcödé 😀 text",
+        ];
+        for value in cases {
+            assert_eq!(all.mask_text("note", value), None, "{value:?}");
+        }
+        assert!(Masker::default().is_empty());
+        assert_eq!(Masker::default().mask_text("email", "a@b.io"), None);
+    }
+
+    #[test]
+    fn never_splits_multibyte_text() {
+        let all = Masker::new(Vec::new(), Detector::ALL.to_vec());
+        let (text, _) = all
+            .mask_text("n", "é4111111111111111é ü bob@x.io 日本")
+            .unwrap();
+        assert_eq!(text, "é[redacted:card]é ü [redacted:email] 日本");
+        // Deterministic pseudo-random strings from an alphabet of near-misses.
+        let alphabet: Vec<char> = "0123456789 -+.()@_eyJAKIAGBsk_xoxb日é".chars().collect();
+        let mut seed = 0x2545_f491_u64;
+        for _ in 0..2000 {
+            let value: String = (0..64)
+                .map(|_| {
+                    seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                    alphabet[(seed >> 33) as usize % alphabet.len()]
+                })
+                .collect();
+            let _ = all.mask_text("n", &value);
+        }
+    }
+
+    #[test]
+    fn from_rules_unions_columns_and_detectors() {
+        #[derive(Deserialize)]
+        struct File {
+            rules: Vec<SqlRule>,
+        }
+        let file: File = toml::from_str(
+            r#"
+            [[rules]]
+            name = "a"
+            action = "mask"
+            columns = ["ssn"]
+            detectors = ["email"]
+
+            [[rules]]
+            name = "b"
+            action = "mask"
+            detectors = ["email", "card"]
+            "#,
+        )
+        .unwrap();
+        let refs: Vec<&SqlRule> = file.rules.iter().collect();
+        let m = Masker::from_rules(&refs);
+        assert_eq!(m.detectors, [D::Email, D::Card]);
+        assert!(m.masks_column("SSN"));
+        let (text, _) = m.mask_text("x", "x@y.org 4111111111111111").unwrap();
+        assert_eq!(text, "[redacted:email] [redacted:card]");
+    }
+}

@@ -1,0 +1,18 @@
+//! PostgreSQL: the wire protocol terminated on both legs, every statement judged by the
+//! target's rules, results masked, the upstream reached with the daemon's own credential.
+
+pub mod cancel;
+pub mod codec;
+pub mod config;
+pub mod judge;
+pub mod mask;
+pub mod relay;
+pub mod rules;
+pub mod session;
+pub mod sql;
+pub mod tls;
+pub mod upstream;
+
+pub use cancel::CancelRegistry;
+pub use config::{PostgresFile, PostgresTarget};
+pub use session::{Outcome, Params, serve, unreachable};

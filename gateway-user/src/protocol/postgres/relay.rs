@@ -1,0 +1,543 @@
+//! The query phase. The agent side judges each message and forwards it, or forwards a
+//! stand-in that fails upstream in the same place (so PostgreSQL itself aborts the
+//! transaction and skips to Sync exactly as it would for a real error). For every message
+//! that gets an answer it queues an [`Expect`]; the upstream side matches answers to them in
+//! order, rewrites the stand-in's error into the policy's, masks rows, and audits.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+    time::Instant,
+};
+
+use bytes::{Bytes, BytesMut};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
+    sync::mpsc,
+};
+
+use super::{
+    codec::{
+        Frame, FrameError,
+        backend::{self, Column, ErrorFields},
+        frame::{MAX_AGENT_MESSAGE, MAX_UPSTREAM_MESSAGE, next_frame},
+        frontend::{Kind, Message},
+    },
+    config::PostgresTarget,
+    judge::{Judged, POLICY_DENIED, judge},
+    mask::Masker,
+};
+use crate::audit::{AuditStore, StatementEvent, now_ms};
+
+/// Fails in PostgreSQL's raw parser, before anything runs: the stand-in for a refused
+/// statement.
+const STAND_IN_SQL: &str = "GATEWAYD POLICY REFUSAL";
+/// A prepared statement name no client uses: Bind and Describe of it fail upstream.
+const STAND_IN_NAME: &str = "gatewayd refused statement";
+
+pub struct Ctx {
+    pub policy: String,
+    pub target: Arc<PostgresTarget>,
+    pub audit: AuditStore,
+    pub session_id: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("agent sent a malformed message: {0}")]
+    Agent(FrameError),
+    #[error("upstream sent a malformed message: {0}")]
+    Upstream(FrameError),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A statement in flight and what its audit event will say.
+struct Pending {
+    judged: Arc<Judged>,
+    started: Instant,
+    rows: Option<u64>,
+    masked: u64,
+    error: Option<String>,
+    /// For a simple query: how many statements have completed.
+    done: usize,
+}
+
+impl Pending {
+    fn new(judged: Arc<Judged>) -> Self {
+        Pending {
+            judged,
+            started: Instant::now(),
+            rows: None,
+            masked: 0,
+            error: None,
+            done: 0,
+        }
+    }
+}
+
+/// The agent side's half of the queue of expected answers.
+pub struct ExpectTx(mpsc::UnboundedSender<Expect>);
+/// The upstream side's half.
+pub struct ExpectRx(mpsc::UnboundedReceiver<Expect>);
+
+pub fn expectations() -> (ExpectTx, ExpectRx) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (ExpectTx(tx), ExpectRx(rx))
+}
+
+/// What the agent side expects the upstream to answer, in order.
+enum Expect {
+    /// A simple query (or a refused function call): answers until ReadyForQuery.
+    Simple(Pending),
+    Parse(Option<Pending>),
+    Bind(Option<Pending>),
+    Describe(Option<Arc<Judged>>),
+    /// A Describe the gateway added to learn a masked portal's columns; not forwarded.
+    HiddenDescribe,
+    Execute(Pending),
+    Close,
+    Sync,
+}
+
+impl Expect {
+    fn refusal(&self) -> Option<&ErrorFields> {
+        match self {
+            Expect::Simple(p) | Expect::Execute(p) => p.judged.refusal.as_ref(),
+            Expect::Parse(p) | Expect::Bind(p) => p.as_ref()?.judged.refusal.as_ref(),
+            Expect::Describe(j) => j.as_ref()?.refusal.as_ref(),
+            _ => None,
+        }
+    }
+
+    fn masker(&self) -> Option<&Masker> {
+        match self {
+            Expect::Simple(p) | Expect::Execute(p) => p.judged.masker.as_deref(),
+            _ => None,
+        }
+    }
+
+    fn pending(&mut self) -> Option<&mut Pending> {
+        match self {
+            Expect::Simple(p) | Expect::Execute(p) => Some(p),
+            Expect::Parse(p) | Expect::Bind(p) => p.as_mut(),
+            _ => None,
+        }
+    }
+}
+
+/// Agent to upstream. Returns when the agent terminates or closes.
+pub async fn agent_side<R, W>(
+    ctx: &Ctx,
+    mut agent: R,
+    mut buf: BytesMut,
+    mut upstream: W,
+    expect: ExpectTx,
+    bytes_up: &std::sync::atomic::AtomicU64,
+) -> Result<(), RelayError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut statements: HashMap<String, Arc<Judged>> = HashMap::new();
+    let mut portals: HashMap<String, Arc<Judged>> = HashMap::new();
+    let mut out = BytesMut::with_capacity(16 * 1024);
+    let push = |e: Expect| {
+        // The upstream side only goes away when the session is ending anyway.
+        let _ = expect.0.send(e);
+    };
+    loop {
+        while let Some(frame) =
+            next_frame(&mut buf, MAX_AGENT_MESSAGE).map_err(RelayError::Agent)?
+        {
+            let msg = Message::decode(frame.tag, &frame.body).map_err(RelayError::Agent)?;
+            match msg {
+                Message::Query { sql } => {
+                    let judged = Arc::new(judge(&ctx.policy, &ctx.target, &sql));
+                    let refused = judged.refusal.is_some();
+                    push(Expect::Simple(Pending::new(judged)));
+                    if refused {
+                        stand_in_query(&mut out);
+                    } else {
+                        frame.encode(&mut out);
+                    }
+                }
+                Message::FunctionCall => {
+                    let judged = Arc::new(refused_function_call(&ctx.policy));
+                    push(Expect::Simple(Pending::new(judged)));
+                    stand_in_query(&mut out);
+                }
+                Message::Parse { name, sql } => {
+                    let judged = Arc::new(judge(&ctx.policy, &ctx.target, &sql));
+                    let refused = judged.refusal.is_some();
+                    statements.insert(name.clone(), judged.clone());
+                    if refused {
+                        push(Expect::Parse(Some(Pending::new(judged))));
+                        stand_in_parse(&name, &mut out);
+                    } else {
+                        push(Expect::Parse(None));
+                        frame.encode(&mut out);
+                    }
+                }
+                Message::Bind { portal, statement } => {
+                    let judged = statements.get(&statement).cloned();
+                    match judged.filter(|j| j.refusal.is_some()) {
+                        Some(j) => {
+                            push(Expect::Bind(Some(Pending::new(j))));
+                            stand_in_bind(&frame, &statement, &mut out);
+                        }
+                        None => {
+                            if let Some(j) = statements.get(&statement) {
+                                portals.insert(portal, j.clone());
+                            }
+                            push(Expect::Bind(None));
+                            frame.encode(&mut out);
+                        }
+                    }
+                }
+                Message::Describe { kind, name } => {
+                    let judged = match kind {
+                        Kind::Statement => statements.get(&name),
+                        Kind::Portal => portals.get(&name),
+                    }
+                    .filter(|j| j.refusal.is_some())
+                    .cloned();
+                    if judged.is_some() && kind == Kind::Statement {
+                        describe(b'S', STAND_IN_NAME, &mut out);
+                    } else {
+                        frame.encode(&mut out);
+                    }
+                    push(Expect::Describe(judged));
+                }
+                Message::Execute { portal, .. } => {
+                    let judged = portals.get(&portal).cloned().unwrap_or_else(|| {
+                        // A portal bound from a statement the gateway never saw parsed: the
+                        // upstream will refuse it as unknown; audit it as such.
+                        Arc::new(unknown_portal())
+                    });
+                    if judged.masker.is_some() {
+                        push(Expect::HiddenDescribe);
+                        describe(b'P', &portal, &mut out);
+                    }
+                    push(Expect::Execute(Pending::new(judged)));
+                    frame.encode(&mut out);
+                }
+                Message::Close { kind, name } => {
+                    match kind {
+                        Kind::Statement => statements.remove(&name),
+                        Kind::Portal => portals.remove(&name),
+                    };
+                    push(Expect::Close);
+                    frame.encode(&mut out);
+                }
+                Message::Sync => {
+                    // The unnamed portal does not outlive a transaction; dropping it here
+                    // is what keeps a later Execute from using a stale judgement.
+                    portals.remove("");
+                    push(Expect::Sync);
+                    frame.encode(&mut out);
+                }
+                Message::Flush | Message::CopyData | Message::CopyDone | Message::CopyFail => {
+                    frame.encode(&mut out);
+                }
+                Message::Terminate => {
+                    frame.encode(&mut out);
+                    upstream.write_all(&out).await?;
+                    return Ok(());
+                }
+                Message::Password(_) => {
+                    return Err(RelayError::Agent(FrameError::Malformed {
+                        what: "PasswordMessage",
+                        why: "not expected after authentication",
+                    }));
+                }
+            }
+        }
+        if !out.is_empty() {
+            bytes_up.fetch_add(out.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            upstream.write_all(&out).await?;
+            out.clear();
+        }
+        if agent.read_buf(&mut buf).await? == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// Upstream to agent. Returns when the upstream closes.
+pub async fn upstream_side<R, W>(
+    ctx: &Ctx,
+    mut upstream: R,
+    mut buf: BytesMut,
+    mut agent: W,
+    mut expect: ExpectRx,
+    bytes_down: &std::sync::atomic::AtomicU64,
+) -> Result<(), RelayError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut queue: VecDeque<Expect> = VecDeque::new();
+    let mut columns: Option<Vec<Column>> = None;
+    let mut out = BytesMut::with_capacity(64 * 1024);
+    let mut seq = 0u64;
+    loop {
+        while let Some(frame) =
+            next_frame(&mut buf, MAX_UPSTREAM_MESSAGE).map_err(RelayError::Upstream)?
+        {
+            // The agent side queues an expectation before it writes the message, so every
+            // answer finds its expectation here.
+            while let Ok(e) = expect.0.try_recv() {
+                queue.push_back(e);
+            }
+            match frame.tag {
+                b'1' | b'2' | b'3' => {
+                    if let Some(e) = queue.pop_front() {
+                        finish(ctx, &mut seq, e);
+                    }
+                    frame.encode(&mut out);
+                }
+                b'T' | b'n' => {
+                    columns = match frame.tag {
+                        b'T' => Some(
+                            backend::row_description(&frame.body).map_err(RelayError::Upstream)?,
+                        ),
+                        _ => None,
+                    };
+                    match queue.front() {
+                        Some(Expect::HiddenDescribe) => {
+                            queue.pop_front();
+                        }
+                        Some(Expect::Describe(_)) => {
+                            queue.pop_front();
+                            frame.encode(&mut out);
+                        }
+                        _ => frame.encode(&mut out),
+                    }
+                }
+                b'D' => match (queue.front_mut(), &columns) {
+                    (Some(e), Some(cols)) if e.masker().is_some() => {
+                        let masked = mask_row(e.masker().expect("checked"), cols, &frame, &mut out)
+                            .map_err(RelayError::Upstream)?;
+                        if let Some(p) = e.pending() {
+                            p.masked += masked;
+                        }
+                    }
+                    _ => frame.encode(&mut out),
+                },
+                b'C' | b'I' | b's' => {
+                    let rows = (frame.tag == b'C')
+                        .then(|| backend::command_rows(&frame.body))
+                        .flatten();
+                    match queue.front_mut() {
+                        Some(Expect::Simple(p)) => {
+                            p.rows = Some(p.rows.unwrap_or(0) + rows.unwrap_or(0));
+                            p.done += 1;
+                        }
+                        Some(Expect::Execute(p)) => {
+                            p.rows = rows;
+                            let e = queue.pop_front().expect("front");
+                            finish(ctx, &mut seq, e);
+                        }
+                        _ => {}
+                    }
+                    frame.encode(&mut out);
+                }
+                b'E' => {
+                    let error =
+                        backend::ErrorFields::decode(&frame.body).map_err(RelayError::Upstream)?;
+                    let front = queue.front_mut();
+                    match front.as_ref().and_then(|e| e.refusal()) {
+                        Some(refusal) => refusal.encode(&mut out),
+                        None => frame.encode(&mut out),
+                    }
+                    if let Some(p) = front.and_then(Expect::pending) {
+                        p.error = Some(if p.judged.refusal.is_some() {
+                            format!("refused by rule {}", p.judged.rule)
+                        } else {
+                            format!("{}: {}", error.code, error.message)
+                        });
+                    }
+                    // After an error in the extended protocol the server skips to Sync.
+                    if !matches!(queue.front(), Some(Expect::Simple(_)) | None) {
+                        while !matches!(queue.front(), Some(Expect::Sync) | None) {
+                            let e = queue.pop_front().expect("front");
+                            finish(ctx, &mut seq, e);
+                        }
+                    }
+                }
+                b'Z' => {
+                    while let Some(e) = queue.pop_front() {
+                        let last = matches!(e, Expect::Simple(_) | Expect::Sync);
+                        finish(ctx, &mut seq, e);
+                        if last {
+                            break;
+                        }
+                    }
+                    columns = None;
+                    frame.encode(&mut out);
+                }
+                _ => frame.encode(&mut out),
+            }
+            if out.len() >= 64 * 1024 {
+                flush(&mut agent, &mut out, bytes_down).await?;
+            }
+        }
+        flush(&mut agent, &mut out, bytes_down).await?;
+        if upstream.read_buf(&mut buf).await? == 0 {
+            return Ok(());
+        }
+    }
+}
+
+async fn flush<W: AsyncWrite + Unpin>(
+    agent: &mut W,
+    out: &mut BytesMut,
+    bytes_down: &std::sync::atomic::AtomicU64,
+) -> std::io::Result<()> {
+    if !out.is_empty() {
+        bytes_down.fetch_add(out.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        agent.write_all(out).await?;
+        out.clear();
+    }
+    Ok(())
+}
+
+/// Writes the audit events of a completed expectation.
+fn finish(ctx: &Ctx, seq: &mut u64, e: Expect) {
+    let (step, p) = match e {
+        Expect::Simple(p) => ("query", p),
+        Expect::Execute(p) => ("execute", p),
+        Expect::Parse(Some(p)) => ("parse", p),
+        Expect::Bind(Some(p)) => ("bind", p),
+        _ => return,
+    };
+    let duration_us = p.started.elapsed().as_micros() as u64;
+    for (kind, sql) in &p.judged.statements {
+        *seq += 1;
+        let event = StatementEvent {
+            session_id: ctx.session_id,
+            seq: *seq,
+            at_ms: now_ms(),
+            step: step.into(),
+            kind: kind.clone(),
+            sql: sql.clone(),
+            verdict: p.judged.verdict().into(),
+            rule: p.judged.rule.clone(),
+            duration_us,
+            rows: p.rows,
+            masked: p.masked,
+            error: p.error.clone(),
+        };
+        if let Err(e) = ctx.audit.put_event(&event) {
+            tracing::error!(session.id = ctx.session_id, error = %e, "audit event lost");
+        }
+    }
+}
+
+/// Masks one DataRow into `out`; returns how many values were masked.
+fn mask_row(
+    masker: &Masker,
+    cols: &[Column],
+    frame: &Frame,
+    out: &mut BytesMut,
+) -> Result<u64, FrameError> {
+    let values = backend::data_row(&frame.body)?;
+    let mut masked = 0u64;
+    let mut replaced: Vec<Option<Bytes>> = Vec::with_capacity(values.len());
+    let mut changed = false;
+    for (i, v) in values.iter().enumerate() {
+        let col = cols.get(i);
+        let name = col.map_or("", |c| c.name.as_str());
+        let binary = col.is_some_and(|c| c.format == 1);
+        let new = match v {
+            None => None,
+            Some(raw) => {
+                let text = std::str::from_utf8(raw).ok();
+                let hit = match text {
+                    Some(t) => masker.mask_text(name, t).map(|(s, _)| s),
+                    None if masker.masks_column(name) => Some(String::new()),
+                    None => None,
+                };
+                match hit {
+                    // Binary values cannot carry a redaction marker and stay valid: NULL.
+                    Some(_) if binary => {
+                        masked += 1;
+                        changed = true;
+                        replaced.push(None);
+                        continue;
+                    }
+                    Some(s) => {
+                        masked += 1;
+                        changed = true;
+                        Some(Bytes::from(s))
+                    }
+                    None => Some(Bytes::copy_from_slice(raw)),
+                }
+            }
+        };
+        replaced.push(new);
+    }
+    if !changed {
+        frame.encode(out);
+        return Ok(0);
+    }
+    backend::encode_data_row(replaced.iter().map(|v| v.as_deref()), out);
+    Ok(masked)
+}
+
+fn stand_in_query(out: &mut BytesMut) {
+    let _ = postgres_protocol::message::frontend::query(STAND_IN_SQL, out);
+}
+
+fn stand_in_parse(name: &str, out: &mut BytesMut) {
+    let _ = postgres_protocol::message::frontend::parse(name, STAND_IN_SQL, [], out);
+}
+
+/// The agent's Bind, pointed at a statement that does not exist upstream.
+fn stand_in_bind(frame: &Frame, statement: &str, out: &mut BytesMut) {
+    let body = &frame.body;
+    // portal\0 statement\0 rest...
+    let portal_end = body.iter().position(|&b| b == 0).unwrap_or(0) + 1;
+    let rest = &body[portal_end + statement.len() + 1..];
+    let mut new = BytesMut::with_capacity(body.len() + STAND_IN_NAME.len());
+    new.extend_from_slice(&body[..portal_end]);
+    new.extend_from_slice(STAND_IN_NAME.as_bytes());
+    new.extend_from_slice(&[0]);
+    new.extend_from_slice(rest);
+    Frame {
+        tag: b'B',
+        body: new.freeze(),
+    }
+    .encode(out);
+}
+
+fn describe(kind: u8, name: &str, out: &mut BytesMut) {
+    let _ = postgres_protocol::message::frontend::describe(kind, name, out);
+}
+
+fn refused_function_call(policy: &str) -> Judged {
+    Judged {
+        action: super::rules::Action::Deny,
+        rule: "function-call".into(),
+        refusal: Some(
+            ErrorFields::error(
+                POLICY_DENIED,
+                format!("gatewayd: policy {policy} refuses the fast-path function call interface"),
+            )
+            .with_hint("Call the function from a SQL statement instead."),
+        ),
+        masker: None,
+        statements: vec![("function_call".into(), String::new())],
+    }
+}
+
+fn unknown_portal() -> Judged {
+    Judged {
+        action: super::rules::Action::Deny,
+        rule: "unknown-portal".into(),
+        refusal: None,
+        masker: None,
+        statements: vec![("execute".into(), String::new())],
+    }
+}

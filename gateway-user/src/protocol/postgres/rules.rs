@@ -1,0 +1,542 @@
+//! The per-statement verdict: which configured rule applies to a classified
+//! statement, with precedence that fails closed regardless of rule order.
+
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::postgres::mask::Detector;
+use crate::protocol::postgres::sql::{StatementInfo, StatementKind};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Allow,
+    Deny,
+    Mask,
+    Hold,
+}
+
+impl Action {
+    /// Deny over hold over mask over allow: a more permissive rule can never
+    /// cancel a stricter one, so rule order cannot open a hole.
+    fn strictness(self) -> u8 {
+        match self {
+            Action::Allow => 0,
+            Action::Mask => 1,
+            Action::Hold => 2,
+            Action::Deny => 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GlobError {
+    #[error("empty pattern")]
+    Empty,
+    #[error("pattern {0:?} has leading or trailing whitespace or a control character")]
+    Whitespace(String),
+    #[error("pattern {pattern:?} uses {found:?}; only `*` and `?` are wildcards")]
+    Unsupported { pattern: String, found: char },
+}
+
+/// A case-insensitive pattern where `*` matches any run of characters
+/// (dots included) and `?` exactly one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Glob {
+    source: String,
+    folded: Vec<char>,
+}
+
+impl Glob {
+    pub fn new(pattern: &str) -> Result<Glob, GlobError> {
+        if pattern.is_empty() {
+            return Err(GlobError::Empty);
+        }
+        if pattern.trim() != pattern || pattern.chars().any(char::is_control) {
+            return Err(GlobError::Whitespace(pattern.to_string()));
+        }
+        // Reject syntax from other pattern languages so `[a-z]*` in a deny
+        // rule is an error instead of a rule that silently never matches.
+        // (`$` stays legal: PostgreSQL identifiers may contain it.)
+        if let Some(found) = pattern.chars().find(|c| "[]{}\\|^".contains(*c)) {
+            return Err(GlobError::Unsupported {
+                pattern: pattern.to_string(),
+                found,
+            });
+        }
+        Ok(Glob {
+            source: pattern.to_string(),
+            folded: pattern.chars().map(fold).collect(),
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+
+    /// Whole-string match, ignoring case.
+    pub fn matches(&self, text: &str) -> bool {
+        let (mut p, mut t) = (0, 0);
+        let mut backtrack: Option<(usize, usize)> = None;
+        loop {
+            let next = text[t..].chars().next();
+            match (self.folded.get(p), next) {
+                (Some('*'), _) => {
+                    backtrack = Some((p + 1, t));
+                    p += 1;
+                    continue;
+                }
+                (Some('?'), Some(c)) => {
+                    p += 1;
+                    t += c.len_utf8();
+                    continue;
+                }
+                (Some(&pc), Some(c)) if pc == fold(c) => {
+                    p += 1;
+                    t += c.len_utf8();
+                    continue;
+                }
+                (None, None) => return true,
+                _ => {}
+            }
+            // Let the last `*` absorb one more character and retry.
+            match backtrack {
+                Some((bp, bt)) if bt < text.len() => {
+                    let step = text[bt..].chars().next().map_or(1, char::len_utf8);
+                    backtrack = Some((bp, bt + step));
+                    p = bp;
+                    t = bt + step;
+                }
+                _ => return false,
+            }
+        }
+    }
+
+    /// For schema-qualified names: a pattern without a dot names the object
+    /// in any schema, one with a dot names `schema.object`.
+    pub fn matches_qualified(&self, name: &str) -> bool {
+        if self.folded.contains(&'.') {
+            self.matches(name)
+        } else {
+            self.matches(name.rsplit('.').next().unwrap_or(name))
+        }
+    }
+}
+
+fn fold(c: char) -> char {
+    c.to_lowercase().next().unwrap_or(c)
+}
+
+impl TryFrom<String> for Glob {
+    type Error = GlobError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Glob::new(&s)
+    }
+}
+
+impl From<Glob> for String {
+    fn from(g: Glob) -> String {
+        g.source
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlRule {
+    pub name: String,
+    pub action: Action,
+    #[serde(default)]
+    pub kinds: Vec<StatementKind>,
+    #[serde(default)]
+    pub tables: Vec<Glob>,
+    #[serde(default)]
+    pub reads: Vec<Glob>,
+    #[serde(default)]
+    pub writes: Vec<Glob>,
+    #[serde(default)]
+    pub functions: Vec<Glob>,
+    pub without_where: Option<bool>,
+    pub copy_program: Option<bool>,
+    #[serde(default)]
+    pub columns: Vec<Glob>,
+    #[serde(default)]
+    pub detectors: Vec<Detector>,
+    /// How long a hold waits for approval; carried for the gateway, not
+    /// interpreted here.
+    pub timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    #[error("a rule has an empty name")]
+    EmptyName,
+    #[error("rule {0:?} is defined more than once")]
+    DuplicateName(String),
+    #[error("mask rule {0:?} needs `columns` or `detectors`")]
+    MaskWithoutTargets(String),
+    #[error("rule {0:?} sets `columns` or `detectors` but is not a mask rule")]
+    MaskFieldsOnNonMask(String),
+}
+
+impl SqlRule {
+    pub fn validate(&self) -> Result<(), RuleError> {
+        if self.name.trim().is_empty() {
+            return Err(RuleError::EmptyName);
+        }
+        let has_mask_fields = !self.columns.is_empty() || !self.detectors.is_empty();
+        match (self.action, has_mask_fields) {
+            (Action::Mask, false) => Err(RuleError::MaskWithoutTargets(self.name.clone())),
+            (Action::Allow | Action::Deny | Action::Hold, true) => {
+                Err(RuleError::MaskFieldsOnNonMask(self.name.clone()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// True when every condition the rule sets holds; an unset condition
+    /// (empty list, `None`) places no constraint.
+    pub fn matches(&self, stmt: &StatementInfo) -> bool {
+        let any = |globs: &[Glob], names: &[String]| {
+            globs.is_empty()
+                || names
+                    .iter()
+                    .any(|n| globs.iter().any(|g| g.matches_qualified(n)))
+        };
+        let touched = || stmt.reads.iter().chain(&stmt.writes);
+        (self.kinds.is_empty() || self.kinds.contains(&stmt.kind))
+            && (self.tables.is_empty()
+                || touched().any(|n| self.tables.iter().any(|g| g.matches_qualified(n))))
+            && any(&self.reads, &stmt.reads)
+            && any(&self.writes, &stmt.writes)
+            && any(&self.functions, &stmt.functions)
+            && self.without_where.is_none_or(|w| w == stmt.without_where)
+            && self.copy_program.is_none_or(|c| c == stmt.copy_program)
+    }
+}
+
+/// Validates each rule and that names are unique (audits refer to rules by name).
+pub fn validate_rules(rules: &[SqlRule]) -> Result<(), RuleError> {
+    for (i, rule) in rules.iter().enumerate() {
+        rule.validate()?;
+        if rules[..i].iter().any(|r| r.name == rule.name) {
+            return Err(RuleError::DuplicateName(rule.name.clone()));
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StatementVerdict {
+    pub action: Action,
+    pub rule: String,
+    /// Indexes of every matching mask rule, kept even when a hold wins so an
+    /// approved statement still has its results masked.
+    pub masks: Vec<usize>,
+}
+
+pub const DEFAULT_RULE: &str = "default";
+pub const EMPTY_RULE: &str = "empty";
+
+pub fn decide(rules: &[SqlRule], stmt: &StatementInfo) -> StatementVerdict {
+    let mut first: [Option<usize>; 4] = [None; 4];
+    let mut masks = Vec::new();
+    for (i, rule) in rules.iter().enumerate() {
+        if !rule.matches(stmt) {
+            continue;
+        }
+        first[usize::from(rule.action.strictness())].get_or_insert(i);
+        if rule.action == Action::Mask {
+            masks.push(i);
+        }
+    }
+    let winner = first.iter().rev().flatten().next();
+    match winner {
+        Some(&i) => StatementVerdict {
+            action: rules[i].action,
+            rule: rules[i].name.clone(),
+            masks,
+        },
+        None => StatementVerdict {
+            action: Action::Deny,
+            rule: DEFAULT_RULE.to_string(),
+            masks,
+        },
+    }
+}
+
+/// One verdict for a multi-statement message, which PostgreSQL runs as a
+/// unit: the strictest statement decides, and masks from all statements
+/// apply to every result set. An empty message runs nothing and is allowed.
+pub fn decide_all(rules: &[SqlRule], stmts: &[StatementInfo]) -> StatementVerdict {
+    let mut verdict = StatementVerdict {
+        action: Action::Allow,
+        rule: EMPTY_RULE.to_string(),
+        masks: Vec::new(),
+    };
+    for (n, stmt) in stmts.iter().enumerate() {
+        let v = decide(rules, stmt);
+        if n == 0 || v.action.strictness() > verdict.action.strictness() {
+            verdict.action = v.action;
+            verdict.rule = v.rule;
+        }
+        verdict.masks.extend(v.masks);
+    }
+    verdict.masks.sort_unstable();
+    verdict.masks.dedup();
+    verdict
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::postgres::sql::classify;
+
+    #[derive(Debug, Deserialize)]
+    struct File {
+        rules: Vec<SqlRule>,
+    }
+
+    fn parse(toml_text: &str) -> Vec<SqlRule> {
+        toml::from_str::<File>(toml_text).unwrap().rules
+    }
+
+    fn stmt(sql: &str) -> StatementInfo {
+        classify(sql).unwrap().remove(0)
+    }
+
+    #[test]
+    fn each_condition() {
+        // (rule body, sql, matches)
+        #[rustfmt::skip]
+        let cases = [
+            ("", "SELECT 1", true),
+            ("kinds = ['select']", "SELECT 1", true),
+            ("kinds = ['insert', 'update']", "SELECT 1", false),
+            ("tables = ['users']", "SELECT * FROM app.users", true),
+            ("tables = ['users']", "DELETE FROM users WHERE id = 1", true),
+            ("tables = ['app.users']", "SELECT * FROM users", false),
+            ("tables = ['public.*']", "SELECT * FROM users", true),
+            ("reads = ['users']", "DELETE FROM users WHERE id = 1", false),
+            ("reads = ['users']", "INSERT INTO log SELECT * FROM users", true),
+            ("writes = ['log']", "INSERT INTO log SELECT * FROM users", true),
+            ("writes = ['users']", "INSERT INTO log SELECT * FROM users", false),
+            ("functions = ['pg_read_*']", "SELECT pg_catalog.pg_read_file('x')", true),
+            ("functions = ['pg_sleep']", "SELECT * FROM t", false),
+            ("functions = ['dblink*']", "SELECT * FROM dblink('c', 'q') AS x(a int)", true),
+            ("without_where = true", "DELETE FROM t", true),
+            ("without_where = true", "DELETE FROM t WHERE id = 1", false),
+            ("without_where = false", "DELETE FROM t WHERE id = 1", true),
+            ("copy_program = true", "COPY t FROM PROGRAM 'x'", true),
+            ("copy_program = true", "COPY t FROM STDIN", false),
+            ("kinds = ['delete']\nwithout_where = true", "UPDATE t SET a = 1", false),
+            ("kinds = ['update']\ntables = ['t']\nwithout_where = true", "UPDATE t SET a = 1", true),
+        ];
+        for (body, sql, expected) in cases {
+            let rules = parse(&format!("[[rules]]\nname = 'r'\naction = 'deny'\n{body}"));
+            assert_eq!(rules[0].matches(&stmt(sql)), expected, "{body} / {sql}");
+        }
+    }
+
+    #[test]
+    fn globs() {
+        // (pattern, text, matches as plain, matches as qualified name)
+        #[rustfmt::skip]
+        let cases = [
+            ("users", "USERS", true, true),
+            ("users", "public.users", false, true),
+            ("us?rs", "users", true, true),
+            ("*", "anything.at.all", true, true),
+            ("a*b*c", "aXXbYYc", true, true),
+            ("a*b*c", "aXXbYY", false, false),
+            ("secret.*", "secret.keys", true, true),
+            ("secret.*", "public.secret", false, false),
+            ("*secret*", "secret_schema.users", true, false),
+            ("Ä*", "äpfel", true, true),
+            ("?", "", false, false),
+        ];
+        for (pattern, text, plain, qualified) in cases {
+            let g = Glob::new(pattern).unwrap();
+            assert_eq!(g.matches(text), plain, "{pattern} ~ {text}");
+            assert_eq!(g.matches_qualified(text), qualified, "{pattern} ~q {text}");
+        }
+        for bad in ["", " users", "users\n", "[a-z]*", "a|b", "x{1}"] {
+            assert!(Glob::new(bad).is_err(), "{bad:?}");
+        }
+        let err = toml::from_str::<File>("[[rules]]\nname='r'\naction='deny'\ntables=['[x]']");
+        assert!(err.unwrap_err().to_string().contains("only `*` and `?`"));
+    }
+
+    #[test]
+    fn precedence_ignores_order() {
+        let rules = parse(
+            r#"
+            [[rules]]
+            name = "allow-all"
+            action = "allow"
+
+            [[rules]]
+            name = "mask-users"
+            action = "mask"
+            tables = ["users"]
+            columns = ["email"]
+
+            [[rules]]
+            name = "hold-deletes"
+            action = "hold"
+            kinds = ["delete"]
+            timeout_secs = 300
+
+            [[rules]]
+            name = "mask-pii"
+            action = "mask"
+            reads = ["users"]
+            detectors = ["email", "card"]
+
+            [[rules]]
+            name = "no-unbounded"
+            action = "deny"
+            without_where = true
+            "#,
+        );
+        validate_rules(&rules).unwrap();
+        // (sql, action, rule, masks)
+        #[rustfmt::skip]
+        let cases: &[(&str, Action, &str, &[usize])] = &[
+            ("SELECT 1", Action::Allow, "allow-all", &[]),
+            ("SELECT * FROM users", Action::Mask, "mask-users", &[1, 3]),
+            ("DELETE FROM t WHERE id = 1", Action::Hold, "hold-deletes", &[]),
+            ("DELETE FROM users WHERE id = 1 RETURNING *", Action::Hold, "hold-deletes", &[1, 3]),
+            ("DELETE FROM t", Action::Deny, "no-unbounded", &[]),
+            ("UPDATE users SET a = 1", Action::Deny, "no-unbounded", &[1]),
+        ];
+        for (sql, action, rule, masks) in cases {
+            let v = decide(&rules, &stmt(sql));
+            assert_eq!(
+                (v.action, v.rule.as_str(), v.masks.as_slice()),
+                (*action, *rule, *masks),
+                "{sql}"
+            );
+        }
+        let mut reversed = rules.clone();
+        reversed.reverse();
+        // Order only changes which rule of the winning action is named.
+        for (sql, action, _, masks) in cases {
+            let v = decide(&reversed, &stmt(sql));
+            assert_eq!(v.action, *action, "reversed: {sql}");
+            assert_eq!(v.masks.len(), masks.len(), "reversed: {sql}");
+        }
+    }
+
+    #[test]
+    fn first_rule_of_winning_action_names_it() {
+        let rules = parse(
+            r#"
+            [[rules]]
+            name = "deny-a"
+            action = "deny"
+            tables = ["a"]
+
+            [[rules]]
+            name = "deny-any"
+            action = "deny"
+            "#,
+        );
+        assert_eq!(decide(&rules, &stmt("SELECT * FROM a")).rule, "deny-a");
+        assert_eq!(decide(&rules, &stmt("SELECT * FROM b")).rule, "deny-any");
+    }
+
+    #[test]
+    fn default_is_deny() {
+        let none: Vec<SqlRule> = Vec::new();
+        let v = decide(&none, &stmt("SELECT 1"));
+        assert_eq!((v.action, v.rule.as_str()), (Action::Deny, DEFAULT_RULE));
+        let rules = parse("[[rules]]\nname = 'sel'\naction = 'allow'\nkinds = ['select']");
+        let v = decide(&rules, &stmt("INSERT INTO t VALUES (1)"));
+        assert_eq!((v.action, v.rule.as_str()), (Action::Deny, DEFAULT_RULE));
+    }
+
+    #[test]
+    fn multi_statement() {
+        let rules = parse(
+            r#"
+            [[rules]]
+            name = "reads"
+            action = "allow"
+            kinds = ["select", "transaction"]
+
+            [[rules]]
+            name = "mask-a"
+            action = "mask"
+            tables = ["a"]
+            columns = ["x"]
+
+            [[rules]]
+            name = "mask-b"
+            action = "mask"
+            tables = ["b"]
+            detectors = ["email"]
+
+            [[rules]]
+            name = "hold-writes"
+            action = "hold"
+            kinds = ["insert"]
+            "#,
+        );
+        // (sql, action, rule, masks)
+        #[rustfmt::skip]
+        let cases: &[(&str, Action, &str, &[usize])] = &[
+            ("", Action::Allow, EMPTY_RULE, &[]),
+            ("BEGIN; SELECT 1; COMMIT", Action::Allow, "reads", &[]),
+            ("SELECT * FROM b; SELECT * FROM a", Action::Mask, "mask-b", &[1, 2]),
+            ("SELECT * FROM a; INSERT INTO t VALUES (1)", Action::Hold, "hold-writes", &[1]),
+            ("SELECT 1; DROP TABLE t; INSERT INTO t VALUES (1)", Action::Deny, DEFAULT_RULE, &[]),
+        ];
+        for (sql, action, rule, masks) in cases {
+            let v = decide_all(&rules, &classify(sql).unwrap());
+            assert_eq!(
+                (v.action, v.rule.as_str(), v.masks.as_slice()),
+                (*action, *rule, *masks),
+                "{sql}"
+            );
+        }
+    }
+
+    #[test]
+    fn validation() {
+        #[rustfmt::skip]
+        let cases = [
+            ("name = ''\naction = 'allow'", Some(RuleError::EmptyName)),
+            ("name = 'm'\naction = 'mask'", Some(RuleError::MaskWithoutTargets("m".into()))),
+            ("name = 'm'\naction = 'mask'\ncolumns = ['ssn']", None),
+            ("name = 'm'\naction = 'mask'\ndetectors = ['jwt']", None),
+            ("name = 'a'\naction = 'allow'\ncolumns = ['ssn']", Some(RuleError::MaskFieldsOnNonMask("a".into()))),
+            ("name = 'd'\naction = 'deny'\ndetectors = ['email']", Some(RuleError::MaskFieldsOnNonMask("d".into()))),
+            ("name = 'h'\naction = 'hold'\ntimeout_secs = 60", None),
+        ];
+        for (body, expected) in cases {
+            let rules = parse(&format!("[[rules]]\n{body}"));
+            assert_eq!(rules[0].validate().err(), expected, "{body}");
+        }
+        let dup = parse("[[rules]]\nname='x'\naction='allow'\n[[rules]]\nname='x'\naction='deny'");
+        assert_eq!(
+            validate_rules(&dup),
+            Err(RuleError::DuplicateName("x".into()))
+        );
+    }
+
+    #[test]
+    fn deserialize_rejects_mistakes() {
+        #[rustfmt::skip]
+        let cases = [
+            "name = 'r'\naction = 'allow'\ntabels = ['t']",
+            "name = 'r'\naction = 'permit'",
+            "name = 'r'\naction = 'allow'\nkinds = ['selects']",
+            "name = 'r'\naction = 'mask'\ndetectors = ['ssn']",
+            "action = 'allow'",
+        ];
+        for body in cases {
+            let res = toml::from_str::<File>(&format!("[[rules]]\n{body}"));
+            assert!(res.is_err(), "{body}");
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! One PostgreSQL session through the gateway: the agent's startup answered locally, the
+//! daemon's own login upstream, then the judged relay until either side ends.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, atomic::AtomicU64},
+};
+
+use bytes::BytesMut;
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpStream,
+};
+
+use super::{
+    cancel::{CancelRegistry, Registered},
+    codec::{
+        backend::{self, ErrorFields},
+        frame::next_startup,
+        frontend::Startup,
+    },
+    config::PostgresTarget,
+    relay::{self, Ctx, RelayError},
+    tls,
+    upstream::{self, UpstreamError},
+};
+use crate::audit::AuditStore;
+
+/// How the session ended, for the session record.
+#[derive(Debug)]
+pub enum Outcome {
+    Closed,
+    /// The agent only asked to cancel another session's query.
+    Cancel,
+    Agent(String),
+    Upstream(String),
+    UpstreamLogin(String),
+}
+
+pub struct Params<'a> {
+    pub policy: String,
+    pub target: Arc<PostgresTarget>,
+    pub audit: AuditStore,
+    pub session_id: u64,
+    pub cancels: &'a CancelRegistry,
+    /// The agent's governed cgroup: a cancel key only works from where it was handed out.
+    pub governed_cgroup_id: u64,
+    pub upstream_addr: SocketAddr,
+    /// The target's host as the policy names it, for certificate checks.
+    pub server_name: String,
+    pub bytes_up: &'a AtomicU64,
+    pub bytes_down: &'a AtomicU64,
+}
+
+pub async fn serve(p: Params<'_>, mut agent: TcpStream, mut upstream: TcpStream) -> Outcome {
+    let mut abuf = BytesMut::with_capacity(8 * 1024);
+    let params = match agent_startup(&mut agent, &mut abuf).await {
+        Ok(AgentStart::Start(params)) => params,
+        Ok(AgentStart::Cancel {
+            process_id,
+            secret_key,
+        }) => {
+            p.cancels
+                .cancel(process_id, secret_key, p.governed_cgroup_id, &mut upstream)
+                .await;
+            return Outcome::Cancel;
+        }
+        Err(e) => {
+            let _ = reply(
+                &mut agent,
+                ErrorFields::fatal("08P01", format!("gatewayd: {e}")),
+            )
+            .await;
+            return Outcome::Agent(e.to_string());
+        }
+    };
+
+    let mut ubuf = BytesMut::with_capacity(8 * 1024);
+    let login = async {
+        let mut io = tls::negotiate(
+            upstream,
+            p.target.tls,
+            p.target.ca_file.as_deref(),
+            &p.server_name,
+        )
+        .await?;
+        let s = upstream::login(&mut io, &mut ubuf, &p.target, &params).await?;
+        Ok::<_, UpstreamError>((io, s))
+    }
+    .await;
+    let (upstream, session) = match login {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(session.id = p.session_id, error = %e, "upstream login failed");
+            // The upstream's own words may name the daemon's role; the agent learns only
+            // that the gateway could not log in.
+            let msg = match &e {
+                UpstreamError::Refused(f) => {
+                    format!("upstream refused the gateway's login ({})", f.code)
+                }
+                other => other.to_string(),
+            };
+            let _ = reply(
+                &mut agent,
+                ErrorFields::fatal("08001", format!("gatewayd: {msg}")).with_hint(
+                    "The gateway logs in upstream with its own credential; see its log.",
+                ),
+            )
+            .await;
+            return Outcome::UpstreamLogin(e.to_string());
+        }
+    };
+
+    let registered: Registered = p.cancels.register(
+        p.upstream_addr,
+        session.process_id,
+        session.secret_key,
+        p.governed_cgroup_id,
+    );
+    let mut out = BytesMut::new();
+    backend::authentication_ok(&mut out);
+    // The upstream role's name stays with the gateway: the agent hears its own.
+    let agent_user = params
+        .iter()
+        .find(|(k, _)| k == "user")
+        .map_or("agent", |(_, v)| v.as_str());
+    for (k, v) in &session.parameters {
+        let v = if k == "session_authorization" {
+            agent_user
+        } else {
+            v
+        };
+        backend::parameter_status(k, v, &mut out);
+    }
+    backend::backend_key_data(registered.process_id, registered.secret_key, &mut out);
+    backend::ready_for_query(b'I', &mut out);
+    if let Err(e) = agent.write_all(&out).await {
+        return Outcome::Agent(e.to_string());
+    }
+
+    let ctx = Ctx {
+        policy: p.policy,
+        target: p.target,
+        audit: p.audit,
+        session_id: p.session_id,
+    };
+    let (agent_rd, mut agent_wr) = agent.into_split();
+    let (up_rd, up_wr) = tokio::io::split(upstream);
+    let (tx, rx) = relay::expectations();
+    let to_upstream = relay::agent_side(&ctx, agent_rd, abuf, up_wr, tx, p.bytes_up);
+    let to_agent = relay::upstream_side(&ctx, up_rd, ubuf, &mut agent_wr, rx, p.bytes_down);
+    // Either side ending ends the session: an agent gone needs no answers, an upstream gone
+    // can give none.
+    enum Ended {
+        Agent(Result<(), RelayError>),
+        Upstream(Result<(), RelayError>),
+    }
+    let ended = tokio::select! {
+        r = to_upstream => Ended::Agent(r),
+        r = to_agent => Ended::Upstream(r),
+    };
+    let outcome = match ended {
+        Ended::Agent(Ok(())) => Outcome::Closed,
+        Ended::Agent(Err(RelayError::Agent(e))) => {
+            let fatal = ErrorFields::fatal("08P01", format!("gatewayd: {e}"));
+            let _ = reply_half(&mut agent_wr, fatal).await;
+            Outcome::Agent(e.to_string())
+        }
+        Ended::Agent(Err(e)) => Outcome::Agent(e.to_string()),
+        Ended::Upstream(Ok(())) => Outcome::Upstream("upstream closed the connection".into()),
+        Ended::Upstream(Err(e)) => {
+            let fatal = ErrorFields::fatal("08006", format!("gatewayd: {e}"));
+            let _ = reply_half(&mut agent_wr, fatal).await;
+            Outcome::Upstream(e.to_string())
+        }
+    };
+    drop(registered);
+    outcome
+}
+
+/// The upstream could not be reached: the agent still gets a PostgreSQL error, after its
+/// startup packet, rather than a bare reset.
+pub async fn unreachable(mut agent: TcpStream, target: &str, why: &str) {
+    let mut buf = BytesMut::new();
+    if let Ok(AgentStart::Start(_)) = agent_startup(&mut agent, &mut buf).await {
+        let e = ErrorFields::fatal(
+            "08001",
+            format!("gatewayd: upstream {target} is unreachable: {why}"),
+        );
+        let _ = reply(&mut agent, e).await;
+    }
+}
+
+enum AgentStart {
+    Start(Vec<(String, String)>),
+    Cancel { process_id: i32, secret_key: i32 },
+}
+
+/// Answers SSL and GSS encryption requests with 'N' (the local leg is loopback) until the
+/// real startup packet arrives. The agent is already identified by the kernel, so it is
+/// let in without a password.
+async fn agent_startup(
+    agent: &mut TcpStream,
+    buf: &mut BytesMut,
+) -> Result<AgentStart, super::codec::FrameError> {
+    let io = |e: std::io::Error| super::codec::FrameError::Malformed {
+        what: "startup",
+        why: if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            "connection closed"
+        } else {
+            "read failed"
+        },
+    };
+    loop {
+        let body = loop {
+            if let Some(b) = next_startup(buf)? {
+                break b;
+            }
+            if agent.read_buf(buf).await.map_err(io)? == 0 {
+                return Err(io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+        };
+        match Startup::decode(&body)? {
+            Startup::Ssl | Startup::GssEnc => agent.write_all(b"N").await.map_err(io)?,
+            Startup::Cancel {
+                process_id,
+                secret_key,
+            } => {
+                return Ok(AgentStart::Cancel {
+                    process_id,
+                    secret_key,
+                });
+            }
+            Startup::Start { params } => return Ok(AgentStart::Start(params)),
+        }
+    }
+}
+
+async fn reply(agent: &mut TcpStream, e: ErrorFields) -> std::io::Result<()> {
+    let mut out = BytesMut::new();
+    e.encode(&mut out);
+    agent.write_all(&out).await
+}
+
+async fn reply_half<W: tokio::io::AsyncWrite + Unpin>(
+    agent: &mut W,
+    e: ErrorFields,
+) -> std::io::Result<()> {
+    let mut out = BytesMut::new();
+    e.encode(&mut out);
+    agent.write_all(&out).await
+}

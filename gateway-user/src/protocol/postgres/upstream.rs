@@ -1,0 +1,177 @@
+//! The daemon's own login to the real server: startup as the policy's role and database, and
+//! authentication with the credential only the daemon holds (SCRAM-SHA-256, md5, cleartext).
+
+use bytes::BytesMut;
+use postgres_protocol::{
+    authentication::{md5_hash, sasl},
+    message::frontend,
+};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+
+use super::{
+    codec::{
+        backend::{Auth, ErrorFields},
+        frame::{MAX_UPSTREAM_MESSAGE, next_frame},
+    },
+    config::PostgresTarget,
+};
+
+/// Startup parameters an agent may pass on. Anything else (notably `options`, which can set
+/// `role` or `session_authorization`) stays with the gateway.
+const PASSED_PARAMS: [&str; 6] = [
+    "application_name",
+    "client_encoding",
+    "DateStyle",
+    "TimeZone",
+    "IntervalStyle",
+    "extra_float_digits",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("upstream refused the login: {} ({})", .0.message, .0.code)]
+    Refused(ErrorFields),
+    #[error("upstream asked for a password and the target has no credential configured")]
+    NoCredential,
+    #[error("upstream credential: {0}")]
+    Credential(String),
+    #[error("upstream TLS: {0}")]
+    Tls(String),
+    #[error("upstream protocol: {0}")]
+    Protocol(String),
+}
+
+/// What the agent must hear of the upstream's startup.
+#[derive(Debug, Default)]
+pub struct Session {
+    pub parameters: Vec<(String, String)>,
+    pub process_id: i32,
+    pub secret_key: i32,
+}
+
+/// Logs in on `io` and reads up to the first ReadyForQuery. Leftover bytes stay in `buf`.
+pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut S,
+    buf: &mut BytesMut,
+    target: &PostgresTarget,
+    agent_params: &[(String, String)],
+) -> Result<Session, UpstreamError> {
+    let mut params: Vec<(&str, &str)> = vec![
+        ("user", target.user.as_str()),
+        ("database", target.database.as_str()),
+    ];
+    params.extend(
+        agent_params
+            .iter()
+            .filter(|(k, _)| PASSED_PARAMS.contains(&k.as_str()))
+            .map(|(k, v)| (k.as_str(), v.as_str())),
+    );
+    let mut out = BytesMut::new();
+    frontend::startup_message(params, &mut out)?;
+    io.write_all(&out).await?;
+
+    let mut scram: Option<sasl::ScramSha256> = None;
+    let mut session = Session::default();
+    loop {
+        let frame = loop {
+            match next_frame(buf, MAX_UPSTREAM_MESSAGE)
+                .map_err(|e| UpstreamError::Protocol(e.to_string()))?
+            {
+                Some(f) => break f,
+                None => {
+                    if io.read_buf(buf).await? == 0 {
+                        return Err(UpstreamError::Protocol("closed during login".into()));
+                    }
+                }
+            }
+        };
+        let mut out = BytesMut::new();
+        match frame.tag {
+            b'R' => {
+                match Auth::decode(&frame.body)
+                    .map_err(|e| UpstreamError::Protocol(e.to_string()))?
+                {
+                    Auth::Ok => {}
+                    Auth::Cleartext => {
+                        frontend::password_message(&target.password()?, &mut out)?;
+                    }
+                    Auth::Md5 { salt } => {
+                        let hash = md5_hash(target.user.as_bytes(), &target.password()?, salt);
+                        frontend::password_message(hash.as_bytes(), &mut out)?;
+                    }
+                    Auth::Sasl { mechanisms } => {
+                        if !mechanisms.iter().any(|m| m == sasl::SCRAM_SHA_256) {
+                            return Err(UpstreamError::Protocol(format!(
+                                "no supported SASL mechanism in {mechanisms:?}"
+                            )));
+                        }
+                        // Channel binding needs TLS; without it the server must not require it.
+                        let s = sasl::ScramSha256::new(
+                            &target.password()?,
+                            sasl::ChannelBinding::unsupported(),
+                        );
+                        frontend::sasl_initial_response(
+                            sasl::SCRAM_SHA_256,
+                            s.message(),
+                            &mut out,
+                        )?;
+                        scram = Some(s);
+                    }
+                    Auth::SaslContinue(data) => {
+                        let s = scram.as_mut().ok_or_else(|| {
+                            UpstreamError::Protocol("SASL continue before start".into())
+                        })?;
+                        s.update(&data)?;
+                        frontend::sasl_response(s.message(), &mut out)?;
+                    }
+                    Auth::SaslFinal(data) => {
+                        scram
+                            .as_mut()
+                            .ok_or_else(|| {
+                                UpstreamError::Protocol("SASL final before start".into())
+                            })?
+                            .finish(&data)?;
+                    }
+                    Auth::Other(code) => {
+                        return Err(UpstreamError::Protocol(format!(
+                            "authentication method {code} is not supported"
+                        )));
+                    }
+                }
+            }
+            b'E' => {
+                let e = ErrorFields::decode(&frame.body)
+                    .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+                return Err(UpstreamError::Refused(e));
+            }
+            b'S' => {
+                let mut r = super::codec::frame::Reader::new("ParameterStatus", &frame.body);
+                let parsed = (|| {
+                    Ok::<_, super::codec::FrameError>((r.cstr()?.to_owned(), r.cstr()?.to_owned()))
+                })();
+                session
+                    .parameters
+                    .push(parsed.map_err(|e| UpstreamError::Protocol(e.to_string()))?);
+            }
+            b'K' => {
+                let mut r = super::codec::frame::Reader::new("BackendKeyData", &frame.body);
+                let parsed = (|| Ok::<_, super::codec::FrameError>((r.i32()?, r.i32()?)))();
+                (session.process_id, session.secret_key) =
+                    parsed.map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+            }
+            b'Z' => return Ok(session),
+            b'N' => {}
+            t => {
+                return Err(UpstreamError::Protocol(format!(
+                    "unexpected message {:?} during login",
+                    t as char
+                )));
+            }
+        }
+        if !out.is_empty() {
+            io.write_all(&out).await?;
+        }
+    }
+}

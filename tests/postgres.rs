@@ -1,0 +1,417 @@
+//! PostgreSQL through the gateway: a real server from Debian's packages with SCRAM, real
+//! clients (psql, tokio-postgres, raw wire) inside a governed cgroup.
+
+use std::{path::Path, process::Command};
+
+use gateway_tests::{APP_PASSWORD, APP_ROLE, Gateway, PgServer, bin, output_json};
+use serde_json::Value;
+
+const SCHEMA: &str = "
+CREATE TABLE customers (id int PRIMARY KEY, name text, email text, ssn text, note text);
+INSERT INTO customers VALUES
+  (1, 'Ada', 'ada@example.com', '123-45-6789', 'card 4111 1111 1111 1111 on file'),
+  (2, 'Bob', 'bob@example.org', '078-05-1120', 'call +14155550123 after 5'),
+  (3, 'Cy', NULL, NULL, 'nothing sensitive');
+CREATE TABLE invoices (id serial PRIMARY KEY, customer_id int, amount int);
+INSERT INTO invoices (customer_id, amount) VALUES (1, 100), (2, 250), (1, 75);
+CREATE TABLE payouts (id serial PRIMARY KEY, amount int);
+";
+
+fn policy(pg: &PgServer, password_file: &Path) -> String {
+    let tls = match &pg.cert {
+        Some(ca) => format!("tls = \"verify-full\"\nca_file = \"{}\"", ca.display()),
+        None => "tls = \"disable\"".into(),
+    };
+    format!(
+        r#"
+[[targets]]
+name = "billing-db"
+address = "{addr}"
+protocol = "postgres"
+
+[targets.postgres]
+user = "{APP_ROLE}"
+database = "billing"
+password_file = "{pw}"
+{tls}
+
+[[targets.postgres.rules]]
+name = "no-unbounded-writes"
+action = "deny"
+kinds = ["update", "delete"]
+without_where = true
+
+[[targets.postgres.rules]]
+name = "no-file-access"
+action = "deny"
+functions = ["pg_read_file", "pg_read_binary_file", "lo_export", "lo_import", "dblink*"]
+
+[[targets.postgres.rules]]
+name = "no-copy-program"
+action = "deny"
+copy_program = true
+
+[[targets.postgres.rules]]
+name = "no-ddl"
+action = "deny"
+kinds = ["drop", "truncate", "alter", "grant", "revoke"]
+
+[[targets.postgres.rules]]
+name = "payouts-need-approval"
+action = "hold"
+writes = ["public.payouts"]
+
+[[targets.postgres.rules]]
+name = "customer-pii"
+action = "mask"
+tables = ["public.customers"]
+columns = ["email", "ssn"]
+detectors = ["card", "phone", "email"]
+
+[[targets.postgres.rules]]
+name = "app"
+action = "allow"
+kinds = ["select", "insert", "update", "delete", "transaction", "set", "show", "copy"]
+"#,
+        addr = pg.addr,
+        pw = password_file.display(),
+    )
+}
+
+struct Fixture {
+    pg: PgServer,
+    gw: Gateway,
+}
+
+impl Fixture {
+    fn start(test: &str) -> Fixture {
+        Self::with(test, PgServer::start("127.10.0.5"))
+    }
+
+    fn with(test: &str, pg: PgServer) -> Fixture {
+        pg.app_sql(SCHEMA);
+        let gw = Gateway::start(test, &policy(&pg, &pg.password_file()));
+        Fixture { pg, gw }
+    }
+
+    /// A connection string as the agent has it: its own user, no password, the real address.
+    fn agent_url(&self) -> String {
+        format!(
+            "host={} port={} user=agent dbname=whatever sslmode=prefer",
+            self.pg.addr.ip(),
+            self.pg.addr.port()
+        )
+    }
+
+    /// psql inside the governed cgroup, reading `script` from stdin: (stdout, stderr, ok).
+    fn psql(&self, args: &[&str], script: &str) -> (String, String, bool) {
+        let mut cmd = Command::new("psql");
+        let url = self.agent_url();
+        cmd.args([
+            url.as_str(),
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "VERBOSITY=verbose",
+        ])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+        let mut child = self.gw.cgroup.command(cmd).spawn().unwrap();
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+            out.status.success(),
+        )
+    }
+
+    fn pg_agent(&self, args: &[&str]) -> Value {
+        let mut cmd = Command::new(bin("pg-agent"));
+        cmd.args(args);
+        output_json(&mut self.gw.cgroup.command(cmd))
+    }
+
+    /// The events of the newest ended session.
+    fn last_events(&self) -> Vec<Value> {
+        let sessions = self.gw.ended_sessions(1);
+        let id = sessions.last().unwrap().id;
+        let v = gateway_user::admin::client::call(
+            &self.gw.socket(),
+            &gateway_user::admin::Request::SessionsShow { id },
+        )
+        .unwrap();
+        v["events"].as_array().unwrap().clone()
+    }
+}
+
+#[test]
+fn psql_reads_and_writes_exactly_as_directly() {
+    let f = Fixture::start("pg-rw");
+    let query = "SELECT id, customer_id, amount FROM invoices ORDER BY id";
+    let (out, err, ok) = f.psql(&["-c", query], "");
+    assert!(ok, "{err}");
+    assert_eq!(out, f.pg.app_sql(query));
+    let (_, err, ok) = f.psql(
+        &["-f", "-"],
+        "INSERT INTO invoices (customer_id, amount) VALUES (2, 9);\n\
+         UPDATE invoices SET amount = amount + 1 WHERE customer_id = 1;\n",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(f.pg.app_sql("SELECT sum(amount) FROM invoices"), "436\n");
+
+    let events = f.last_events();
+    let seen: Vec<(&str, &str, Option<u64>)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap(),
+                e["verdict"].as_str().unwrap(),
+                e["rows"].as_u64(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [("insert", "allow", Some(1)), ("update", "allow", Some(2))]
+    );
+    // Literals stay out of the audit unless the policy keeps them.
+    let sql = events[0]["sql"].as_str().unwrap();
+    assert!(sql.contains('?') && !sql.contains("9)"), "{sql}");
+    assert_eq!(events[0]["rule"], "app");
+}
+
+#[test]
+fn every_rule_kind_refuses_with_42501_and_the_session_stays_usable() {
+    let f = Fixture::start("pg-deny");
+    let script = "DELETE FROM invoices;
+SELECT pg_read_file('/etc/passwd');
+COPY invoices TO PROGRAM 'cat';
+DROP TABLE invoices;
+INSERT INTO payouts (amount) VALUES (1);
+SELECT 'still usable';
+";
+    let (out, err, _) = f.psql(&["-f", "-"], script);
+    let name = &f.gw.name;
+    for rule in [
+        "no-unbounded-writes",
+        "no-file-access",
+        "no-copy-program",
+        "no-ddl",
+    ] {
+        let want =
+            format!("ERROR:  42501: gatewayd: policy {name} denies this statement (rule {rule})");
+        assert!(err.contains(&want), "want {want:?} in:\n{err}");
+    }
+    let held = "holds this statement for approval (rule payouts-need-approval)";
+    assert!(err.contains(held), "{err}");
+    assert_eq!(out, "still usable\n");
+    assert_eq!(f.pg.app_sql("SELECT count(*) FROM invoices"), "3\n");
+    assert_eq!(f.pg.app_sql("SELECT count(*) FROM payouts"), "0\n");
+
+    // Several statements in one message are refused whole.
+    let (out, err, ok) = f.psql(&["-c", "SELECT 1; DELETE FROM invoices"], "");
+    assert!(!ok && out.is_empty() && err.contains("42501"), "{out}{err}");
+
+    // Inside a transaction the refusal aborts it, as PostgreSQL itself would, and the COMMIT
+    // becomes a ROLLBACK: the insert before the refusal is gone.
+    let (_, err, _) = f.psql(
+        &["-f", "-"],
+        "BEGIN;\nINSERT INTO invoices (customer_id, amount) VALUES (3, 1);\nDELETE FROM invoices;\nSELECT 1;\nCOMMIT;\n",
+    );
+    assert!(err.contains("current transaction is aborted"), "{err}");
+    assert_eq!(f.pg.app_sql("SELECT count(*) FROM invoices"), "3\n");
+
+    let events = f.last_events();
+    let verdicts: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| (e["verdict"].as_str().unwrap(), e["rule"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        verdicts,
+        [
+            ("allow", "app"),
+            ("allow", "app"),
+            ("deny", "no-unbounded-writes"),
+            ("allow", "app"),
+            ("allow", "app"),
+        ]
+    );
+    assert_eq!(
+        events[3]["error"].as_str().map(|e| e.starts_with("25P02")),
+        Some(true)
+    );
+}
+
+#[test]
+fn masking_hides_values_by_column_and_by_detector_in_text_and_binary() {
+    let f = Fixture::start("pg-mask");
+    let (out, err, ok) = f.psql(
+        &[
+            "-c",
+            "SELECT id, name, email, ssn, note FROM customers ORDER BY id",
+        ],
+        "",
+    );
+    assert!(ok, "{err}");
+    for secret in [
+        "ada@example.com",
+        "bob@example.org",
+        "123-45-6789",
+        "078-05-1120",
+        "4111 1111 1111 1111",
+        "+14155550123",
+    ] {
+        assert!(!out.contains(secret), "{secret} leaked:\n{out}");
+    }
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("1|Ada|") && lines[2] == "3|Cy|||nothing sensitive",
+        "{out}"
+    );
+    assert!(
+        lines[1].contains("call ") && lines[1].contains(" after 5"),
+        "the rest of the text stays: {out}"
+    );
+    let events = f.last_events();
+    assert_eq!(events[0]["verdict"], "mask");
+    assert!(events[0]["masked"].as_u64().unwrap() >= 6, "{events:?}");
+
+    // tokio-postgres asks for binary results: masked values arrive as NULL.
+    let out = f.pg_agent(&["extended", &f.agent_url()]);
+    assert_eq!(out["rows"][0]["name"], "Ada");
+    assert_eq!(out["rows"][0]["email"], Value::Null);
+    assert_eq!(
+        out["rows"][0]["note"],
+        Value::Null,
+        "a card number in free text: {out}"
+    );
+    assert_eq!(out["rows"][1]["email"], Value::Null);
+}
+
+#[test]
+fn extended_protocol_prepared_statements_and_pipelining() {
+    let f = Fixture::start("pg-ext");
+    let out = f.pg_agent(&["extended", &f.agent_url()]);
+    assert_eq!(out["again"], 1, "{out}");
+    assert_eq!(out["pipelined"], serde_json::json!([1, 3, 3]), "{out}");
+    assert_eq!(out["denied"]["code"], "42501", "{out}");
+    assert_eq!(out["pipeline_refusal"]["before"], 10, "{out}");
+    assert_eq!(out["pipeline_refusal"]["refused"]["code"], "42501", "{out}");
+    assert_eq!(out["pipeline_refusal"]["after"], 20, "{out}");
+    assert_eq!(out["insert"], 1, "{out}");
+    assert_eq!(out["usable_after"], 42, "{out}");
+    assert_eq!(f.pg.app_sql("SELECT count(*) FROM invoices"), "4\n");
+}
+
+#[test]
+fn the_agent_never_receives_the_upstream_role_or_password() {
+    let f = Fixture::start("pg-leak");
+    let out = f.pg_agent(&[
+        "wire",
+        &f.pg.addr.to_string(),
+        "SELECT 1",
+        "SHOW application_name",
+        "SELECT session_user = current_user",
+    ]);
+    let received = out["received"].as_str().unwrap();
+    assert!(
+        received.contains("ReadyForQuery") || received.contains('Z'),
+        "{received}"
+    );
+    assert!(
+        !received.contains(APP_PASSWORD),
+        "password leaked: {received}"
+    );
+    assert!(!received.contains(APP_ROLE), "role leaked: {received}");
+    assert!(
+        received.contains("session_authorization\0agent\0"),
+        "{received:?}"
+    );
+}
+
+#[test]
+fn cancel_reaches_the_agents_own_query() {
+    let f = Fixture::start("pg-cancel");
+    let out = f.pg_agent(&["cancel", &f.agent_url()]);
+    assert_eq!(out["cancel_sent"], true, "{out}");
+    assert_eq!(out["code"], "57014", "query_canceled: {out}");
+    assert!(out["elapsed_ms"].as_u64().unwrap() < 10_000, "{out}");
+    assert_eq!(out["usable_after"], true);
+}
+
+#[test]
+fn malformed_messages_end_the_session_with_an_error_and_others_go_on() {
+    let f = Fixture::start("pg-malformed");
+    let out = f.pg_agent(&["malformed", &f.pg.addr.to_string()]);
+    assert_eq!(out["error_tag"], "E", "{out}");
+    assert!(out["reply"].as_str().unwrap().contains("gatewayd"), "{out}");
+    assert_eq!(out["closed"], true);
+    let (out, err, ok) = f.psql(&["-c", "SELECT 'next agent'"], "");
+    assert!(ok && out == "next agent\n", "{err}");
+}
+
+#[test]
+fn an_upstream_that_is_down_gives_a_clean_error() {
+    let mut f = Fixture::start("pg-down");
+    f.pg.stop();
+    let (_, err, ok) = f.psql(&["-c", "SELECT 1"], "");
+    assert!(!ok);
+    assert!(
+        err.contains("gatewayd: upstream billing-db is unreachable"),
+        "{err}"
+    );
+    let s = f.gw.ended_sessions(1);
+    assert!(matches!(
+        s[0].end,
+        Some(gateway_user::audit::SessionEnd::UpstreamUnreachable(_))
+    ));
+}
+
+#[test]
+fn tls_upstream_is_verified_against_the_configured_ca() {
+    // The server refuses plain TCP: the rows can only have come over TLS.
+    let f = Fixture::with("pg-tls", PgServer::start_tls("127.10.0.5"));
+    let (out, err, ok) = f.psql(
+        &[
+            "-c",
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+        ],
+        "",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out, "t\n");
+
+    // A CA that did not sign the server's certificate: refused, and the agent is told so.
+    let other = tempfile::tempdir().unwrap();
+    let ca = gateway_tests::test_ca(other.path(), "127.10.0.5");
+    let body = policy(&f.pg, &f.pg.password_file()).replace(
+        &f.pg.cert.as_ref().unwrap().display().to_string(),
+        &ca.display().to_string(),
+    );
+    f.gw.write_policy(&body);
+    f.gw.signal(nix::sys::signal::Signal::SIGHUP);
+    // Reloads are asynchronous: poll until the new CA is in force (or give up).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let err = loop {
+        let (_, err, ok) = f.psql(&["-c", "SELECT 1"], "");
+        if !ok || std::time::Instant::now() > deadline {
+            break err;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(
+        err.contains("gatewayd: upstream TLS: invalid peer certificate"),
+        "{err}"
+    );
+}
