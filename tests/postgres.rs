@@ -415,3 +415,151 @@ fn tls_upstream_is_verified_against_the_configured_ca() {
         "{err}"
     );
 }
+
+/// An ES256 key pair made with openssl: (private PKCS#8 PEM, public PEM path).
+fn es256_keys(dir: &Path) -> (Vec<u8>, std::path::PathBuf) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        "jwt.key",
+    ]);
+    run(&["pkey", "-in", "jwt.key", "-pubout", "-out", "jwt.pub"]);
+    (
+        std::fs::read(dir.join("jwt.key")).unwrap(),
+        dir.join("jwt.pub"),
+    )
+}
+
+fn token(key: &[u8], aud: &str, sub: &str, groups: &[&str], exp_in: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let claims = serde_json::json!({
+        "iss": "https://idp.test", "aud": aud, "sub": sub, "groups": groups, "exp": now + exp_in,
+    });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_ec_pem(key).unwrap(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn agent_jwts_are_verified_audited_and_usable_in_rules() {
+    let pg = PgServer::start("127.10.0.5");
+    pg.app_sql(SCHEMA);
+    let keys = tempfile::tempdir().unwrap();
+    let (private, public) = es256_keys(keys.path());
+    let body = format!(
+        r#"
+[[targets]]
+name = "billing-db"
+address = "{addr}"
+protocol = "postgres"
+
+[targets.postgres]
+user = "{APP_ROLE}"
+database = "billing"
+password_file = "{pw}"
+tls = "disable"
+
+[targets.postgres.agent_jwt]
+issuer = "https://idp.test"
+audience = "billing-db"
+key_file = "{public}"
+algorithms = ["ES256"]
+
+[[targets.postgres.rules]]
+name = "analysts-read"
+action = "allow"
+kinds = ["select"]
+groups = ["analysts"]
+"#,
+        addr = pg.addr,
+        pw = pg.password_file().display(),
+        public = public.display(),
+    );
+    let f = Fixture {
+        gw: Gateway::start("pg-jwt", &body),
+        pg,
+    };
+    let psql_with = |password: &str, sql: &str| {
+        let mut cmd = Command::new("psql");
+        cmd.args([
+            f.agent_url().as_str(),
+            "-X",
+            "-A",
+            "-t",
+            "-w",
+            "-v",
+            "VERBOSITY=verbose",
+            "-c",
+            sql,
+        ])
+        .env("PGPASSWORD", password);
+        let out = f.gw.cgroup.command(cmd).output().unwrap();
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let good = token(&private, "billing-db", "bot-7", &["analysts"], 300);
+    let (out, err) = psql_with(&good, "SELECT count(*) FROM invoices");
+    assert_eq!(out, "3\n", "{err}");
+    let sessions = f.gw.ended_sessions(1);
+    let id = sessions
+        .last()
+        .unwrap()
+        .token
+        .as_ref()
+        .expect("token audited");
+    assert_eq!(
+        (id.subject.as_str(), id.groups.as_slice()),
+        ("bot-7", &["analysts".to_string()][..])
+    );
+
+    // Verified, but not in a group any rule allows: the default refuses.
+    let other = token(&private, "billing-db", "bot-8", &["dev"], 300);
+    let (_, err) = psql_with(&other, "SELECT count(*) FROM invoices");
+    assert!(
+        err.contains("42501") && err.contains("(rule default)"),
+        "{err}"
+    );
+
+    for (bad, why) in [
+        (
+            token(&private, "other-db", "bot-7", &["analysts"], 300),
+            "InvalidAudience",
+        ),
+        (
+            token(&private, "billing-db", "bot-7", &["analysts"], -600),
+            "ExpiredSignature",
+        ),
+        ("not.a.jwt".to_string(), "token rejected"),
+    ] {
+        let (out, err) = psql_with(&bad, "SELECT 1");
+        assert!(
+            out.is_empty() && err.contains("gatewayd: token rejected") && err.contains(why),
+            "{why}: {err}"
+        );
+    }
+}

@@ -169,6 +169,7 @@ mod tests {
             bytes_up: 1,
             bytes_down: 2,
             end: Some(SessionEnd::Refused),
+            token: None,
         }
     }
 

@@ -65,6 +65,9 @@ pub struct SessionRecord {
     pub bytes_up: u64,
     pub bytes_down: u64,
     pub end: Option<SessionEnd>,
+    /// A verified agent token (subject, issuer, groups), when the target asked for one.
+    #[serde(default)]
+    pub token: Option<crate::protocol::postgres::TokenIdentity>,
 }
 
 /// One statement (or refused protocol step) of a session, in the order the agent sent them.

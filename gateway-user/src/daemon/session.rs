@@ -72,6 +72,7 @@ async fn serve(state: &State, agent: TcpStream, peer: SocketAddr) -> SessionReco
         bytes_up: 0,
         bytes_down: 0,
         end: None,
+        token: None,
     };
     let Some(origin) = origin else {
         return refused(record, &agent, &Verdict::Deny(Denial::UnknownOrigin));
@@ -139,7 +140,9 @@ async fn serve(state: &State, agent: TcpStream, peer: SocketAddr) -> SessionReco
                 bytes_up: &up,
                 bytes_down: &down,
             };
-            let outcome = postgres::serve(params, agent, upstream).await;
+            let served = postgres::serve(params, agent, upstream).await;
+            record.token = served.token;
+            let outcome = served.outcome;
             record.bytes_up = up.load(Ordering::Relaxed);
             record.bytes_down = down.load(Ordering::Relaxed);
             record.end = Some(match outcome {

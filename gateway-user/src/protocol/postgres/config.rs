@@ -5,7 +5,11 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::{rules::SqlRule, upstream::UpstreamError};
+use super::{
+    jwt::{JwtFile, JwtVerifier},
+    rules::SqlRule,
+    upstream::UpstreamError,
+};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -27,6 +31,8 @@ pub struct PostgresFile {
     /// Keep literal values in the audited SQL text (off: they are replaced by `?`).
     #[serde(default)]
     pub audit_literals: bool,
+    /// Require the agent to present a JWT as its password.
+    pub agent_jwt: Option<JwtFile>,
     #[serde(default)]
     pub rules: Vec<SqlRule>,
 }
@@ -64,6 +70,7 @@ pub struct PostgresTarget {
     pub ca_file: Option<PathBuf>,
     pub unparsed: Unparsed,
     pub audit_literals: bool,
+    pub jwt: Option<JwtVerifier>,
     pub rules: Vec<SqlRule>,
 }
 
@@ -104,6 +111,7 @@ impl PostgresTarget {
             ca_file: raw.ca_file,
             unparsed: raw.unparsed,
             audit_literals: raw.audit_literals,
+            jwt: raw.agent_jwt.map(JwtVerifier::load).transpose()?,
             rules: raw.rules,
         })
     }

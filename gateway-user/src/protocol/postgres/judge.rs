@@ -7,7 +7,7 @@ use super::{
     codec::backend::ErrorFields,
     config::{PostgresTarget, Unparsed},
     mask::Masker,
-    rules::{Action, decide_all},
+    rules::{Action, Who, decide_all},
     sql::classify,
 };
 
@@ -38,7 +38,7 @@ impl Judged {
     }
 }
 
-pub fn judge(policy: &str, target: &PostgresTarget, sql: &str) -> Judged {
+pub fn judge(policy: &str, target: &PostgresTarget, who: &Who, sql: &str) -> Judged {
     let stmts = match classify(sql) {
         Ok(s) => s,
         Err(e) => {
@@ -70,7 +70,7 @@ pub fn judge(policy: &str, target: &PostgresTarget, sql: &str) -> Judged {
             };
         }
     };
-    let verdict = decide_all(&target.rules, &stmts);
+    let verdict = decide_all(&target.rules, who, &stmts);
     let statements = stmts
         .iter()
         .map(|s| {

@@ -5,6 +5,7 @@ pub mod cancel;
 pub mod codec;
 pub mod config;
 pub mod judge;
+pub mod jwt;
 pub mod mask;
 pub mod relay;
 pub mod rules;
@@ -15,4 +16,5 @@ pub mod upstream;
 
 pub use cancel::CancelRegistry;
 pub use config::{PostgresFile, PostgresTarget};
-pub use session::{Outcome, Params, serve, unreachable};
+pub use jwt::TokenIdentity;
+pub use session::{Outcome, Params, Served, serve, unreachable};

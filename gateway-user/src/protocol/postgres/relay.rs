@@ -26,6 +26,7 @@ use super::{
     config::PostgresTarget,
     judge::{Judged, POLICY_DENIED, judge},
     mask::Masker,
+    rules::Who,
 };
 use crate::audit::{AuditStore, StatementEvent, now_ms};
 
@@ -40,6 +41,7 @@ pub struct Ctx {
     pub target: Arc<PostgresTarget>,
     pub audit: AuditStore,
     pub session_id: u64,
+    pub who: Who,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -153,7 +155,7 @@ where
             let msg = Message::decode(frame.tag, &frame.body).map_err(RelayError::Agent)?;
             match msg {
                 Message::Query { sql } => {
-                    let judged = Arc::new(judge(&ctx.policy, &ctx.target, &sql));
+                    let judged = Arc::new(judge(&ctx.policy, &ctx.target, &ctx.who, &sql));
                     let refused = judged.refusal.is_some();
                     push(Expect::Simple(Pending::new(judged)));
                     if refused {
@@ -168,7 +170,7 @@ where
                     stand_in_query(&mut out);
                 }
                 Message::Parse { name, sql } => {
-                    let judged = Arc::new(judge(&ctx.policy, &ctx.target, &sql));
+                    let judged = Arc::new(judge(&ctx.policy, &ctx.target, &ctx.who, &sql));
                     let refused = judged.refusal.is_some();
                     statements.insert(name.clone(), judged.clone());
                     if refused {

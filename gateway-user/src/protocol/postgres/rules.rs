@@ -157,6 +157,12 @@ pub struct SqlRule {
     pub functions: Vec<Glob>,
     pub without_where: Option<bool>,
     pub copy_program: Option<bool>,
+    /// The agent's verified token: its subject, or any of its groups, must match. A rule
+    /// with these never matches an agent that presented no token.
+    #[serde(default)]
+    pub subjects: Vec<Glob>,
+    #[serde(default)]
+    pub groups: Vec<Glob>,
     #[serde(default)]
     pub columns: Vec<Glob>,
     #[serde(default)]
@@ -195,7 +201,7 @@ impl SqlRule {
 
     /// True when every condition the rule sets holds; an unset condition
     /// (empty list, `None`) places no constraint.
-    pub fn matches(&self, stmt: &StatementInfo) -> bool {
+    pub fn matches(&self, who: &Who, stmt: &StatementInfo) -> bool {
         let any = |globs: &[Glob], names: &[String]| {
             globs.is_empty()
                 || names
@@ -211,6 +217,16 @@ impl SqlRule {
             && any(&self.functions, &stmt.functions)
             && self.without_where.is_none_or(|w| w == stmt.without_where)
             && self.copy_program.is_none_or(|c| c == stmt.copy_program)
+            && (self.subjects.is_empty()
+                || who
+                    .subject
+                    .as_deref()
+                    .is_some_and(|s| self.subjects.iter().any(|g| g.matches(s))))
+            && (self.groups.is_empty()
+                || who
+                    .groups
+                    .iter()
+                    .any(|n| self.groups.iter().any(|g| g.matches(n))))
     }
 }
 
@@ -225,6 +241,14 @@ pub fn validate_rules(rules: &[SqlRule]) -> Result<(), RuleError> {
     Ok(())
 }
 
+/// Who the agent proved to be beyond what the kernel attests: a verified token's subject
+/// and groups, when the target asks for one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Who {
+    pub subject: Option<String>,
+    pub groups: Vec<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StatementVerdict {
     pub action: Action,
@@ -237,11 +261,11 @@ pub struct StatementVerdict {
 pub const DEFAULT_RULE: &str = "default";
 pub const EMPTY_RULE: &str = "empty";
 
-pub fn decide(rules: &[SqlRule], stmt: &StatementInfo) -> StatementVerdict {
+pub fn decide(rules: &[SqlRule], who: &Who, stmt: &StatementInfo) -> StatementVerdict {
     let mut first: [Option<usize>; 4] = [None; 4];
     let mut masks = Vec::new();
     for (i, rule) in rules.iter().enumerate() {
-        if !rule.matches(stmt) {
+        if !rule.matches(who, stmt) {
             continue;
         }
         first[usize::from(rule.action.strictness())].get_or_insert(i);
@@ -267,14 +291,14 @@ pub fn decide(rules: &[SqlRule], stmt: &StatementInfo) -> StatementVerdict {
 /// One verdict for a multi-statement message, which PostgreSQL runs as a
 /// unit: the strictest statement decides, and masks from all statements
 /// apply to every result set. An empty message runs nothing and is allowed.
-pub fn decide_all(rules: &[SqlRule], stmts: &[StatementInfo]) -> StatementVerdict {
+pub fn decide_all(rules: &[SqlRule], who: &Who, stmts: &[StatementInfo]) -> StatementVerdict {
     let mut verdict = StatementVerdict {
         action: Action::Allow,
         rule: EMPTY_RULE.to_string(),
         masks: Vec::new(),
     };
     for (n, stmt) in stmts.iter().enumerate() {
-        let v = decide(rules, stmt);
+        let v = decide(rules, who, stmt);
         if n == 0 || v.action.strictness() > verdict.action.strictness() {
             verdict.action = v.action;
             verdict.rule = v.rule;
@@ -333,7 +357,11 @@ mod tests {
         ];
         for (body, sql, expected) in cases {
             let rules = parse(&format!("[[rules]]\nname = 'r'\naction = 'deny'\n{body}"));
-            assert_eq!(rules[0].matches(&stmt(sql)), expected, "{body} / {sql}");
+            assert_eq!(
+                rules[0].matches(&Who::default(), &stmt(sql)),
+                expected,
+                "{body} / {sql}"
+            );
         }
     }
 
@@ -353,6 +381,7 @@ mod tests {
             ("*secret*", "secret_schema.users", true, false),
             ("Ä*", "äpfel", true, true),
             ("?", "", false, false),
+            ("a$b", "A$B", true, true),
         ];
         for (pattern, text, plain, qualified) in cases {
             let g = Glob::new(pattern).unwrap();
@@ -410,7 +439,7 @@ mod tests {
             ("UPDATE users SET a = 1", Action::Deny, "no-unbounded", &[1]),
         ];
         for (sql, action, rule, masks) in cases {
-            let v = decide(&rules, &stmt(sql));
+            let v = decide(&rules, &Who::default(), &stmt(sql));
             assert_eq!(
                 (v.action, v.rule.as_str(), v.masks.as_slice()),
                 (*action, *rule, *masks),
@@ -421,7 +450,7 @@ mod tests {
         reversed.reverse();
         // Order only changes which rule of the winning action is named.
         for (sql, action, _, masks) in cases {
-            let v = decide(&reversed, &stmt(sql));
+            let v = decide(&reversed, &Who::default(), &stmt(sql));
             assert_eq!(v.action, *action, "reversed: {sql}");
             assert_eq!(v.masks.len(), masks.len(), "reversed: {sql}");
         }
@@ -441,17 +470,23 @@ mod tests {
             action = "deny"
             "#,
         );
-        assert_eq!(decide(&rules, &stmt("SELECT * FROM a")).rule, "deny-a");
-        assert_eq!(decide(&rules, &stmt("SELECT * FROM b")).rule, "deny-any");
+        assert_eq!(
+            decide(&rules, &Who::default(), &stmt("SELECT * FROM a")).rule,
+            "deny-a"
+        );
+        assert_eq!(
+            decide(&rules, &Who::default(), &stmt("SELECT * FROM b")).rule,
+            "deny-any"
+        );
     }
 
     #[test]
     fn default_is_deny() {
         let none: Vec<SqlRule> = Vec::new();
-        let v = decide(&none, &stmt("SELECT 1"));
+        let v = decide(&none, &Who::default(), &stmt("SELECT 1"));
         assert_eq!((v.action, v.rule.as_str()), (Action::Deny, DEFAULT_RULE));
         let rules = parse("[[rules]]\nname = 'sel'\naction = 'allow'\nkinds = ['select']");
-        let v = decide(&rules, &stmt("INSERT INTO t VALUES (1)"));
+        let v = decide(&rules, &Who::default(), &stmt("INSERT INTO t VALUES (1)"));
         assert_eq!((v.action, v.rule.as_str()), (Action::Deny, DEFAULT_RULE));
     }
 
@@ -492,7 +527,7 @@ mod tests {
             ("SELECT 1; DROP TABLE t; INSERT INTO t VALUES (1)", Action::Deny, DEFAULT_RULE, &[]),
         ];
         for (sql, action, rule, masks) in cases {
-            let v = decide_all(&rules, &classify(sql).unwrap());
+            let v = decide_all(&rules, &Who::default(), &classify(sql).unwrap());
             assert_eq!(
                 (v.action, v.rule.as_str(), v.masks.as_slice()),
                 (*action, *rule, *masks),
@@ -537,6 +572,47 @@ mod tests {
         for body in cases {
             let res = toml::from_str::<File>(&format!("[[rules]]\n{body}"));
             assert!(res.is_err(), "{body}");
+        }
+    }
+
+    #[test]
+    fn token_conditions_need_a_matching_token() {
+        let rules = parse(
+            r#"
+            [[rules]]
+            name = "oncall-writes"
+            action = "allow"
+            kinds = ["update"]
+            groups = ["oncall"]
+
+            [[rules]]
+            name = "bot-reads"
+            action = "allow"
+            kinds = ["select"]
+            subjects = ["bot-*"]
+            "#,
+        );
+        let who = |sub: Option<&str>, groups: &[&str]| Who {
+            subject: sub.map(str::to_owned),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        };
+        let cases = [
+            (who(None, &[]), "SELECT 1", "default"),
+            (who(Some("bot-7"), &[]), "SELECT 1", "bot-reads"),
+            (who(Some("alice"), &[]), "SELECT 1", "default"),
+            (
+                who(Some("alice"), &["dev", "oncall"]),
+                "UPDATE t SET a = 1 WHERE b",
+                "oncall-writes",
+            ),
+            (
+                who(Some("bot-7"), &["dev"]),
+                "UPDATE t SET a = 1 WHERE b",
+                "default",
+            ),
+        ];
+        for (w, sql, rule) in cases {
+            assert_eq!(decide(&rules, &w, &stmt(sql)).rule, rule, "{w:?} {sql}");
         }
     }
 }

@@ -20,6 +20,7 @@ use super::{
         frontend::Startup,
     },
     config::PostgresTarget,
+    jwt::TokenIdentity,
     relay::{self, Ctx, RelayError},
     tls,
     upstream::{self, UpstreamError},
@@ -52,7 +53,24 @@ pub struct Params<'a> {
     pub bytes_down: &'a AtomicU64,
 }
 
-pub async fn serve(p: Params<'_>, mut agent: TcpStream, mut upstream: TcpStream) -> Outcome {
+/// How the session ended, and who the agent proved to be, if the target asked.
+pub struct Served {
+    pub outcome: Outcome,
+    pub token: Option<TokenIdentity>,
+}
+
+pub async fn serve(p: Params<'_>, agent: TcpStream, upstream: TcpStream) -> Served {
+    let mut token = None;
+    let outcome = run(p, agent, upstream, &mut token).await;
+    Served { outcome, token }
+}
+
+async fn run(
+    p: Params<'_>,
+    mut agent: TcpStream,
+    mut upstream: TcpStream,
+    token: &mut Option<TokenIdentity>,
+) -> Outcome {
     let mut abuf = BytesMut::with_capacity(8 * 1024);
     let params = match agent_startup(&mut agent, &mut abuf).await {
         Ok(AgentStart::Start(params)) => params,
@@ -74,6 +92,31 @@ pub async fn serve(p: Params<'_>, mut agent: TcpStream, mut upstream: TcpStream)
             return Outcome::Agent(e.to_string());
         }
     };
+
+    if let Some(verifier) = &p.target.jwt {
+        match agent_token(&mut agent, &mut abuf).await {
+            Ok(raw) => match verifier.verify(&raw) {
+                Ok(id) => *token = Some(id),
+                Err(e) => {
+                    let _ = reply(
+                        &mut agent,
+                        ErrorFields::fatal("28P01", format!("gatewayd: token rejected: {e}"))
+                            .with_hint("This target wants a JWT from the configured issuer as the password."),
+                    )
+                    .await;
+                    return Outcome::Agent(format!("token rejected: {e}"));
+                }
+            },
+            Err(e) => {
+                let _ = reply(
+                    &mut agent,
+                    ErrorFields::fatal("08P01", format!("gatewayd: {e}")),
+                )
+                .await;
+                return Outcome::Agent(e.to_string());
+            }
+        }
+    }
 
     let mut ubuf = BytesMut::with_capacity(8 * 1024);
     let login = async {
@@ -143,6 +186,7 @@ pub async fn serve(p: Params<'_>, mut agent: TcpStream, mut upstream: TcpStream)
         target: p.target,
         audit: p.audit,
         session_id: p.session_id,
+        who: token.as_ref().map(TokenIdentity::who).unwrap_or_default(),
     };
     let (agent_rd, mut agent_wr) = agent.into_split();
     let (up_rd, up_wr) = tokio::io::split(upstream);
@@ -234,6 +278,36 @@ async fn agent_startup(
             Startup::Start { params } => return Ok(AgentStart::Start(params)),
         }
     }
+}
+
+/// Asks for a password (in clear: the leg is loopback) and reads the token the agent sends.
+async fn agent_token(
+    agent: &mut TcpStream,
+    buf: &mut BytesMut,
+) -> Result<String, super::codec::FrameError> {
+    let mut out = BytesMut::new();
+    backend::authentication_cleartext(&mut out);
+    let io = |_| super::codec::FrameError::Malformed {
+        what: "PasswordMessage",
+        why: "connection closed",
+    };
+    agent.write_all(&out).await.map_err(io)?;
+    let frame = loop {
+        if let Some(f) = super::codec::frame::next_frame(buf, super::codec::frame::MAX_STARTUP)? {
+            break f;
+        }
+        if agent.read_buf(buf).await.map_err(io)? == 0 {
+            return Err(io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+    };
+    if frame.tag != b'p' {
+        return Err(super::codec::FrameError::Malformed {
+            what: "PasswordMessage",
+            why: "expected a password",
+        });
+    }
+    let mut r = super::codec::frame::Reader::new("PasswordMessage", &frame.body);
+    Ok(r.cstr()?.to_owned())
 }
 
 async fn reply(agent: &mut TcpStream, e: ErrorFields) -> std::io::Result<()> {

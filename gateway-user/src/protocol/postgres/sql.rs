@@ -247,7 +247,7 @@ fn is_false(arg: Option<&Expr>) -> bool {
 
 /// Lowercases unquoted parts (PostgreSQL folds them) and defaults the schema
 /// to `public` so rules can be written against one canonical spelling.
-pub(crate) fn relation_name(name: &ObjectName) -> String {
+fn relation_name(name: &ObjectName) -> String {
     let parts = name_parts(name);
     if parts.len() == 1 {
         format!("public.{}", parts[0])
@@ -779,6 +779,9 @@ mod tests {
             let err = classify(sql).expect_err(sql);
             assert!(!err.message.is_empty(), "{sql}");
         }
+        // sqlparser's recursion limit turns absurd nesting into an error too.
+        let deep = format!("SELECT {}1{}", "(".repeat(300), ")".repeat(300));
+        assert!(classify(&deep).is_err());
     }
 
     #[test]
