@@ -73,6 +73,7 @@ mod tests {
             bytes_up: 0,
             bytes_down: 0,
             end: None,
+            token: None,
         }
     }
 
