@@ -48,10 +48,12 @@ fn shipped_policies_pass_the_offline_check() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        stdout.contains("policy \"example\" governs /agents/example (2 targets)"),
-        "{stdout}"
-    );
+    for want in [
+        "policy \"example\" governs /agents/example (2 targets)",
+        "policy \"billing-bot\" governs /agents/billing-bot (1 targets)",
+    ] {
+        assert!(stdout.contains(want), "{want} missing from:\n{stdout}");
+    }
 }
 
 #[test]

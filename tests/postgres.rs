@@ -71,7 +71,7 @@ detectors = ["card", "phone", "email"]
 [[targets.postgres.rules]]
 name = "app"
 action = "allow"
-kinds = ["select", "insert", "update", "delete", "transaction", "set", "show", "copy"]
+kinds = ["select", "insert", "update", "delete", "transaction", "set", "show", "copy", "notify"]
 "#,
         addr = pg.addr,
         pw = password_file.display(),
@@ -562,4 +562,37 @@ groups = ["analysts"]
             "{why}: {err}"
         );
     }
+}
+
+#[test]
+fn copy_both_ways_notices_and_notifications_pass_through() {
+    let f = Fixture::start("pg-copy");
+    f.pg.app_sql(
+        "CREATE FUNCTION hello() RETURNS int LANGUAGE plpgsql AS $$ BEGIN RAISE NOTICE 'hi there'; RETURN 1; END $$",
+    );
+    let (out, err, ok) = f.psql(&["-c", "COPY invoices TO STDOUT"], "");
+    assert!(ok, "{err}");
+    assert_eq!(out, "1\t1\t100\n2\t2\t250\n3\t1\t75\n");
+
+    let script = "COPY invoices (customer_id, amount) FROM STDIN;\n3\t11\n3\t12\n\\.\nSELECT hello();\nLISTEN ch;\nSELECT pg_notify('ch', 'payload-1');\n";
+    let (out, err, ok) = f.psql(&["-f", "-"], script);
+    assert!(ok, "{err}");
+    assert_eq!(
+        f.pg.app_sql("SELECT sum(amount) FROM invoices WHERE customer_id = 3"),
+        "23\n"
+    );
+    assert!(err.contains("NOTICE:  00000: hi there"), "{err}");
+    assert!(
+        out.contains("Asynchronous notification \"ch\" with payload \"payload-1\""),
+        "{out}"
+    );
+    let copy = f
+        .last_events()
+        .into_iter()
+        .find(|e| e["kind"] == "copy")
+        .unwrap();
+    assert_eq!(
+        (copy["verdict"].as_str(), copy["rows"].as_u64()),
+        (Some("allow"), Some(2))
+    );
 }

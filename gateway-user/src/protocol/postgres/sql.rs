@@ -70,10 +70,13 @@ pub fn classify(sql: &str) -> Result<Vec<StatementInfo>, ParseError> {
     let statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|e| ParseError {
         message: e.to_string(),
     })?;
-    Ok(statements.iter().map(describe).collect())
+    // One statement (the common case) is audited as the agent wrote it, which also spares
+    // rendering the AST back to text; several are rendered one by one.
+    let single = (statements.len() == 1).then(|| sql.trim().trim_end_matches(';').trim_end());
+    Ok(statements.iter().map(|s| describe(s, single)).collect())
 }
 
-fn describe(stmt: &Statement) -> StatementInfo {
+fn describe(stmt: &Statement, original: Option<&str>) -> StatementInfo {
     let mut c = Collector::default();
     let _ = stmt.visit(&mut c);
     let kind = kind_of(stmt, &c);
@@ -117,7 +120,7 @@ fn describe(stmt: &Statement) -> StatementInfo {
         functions: dedup(c.functions),
         without_where: c.without_where,
         copy_program,
-        text: stmt.to_string(),
+        text: original.map_or_else(|| stmt.to_string(), str::to_owned),
         redacted: redact(stmt),
     }
 }
@@ -756,8 +759,14 @@ mod tests {
             assert_eq!(info.redacted, redacted, "{sql}");
             assert_ne!(info.text, info.redacted, "{sql}");
         }
-        let info = one("select a from t where id = 1");
-        assert_eq!(info.text, "SELECT a FROM t WHERE id = 1");
+        // One statement keeps the agent's own text; several are rendered one by one.
+        let info = one("select a from t where id = 1;");
+        assert_eq!(info.text, "select a from t where id = 1");
+        let two = classify("select 1; select 'x'").unwrap();
+        assert_eq!(
+            (two[0].text.as_str(), two[1].text.as_str()),
+            ("SELECT 1", "SELECT 'x'")
+        );
     }
 
     #[test]
