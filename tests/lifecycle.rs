@@ -241,3 +241,52 @@ fn stop_keeps_agents_refused_and_uninstall_removes_everything() {
     drop(gw);
     assert!(!cgroup.exists() && !dir.exists());
 }
+
+#[test]
+fn a_burst_of_short_connections_is_served_and_audited_with_its_origins() {
+    let server = EchoServer::start("127.10.0.5");
+    let addr = server.addr.to_string();
+    let gw = Gateway::start("burst", &tcp_target("echo", &addr));
+    // 10 agents with 60 connections each, all at once, each closed right after its byte.
+    let agents: Vec<_> = (0..10)
+        .map(|_| {
+            let mut c = Command::new(bin("agent-probe"));
+            c.args(["burst", &addr, "60"]).stdout(Stdio::piped());
+            gw.cgroup.command(c).spawn().unwrap()
+        })
+        .collect();
+    let connected: u64 = agents
+        .into_iter()
+        .map(|a| {
+            let out = a.wait_with_output().unwrap();
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+            v["connected"].as_u64().unwrap()
+        })
+        .sum();
+    assert_eq!(connected, 600);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let sessions = loop {
+        let all = gw.sessions();
+        if all.iter().filter(|s| s.end.is_some()).count() >= 600 {
+            break all;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} of 600 sessions ended:\n{}",
+            all.len(),
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let without_origin = sessions.iter().filter(|s| s.agent.is_none()).count();
+    assert_eq!(
+        without_origin, 0,
+        "connections closed before accept lost their origin"
+    );
+    assert!(sessions.iter().all(|s| s.verdict == VerdictKind::Allow));
+    // And the daemon goes on serving.
+    assert_eq!(
+        gw.agent(&["tcp", &addr, "--send", "after"])["reply"],
+        "echo:after"
+    );
+}

@@ -194,10 +194,13 @@ fn on_tcp_connect(ctx: &SockOpsContext) {
     let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
 }
 
+/// Only the cookie entry goes here. The connection's entry stays until the daemon takes it:
+/// an agent may close before the daemon accepts, and the daemon must still know whose
+/// connection it was. Entries of connections the daemon never accepts are overwritten by the
+/// next connection from the same address and port, or age out of the LRU map.
 fn on_tcp_close(ctx: &SockOpsContext) {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let _ = SOCK_ORIGINS.remove(&cookie);
-    let _ = CONN_ORIGINS.remove(&conn_key(ctx));
 }
 
 /// The agent's end of the connection, keyed the way the daemon sees its peer: an IPv4 or

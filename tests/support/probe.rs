@@ -9,6 +9,7 @@
 //! agent-probe socket inet|inet6 stream|dgram|raw PROTOCOL
 //! agent-probe listen PORT
 //! agent-probe child ARGS...      run another probe as a child process
+//! agent-probe burst ADDR N        N connections at once, each closed right after one byte
 //! ```
 
 use std::{
@@ -39,6 +40,7 @@ fn main() -> ExitCode {
         Some("socket") => socket(&args[1..]),
         Some("listen") => listen(&args[1..]),
         Some("child") => child(&args[1..]),
+        Some("burst") => burst(&args[1..]),
         _ => {
             eprintln!("usage: agent-probe tcp|udp|raw|packet|listen|child ...");
             return ExitCode::from(2);
@@ -182,6 +184,27 @@ fn child(args: &[String]) -> Value {
         .output()
         .expect("spawn child probe");
     serde_json::from_slice(&out.stdout).expect("child probe output")
+}
+
+/// Many short connections at once, closed without waiting for an answer: the pattern that
+/// races the agent's close against the daemon's accept.
+fn burst(args: &[String]) -> Value {
+    let dst: SocketAddr = args[0].parse().expect("ADDR");
+    let n: usize = args[1].parse().expect("N");
+    let threads: Vec<_> = (0..n)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut s = std::net::TcpStream::connect(dst)?;
+                s.write_all(b"x")
+            })
+        })
+        .collect();
+    let ok = threads
+        .into_iter()
+        .map(|t| t.join().expect("thread").is_ok())
+        .filter(|ok| *ok)
+        .count();
+    json!({ "connected": ok })
 }
 
 /// `"ok"` or the errno name.

@@ -10,7 +10,13 @@
 pub mod filter;
 pub mod record;
 
-use std::path::Path;
+use std::{
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+};
 
 pub use filter::SessionFilter;
 pub use record::{Agent, SessionEnd, SessionRecord, StatementEvent, VerdictKind, now_ms};
@@ -30,6 +36,14 @@ pub struct AuditStore {
     db: sled::Db,
     sessions: sled::Tree,
     events: sled::Tree,
+    group: Arc<GroupCommit>,
+}
+
+/// Shared by the clones of one store: who asked for durability, and how far it got.
+struct GroupCommit {
+    requested: AtomicU64,
+    flushing: AtomicBool,
+    flushed: tokio::sync::watch::Sender<u64>,
 }
 
 impl AuditStore {
@@ -44,6 +58,11 @@ impl AuditStore {
             db,
             sessions,
             events,
+            group: Arc::new(GroupCommit {
+                requested: AtomicU64::new(0),
+                flushing: AtomicBool::new(false),
+                flushed: tokio::sync::watch::Sender::new(0),
+            }),
         })
     }
 
@@ -61,8 +80,50 @@ impl AuditStore {
     /// Writes and makes durable: the record is on disk when this returns.
     pub async fn put_durable(&self, record: &SessionRecord) -> Result<(), AuditError> {
         self.put(record)?;
-        self.sessions.flush_async().await?;
-        Ok(())
+        self.commit().await
+    }
+
+    /// Makes everything written so far durable. Concurrent callers share flushes (group
+    /// commit): one caller flushes for all who wrote before it started, the others wait for
+    /// it. sled 0.34's own `flush_async` can deadlock when many run at once
+    /// (spacejam/sled#1241), so the flush is sled's blocking one, on the blocking pool, one
+    /// at a time.
+    pub async fn commit(&self) -> Result<(), AuditError> {
+        let g = &self.group;
+        let ticket = g.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut flushed = g.flushed.subscribe();
+        loop {
+            if *flushed.borrow_and_update() >= ticket {
+                return Ok(());
+            }
+            if g.flushing
+                .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                let upto = g.requested.load(Ordering::SeqCst);
+                let db = self.db.clone();
+                let result = tokio::task::spawn_blocking(move || db.flush()).await;
+                // Released before waking the waiters, so that one of them can take over.
+                g.flushing.store(false, Ordering::SeqCst);
+                match result {
+                    Ok(Ok(_)) => g.flushed.send_modify(|f| *f = (*f).max(upto)),
+                    Ok(Err(e)) => {
+                        g.flushed.send_modify(|_| {});
+                        return Err(e.into());
+                    }
+                    Err(join) => {
+                        g.flushed.send_modify(|_| {});
+                        return Err(AuditError::Store(sled::Error::ReportableBug(
+                            join.to_string(),
+                        )));
+                    }
+                }
+                continue;
+            }
+            if flushed.changed().await.is_err() {
+                return Ok(());
+            }
+        }
     }
 
     pub fn get(&self, id: u64) -> Result<Option<SessionRecord>, AuditError> {
@@ -124,12 +185,6 @@ impl AuditStore {
                 })
             })
             .collect()
-    }
-
-    /// Makes everything written so far durable.
-    pub async fn flush_async(&self) -> Result<(), AuditError> {
-        self.db.flush_async().await?;
-        Ok(())
     }
 
     pub fn flush(&self) -> Result<(), AuditError> {
@@ -214,5 +269,32 @@ mod tests {
             store.next_id().unwrap() > all[4].id,
             "ids keep growing after a reopen"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn many_concurrent_durable_writes_share_flushes_and_all_return() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = AuditStore::open(dir.path()).unwrap();
+        let writers: Vec<_> = (0..600)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let id = store.next_id().unwrap();
+                    store
+                        .put_durable(&rec(id, VerdictKind::Allow))
+                        .await
+                        .unwrap();
+                    id
+                })
+            })
+            .collect();
+        let deadline = std::time::Duration::from_secs(30);
+        for w in writers {
+            let id = tokio::time::timeout(deadline, w)
+                .await
+                .expect("a durable write hung")
+                .unwrap();
+            assert!(store.get(id).unwrap().is_some());
+        }
     }
 }
