@@ -10,6 +10,8 @@ packages=(
     bpftool iproute2 systemd curl python3
     # PostgreSQL tests: a real server (initdb, postgres), psql and pgbench.
     postgresql postgresql-client postgresql-contrib
+    # bench/pgbench.sh compares the gateway with pgbouncer; openssl makes test certificates.
+    pgbouncer openssl
 )
 missing=()
 for p in "${packages[@]}"; do

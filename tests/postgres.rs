@@ -219,6 +219,13 @@ SELECT 'still usable';
     assert_eq!(f.pg.app_sql("SELECT count(*) FROM invoices"), "3\n");
     assert_eq!(f.pg.app_sql("SELECT count(*) FROM payouts"), "0\n");
 
+    // A statement the parser cannot read is refused, not guessed at.
+    let (_, err, ok) = f.psql(&["-c", "CLUSTER invoices"], "");
+    assert!(
+        !ok && err.contains("refuses a statement it cannot parse"),
+        "{err}"
+    );
+
     // Several statements in one message are refused whole.
     let (out, err, ok) = f.psql(&["-c", "SELECT 1; DELETE FROM invoices"], "");
     assert!(!ok && out.is_empty() && err.contains("42501"), "{out}{err}");
@@ -595,4 +602,51 @@ fn copy_both_ways_notices_and_notifications_pass_through() {
         (copy["verdict"].as_str(), copy["rows"].as_u64()),
         (Some("allow"), Some(2))
     );
+}
+
+#[test]
+fn pgbench_runs_as_a_workload_through_the_gateway() {
+    let f = Fixture::start("pg-bench");
+    let pgbench = |url: &str, args: &[&str]| {
+        let mut cmd = Command::new("pgbench");
+        cmd.args(args).arg(url);
+        cmd
+    };
+    // Initialised directly: creating tables is not something the test policy allows.
+    let out = pgbench(
+        &f.pg.url(APP_ROLE, APP_PASSWORD, "billing"),
+        &["-i", "-q", "-s", "1"],
+    )
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for mode in ["simple", "extended"] {
+        let cmd = pgbench(
+            &f.agent_url(),
+            &["-n", "-c", "4", "-j", "2", "-T", "3", "-M", mode],
+        );
+        let out = f.gw.cgroup.command(cmd).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{mode}: {}{text}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains("number of failed transactions: 0"),
+            "{mode}: {text}"
+        );
+        let processed: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+            .and_then(|n| n.split('/').next()?.parse().ok())
+            .unwrap();
+        assert!(processed > 50, "{mode}: only {processed} transactions");
+    }
+    let sessions = f.gw.ended_sessions(8);
+    assert!(sessions.iter().all(|s| s.rule == "targets.billing-db"));
 }

@@ -20,13 +20,19 @@ pub fn listen_port() -> u16 {
     unsafe { core::ptr::read_volatile(&GW_LISTEN_PORT) }
 }
 
+/// Per-CPU LRU lists: connect() inserts on every governed connection, and the common list's
+/// lock is what such inserts contend on.
+const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
+
 /// connect() records by socket cookie; getpeername reads it back for the socket's lifetime.
 #[map(name = "GW_SOCK_ORIGINS")]
-pub static SOCK_ORIGINS: LruHashMap<u64, Origin> = LruHashMap::pinned(MAX_CONNECTIONS, 0);
+pub static SOCK_ORIGINS: LruHashMap<u64, Origin> =
+    LruHashMap::pinned(MAX_CONNECTIONS, BPF_F_NO_COMMON_LRU);
 
 /// sock_ops re-keys by the agent's end of the connection; the daemon takes it at accept.
 #[map(name = "GW_CONN_ORIGINS")]
-pub static CONN_ORIGINS: LruHashMap<ConnKey, Origin> = LruHashMap::pinned(MAX_CONNECTIONS, 0);
+pub static CONN_ORIGINS: LruHashMap<ConnKey, Origin> =
+    LruHashMap::pinned(MAX_CONNECTIONS, BPF_F_NO_COMMON_LRU);
 
 /// cgroup ids that a policy is pinned to (value unused).
 #[map(name = "GW_GOVERNED")]

@@ -34,7 +34,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Run the benchmarks in bench/ and print their results (needs root).
+    /// Run the benchmarks in bench/ and print their results (needs root): the interception
+    /// layer, pgbench through the gateway against direct and pgbouncer, and the per-statement
+    /// criterion bench.
     Bench,
 }
 
@@ -64,7 +66,9 @@ fn main() -> Result<()> {
         Task::Bench => {
             setup()?;
             cargo(&["build", "--release", "--bins"])?;
-            run(Command::new("bash").arg(root.join("bench/run.sh")))
+            run(Command::new("bash").arg(root.join("bench/run.sh")))?;
+            run(Command::new("bash").arg(root.join("bench/pgbench.sh")))?;
+            cargo(&["bench", "--package", "gateway-user", "--bench", "statement"])
         }
     }
 }
