@@ -44,14 +44,9 @@ pub async fn handle(state: &State, agent: TcpStream, peer: SocketAddr) {
         duration_ms = started.elapsed().as_millis() as u64,
         "session complete"
     );
-    // An allowed session's opening record was made durable before any byte went upstream;
-    // its final one rides on the next flush (group commit, or sled's own within 200 ms). A
-    // refusal has no earlier record, so it is made durable now.
-    let written = if record.verdict == VerdictKind::Deny {
-        state.audit.put_durable(&record).await
-    } else {
-        state.audit.put(&record)
-    };
+    // Durable before the session counts as over: a kill -9 right after must not lose how it
+    // ended. Concurrent sessions share the flush (group commit).
+    let written = state.audit.put_durable(&record).await;
     if let Err(e) = written {
         tracing::error!(session.id = record.id, error = %e, "audit write failed");
     }
