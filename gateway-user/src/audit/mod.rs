@@ -245,7 +245,15 @@ mod tests {
             }
             store.flush().unwrap();
         }
-        let store = AuditStore::open(dir.path()).unwrap();
+        // sled's background flusher may hold the file lock a moment after the drop.
+        let store = (0..100)
+            .find_map(|_| {
+                AuditStore::open(dir.path()).ok().or_else(|| {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    None
+                })
+            })
+            .expect("reopen");
         let all = store.list(&SessionFilter::default(), 100).unwrap();
         assert_eq!(all.len(), 5);
         assert!(all.windows(2).all(|w| w[0].id < w[1].id));
