@@ -17,7 +17,8 @@ INSERT INTO invoices (customer_id, amount) VALUES (1, 100), (2, 250), (1, 75);
 CREATE TABLE payouts (id serial PRIMARY KEY, amount int);
 ";
 
-fn policy(pg: &PgServer, password_file: &Path) -> String {
+/// The `billing-db` target: the server's address, the daemon's login, TLS as the server has it.
+fn target(pg: &PgServer, password_file: &Path) -> String {
     let tls = match &pg.cert {
         Some(ca) => format!("tls = \"verify-full\"\nca_file = \"{}\"", ca.display()),
         None => "tls = \"disable\"".into(),
@@ -34,7 +35,14 @@ user = "{APP_ROLE}"
 database = "billing"
 password_file = "{pw}"
 {tls}
+"#,
+        addr = pg.addr,
+        pw = password_file.display(),
+    )
+}
 
+/// One rule of each kind the tests exercise.
+const RULES: &str = r#"
 [[targets.postgres.rules]]
 name = "no-unbounded-writes"
 action = "deny"
@@ -72,10 +80,10 @@ detectors = ["card", "phone", "email"]
 name = "app"
 action = "allow"
 kinds = ["select", "insert", "update", "delete", "transaction", "set", "show", "copy", "notify"]
-"#,
-        addr = pg.addr,
-        pw = password_file.display(),
-    )
+"#;
+
+fn policy(pg: &PgServer, password_file: &Path) -> String {
+    target(pg, password_file) + RULES
 }
 
 struct Fixture {
@@ -475,19 +483,9 @@ fn agent_jwts_are_verified_audited_and_usable_in_rules() {
     pg.app_sql(SCHEMA);
     let keys = tempfile::tempdir().unwrap();
     let (private, public) = es256_keys(keys.path());
-    let body = format!(
-        r#"
-[[targets]]
-name = "billing-db"
-address = "{addr}"
-protocol = "postgres"
-
-[targets.postgres]
-user = "{APP_ROLE}"
-database = "billing"
-password_file = "{pw}"
-tls = "disable"
-
+    let body = target(&pg, &pg.password_file())
+        + &format!(
+            r#"
 [targets.postgres.agent_jwt]
 issuer = "https://idp.test"
 audience = "billing-db"
@@ -500,10 +498,8 @@ action = "allow"
 kinds = ["select"]
 groups = ["analysts"]
 "#,
-        addr = pg.addr,
-        pw = pg.password_file().display(),
-        public = public.display(),
-    );
+            public = public.display(),
+        );
     let f = Fixture {
         gw: Gateway::start("pg-jwt", &body),
         pg,

@@ -74,10 +74,7 @@ pub fn judge(policy: &str, target: &PostgresTarget, who: &Who, sql: &str) -> Jud
     let statements = stmts
         .iter()
         .map(|s| {
-            let kind = serde_json::to_value(s.kind)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default();
+            let kind = s.kind.as_str().to_owned();
             let text = if target.audit_literals {
                 s.text.clone()
             } else {

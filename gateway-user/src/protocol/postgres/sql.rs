@@ -45,6 +45,41 @@ pub enum StatementKind {
     Other,
 }
 
+impl StatementKind {
+    /// The name rules and audits use (the serde name), without going through serde on the
+    /// per-statement path.
+    pub fn as_str(self) -> &'static str {
+        use StatementKind as K;
+        match self {
+            K::Select => "select",
+            K::Insert => "insert",
+            K::Update => "update",
+            K::Delete => "delete",
+            K::Merge => "merge",
+            K::Copy => "copy",
+            K::Create => "create",
+            K::Alter => "alter",
+            K::Drop => "drop",
+            K::Truncate => "truncate",
+            K::Grant => "grant",
+            K::Revoke => "revoke",
+            K::Set => "set",
+            K::Show => "show",
+            K::Call => "call",
+            K::Do => "do",
+            K::Transaction => "transaction",
+            K::Prepare => "prepare",
+            K::Execute => "execute",
+            K::Deallocate => "deallocate",
+            K::Explain => "explain",
+            K::Maintenance => "maintenance",
+            K::Lock => "lock",
+            K::Notify => "notify",
+            K::Other => "other",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StatementInfo {
     pub kind: StatementKind,
@@ -803,5 +838,17 @@ mod tests {
         assert_eq!(k, K::Deallocate);
         let info = serde_json::to_value(one("SELECT 1")).unwrap();
         assert_eq!(info["kind"], "select");
+    }
+
+    #[test]
+    fn kind_names_are_the_serde_names() {
+        for k in [
+            StatementKind::Select,
+            StatementKind::Transaction,
+            StatementKind::Maintenance,
+            StatementKind::Other,
+        ] {
+            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
+        }
     }
 }
