@@ -25,8 +25,13 @@ if ((${#missing[@]})); then
 fi
 
 # aya-build compiles gateway-ebpf with nightly for bpfel-unknown-none, which needs rust-src.
+# (The verified recipe: the machines carry a nightly toolchain; only rust-src is added.)
 if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then
-    rustup toolchain install nightly --profile minimal --component rust-src
+    if rustup toolchain list | grep -q '^nightly'; then
+        rustup component add rust-src --toolchain nightly
+    else
+        rustup toolchain install nightly --profile minimal --component rust-src
+    fi
 fi
 
 if ! command -v bpf-linker >/dev/null 2>&1; then
