@@ -128,6 +128,29 @@ impl Expect {
     }
 }
 
+/// Judgements of this session by SQL text. The verdict is a pure function of the policy, the
+/// target, the agent's token and the text, and a session keeps all but the text fixed, so a
+/// repeated text (a driver re-parsing the same statement, a loop of identical queries) is
+/// judged once. Bounded: cleared when full.
+#[derive(Default)]
+struct Judgements(HashMap<String, Arc<Judged>>);
+
+impl Judgements {
+    const MAX: usize = 256;
+
+    fn get(&mut self, ctx: &Ctx, sql: String) -> Arc<Judged> {
+        if let Some(j) = self.0.get(&sql) {
+            return j.clone();
+        }
+        if self.0.len() >= Self::MAX {
+            self.0.clear();
+        }
+        let j = Arc::new(judge(&ctx.policy, &ctx.target, &ctx.who, &sql));
+        self.0.insert(sql, j.clone());
+        j
+    }
+}
+
 /// Agent to upstream. Returns when the agent terminates or closes.
 pub async fn agent_side<R, W>(
     ctx: &Ctx,
@@ -141,6 +164,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let mut judgements = Judgements::default();
     let mut statements: HashMap<String, Arc<Judged>> = HashMap::new();
     let mut portals: HashMap<String, Arc<Judged>> = HashMap::new();
     let mut out = BytesMut::with_capacity(16 * 1024);
@@ -155,7 +179,7 @@ where
             let msg = Message::decode(frame.tag, &frame.body).map_err(RelayError::Agent)?;
             match msg {
                 Message::Query { sql } => {
-                    let judged = Arc::new(judge(&ctx.policy, &ctx.target, &ctx.who, &sql));
+                    let judged = judgements.get(ctx, sql);
                     let refused = judged.refusal.is_some();
                     push(Expect::Simple(Pending::new(judged)));
                     if refused {
@@ -170,7 +194,7 @@ where
                     stand_in_query(&mut out);
                 }
                 Message::Parse { name, sql } => {
-                    let judged = Arc::new(judge(&ctx.policy, &ctx.target, &ctx.who, &sql));
+                    let judged = judgements.get(ctx, sql);
                     let refused = judged.refusal.is_some();
                     statements.insert(name.clone(), judged.clone());
                     if refused {
