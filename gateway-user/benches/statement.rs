@@ -11,46 +11,10 @@ use gateway_user::{
     protocol::postgres::{judge::judge, mask::Masker, rules::Who},
 };
 
-const POLICY: &str = r#"
-name = "bench"
-cgroup = "/bench"
-
-[[targets]]
-name = "db"
-address = "127.10.0.5:5432"
-protocol = "postgres"
-
-[targets.postgres]
-user = "app"
-database = "app"
-tls = "disable"
-
-[[targets.postgres.rules]]
-name = "no-unbounded-writes"
-action = "deny"
-kinds = ["update", "delete"]
-without_where = true
-
-[[targets.postgres.rules]]
-name = "no-file-access"
-action = "deny"
-functions = ["pg_read_file", "pg_read_binary_file", "lo_export", "lo_import", "dblink*"]
-
-[[targets.postgres.rules]]
-name = "customer-pii"
-action = "mask"
-tables = ["public.customers"]
-columns = ["email", "ssn"]
-detectors = ["email", "card", "phone"]
-
-[[targets.postgres.rules]]
-name = "app"
-action = "allow"
-kinds = ["select", "insert", "update", "delete", "transaction"]
-"#;
-
 fn bench(c: &mut Criterion) {
-    let policy = Policy::parse(Path::new("bench.toml"), POLICY).unwrap();
+    // The shipped example: seven rules, one of them a mask rule.
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/billing-bot.toml");
+    let policy = Policy::parse(&file, &std::fs::read_to_string(&file).unwrap()).unwrap();
     let target = policy.targets[0].postgres.clone().unwrap();
     let who = Who::default();
     let select = "SELECT id, customer_id, amount FROM invoices WHERE customer_id = 42";

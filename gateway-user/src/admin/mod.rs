@@ -12,7 +12,10 @@ use tokio::{
     net::{UnixListener, UnixStream},
 };
 
-use crate::{audit::SessionFilter, daemon::state::State};
+use crate::{
+    audit::{AuditStore, SessionFilter},
+    daemon::state::State,
+};
 
 /// Listing size when a request names none.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -43,21 +46,27 @@ pub enum Response {
 /// Answers one request from the state; shared by the socket server and by tests.
 pub fn answer(state: &State, req: Request) -> Response {
     let result = match req {
-        Request::SessionsList { filter, limit } => state
-            .audit
-            .list(&filter, limit.unwrap_or(DEFAULT_LIMIT))
-            .map_err(|e| e.to_string())
-            .and_then(|v| serde_json::to_value(v).map_err(|e| e.to_string())),
-        Request::SessionsShow { id } => match state.audit.show(id) {
-            Ok(Some(v)) => Ok(v),
-            Ok(None) => Err(format!("no session {id}")),
-            Err(e) => Err(e.to_string()),
-        },
         Request::Status => serde_json::to_value(state.status()).map_err(|e| e.to_string()),
+        req => answer_from_store(&state.audit, req),
     };
     match result {
         Ok(v) => Response::Ok(v),
         Err(e) => Response::Error(e),
+    }
+}
+
+/// The requests a store alone can answer: the daemon's, and gatewayctl's with `--store`.
+pub fn answer_from_store(store: &AuditStore, req: Request) -> Result<serde_json::Value, String> {
+    match req {
+        Request::SessionsList { filter, limit } => store
+            .list(&filter, limit.unwrap_or(DEFAULT_LIMIT))
+            .map_err(|e| e.to_string())
+            .and_then(|v| serde_json::to_value(v).map_err(|e| e.to_string())),
+        Request::SessionsShow { id } => store
+            .show(id)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("no session {id}")),
+        Request::Status => Err("status needs the running daemon".into()),
     }
 }
 

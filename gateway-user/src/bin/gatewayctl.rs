@@ -165,19 +165,7 @@ fn ask(cli: &Cli, req: Request) -> Result<serde_json::Value, String> {
     if let Some(path) = &cli.store {
         let store = AuditStore::open(path)
             .map_err(|e| format!("{e} (is a daemon holding it? ask it with --socket)"))?;
-        return match req {
-            Request::SessionsList { filter, limit } => {
-                let list = store
-                    .list(&filter, limit.unwrap_or(admin::DEFAULT_LIMIT))
-                    .map_err(|e| e.to_string())?;
-                serde_json::to_value(list).map_err(|e| e.to_string())
-            }
-            Request::SessionsShow { id } => store
-                .show(id)
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("no session {id}")),
-            Request::Status => Err("status needs the running daemon".into()),
-        };
+        return admin::answer_from_store(&store, req);
     }
     let socket = cli
         .socket

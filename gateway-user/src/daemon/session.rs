@@ -123,12 +123,17 @@ async fn serve(state: &State, agent: TcpStream, peer: SocketAddr) -> SessionReco
     let _ = upstream.set_nodelay(true);
     match protocol {
         Protocol::Postgres => {
-            let Some(pg) = policy
+            let Some((pg, host)) = policy
                 .as_ref()
                 .and_then(|p| p.targets.iter().find(|t| &t.name == target))
-                .and_then(|t| t.postgres.clone())
+                .and_then(|t| Some((t.postgres.clone()?, &t.destination.host)))
             else {
                 unreachable!("a validated postgres target has its settings")
+            };
+            // Certificates are checked against the name the policy gives, or the address.
+            let server_name = match host {
+                crate::policy::Host::Name(n) => n.clone(),
+                crate::policy::Host::Net(_) => dst.ip().to_string(),
             };
             let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
             let params = postgres::Params {
@@ -139,7 +144,7 @@ async fn serve(state: &State, agent: TcpStream, peer: SocketAddr) -> SessionReco
                 cancels: &state.pg_cancels,
                 governed_cgroup_id: origin.governed_cgroup_id,
                 upstream_addr: dst,
-                server_name: target_host(policy.as_deref(), target, dst),
+                server_name,
                 bytes_up: &up,
                 bytes_down: &down,
             };
@@ -168,17 +173,6 @@ async fn serve(state: &State, agent: TcpStream, peer: SocketAddr) -> SessionReco
     }
     record.ended_at_ms = Some(now_ms());
     record
-}
-
-/// The host a policy names for a target: its DNS name, or the address dialled.
-fn target_host(policy: Option<&crate::policy::Policy>, target: &str, dst: SocketAddr) -> String {
-    match policy
-        .and_then(|p| p.targets.iter().find(|t| t.name == target))
-        .map(|t| &t.destination.host)
-    {
-        Some(crate::policy::Host::Name(n)) => n.clone(),
-        _ => dst.ip().to_string(),
-    }
 }
 
 fn unreachable(mut record: SessionRecord, agent: &TcpStream, why: String) -> SessionRecord {

@@ -61,8 +61,6 @@ struct Pending {
     rows: Option<u64>,
     masked: u64,
     error: Option<String>,
-    /// For a simple query: how many statements have completed.
-    done: usize,
 }
 
 impl Pending {
@@ -73,7 +71,6 @@ impl Pending {
             rows: None,
             masked: 0,
             error: None,
-            done: 0,
         }
     }
 }
@@ -358,7 +355,6 @@ where
                     match queue.front_mut() {
                         Some(Expect::Simple(p)) => {
                             p.rows = Some(p.rows.unwrap_or(0) + rows.unwrap_or(0));
-                            p.done += 1;
                         }
                         Some(Expect::Execute(p)) => {
                             p.rows = rows;
@@ -498,7 +494,7 @@ fn mask_row(
                         changed = true;
                         Some(Bytes::from(s))
                     }
-                    None => Some(Bytes::copy_from_slice(raw)),
+                    None => Some(frame.body.slice_ref(raw)),
                 }
             }
         };

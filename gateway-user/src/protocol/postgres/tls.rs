@@ -3,13 +3,7 @@
 //! libpq's `sslmode` means: `require` encrypts without checking who answers, `verify-full`
 //! checks the certificate chain against the configured CA and the name against the target.
 
-use std::{
-    io,
-    path::Path,
-    pin::Pin,
-    sync::Arc,
-    task::{Context, Poll},
-};
+use std::{path::Path, sync::Arc};
 
 use bytes::BytesMut;
 use rustls::{
@@ -18,18 +12,16 @@ use rustls::{
     pki_types::{CertificateDer, ServerName, UnixTime, pem::PemObject as _},
 };
 use tokio::{
-    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf},
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpStream,
 };
 use tokio_rustls::{TlsConnector, client::TlsStream};
+use tokio_util::either::Either;
 
 use super::{config::TlsMode, upstream::UpstreamError};
 
 /// The upstream connection, encrypted or not.
-pub enum UpstreamIo {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-}
+pub type UpstreamIo = Either<TcpStream, Box<TlsStream<TcpStream>>>;
 
 /// Negotiates TLS as the target's mode asks. `server_name` is the host the policy names
 /// (a DNS name or an IP address), checked against the certificate in `verify-full`.
@@ -40,7 +32,7 @@ pub async fn negotiate(
     server_name: &str,
 ) -> Result<UpstreamIo, UpstreamError> {
     if mode == TlsMode::Disable {
-        return Ok(UpstreamIo::Plain(tcp));
+        return Ok(Either::Left(tcp));
     }
     let mut req = BytesMut::new();
     postgres_protocol::message::frontend::ssl_request(&mut req);
@@ -66,7 +58,7 @@ pub async fn negotiate(
         .connect(name, tcp)
         .await
         .map_err(|e| UpstreamError::Tls(e.to_string()))?;
-    Ok(UpstreamIo::Tls(Box::new(tls)))
+    Ok(Either::Right(Box::new(tls)))
 }
 
 fn client_config(mode: TlsMode, ca_file: Option<&Path>) -> Result<ClientConfig, UpstreamError> {
@@ -146,45 +138,5 @@ impl ServerCertVerifier for EncryptOnly {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-impl AsyncRead for UpstreamIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            UpstreamIo::Tls(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for UpstreamIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            UpstreamIo::Tls(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_flush(cx),
-            UpstreamIo::Tls(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            UpstreamIo::Tls(s) => Pin::new(s).poll_shutdown(cx),
-        }
     }
 }

@@ -10,8 +10,9 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 use super::{
     codec::{
+        FrameError,
         backend::{Auth, ErrorFields},
-        frame::{MAX_UPSTREAM_MESSAGE, next_frame},
+        frame::{MAX_UPSTREAM_MESSAGE, Reader, next_frame},
     },
     config::PostgresTarget,
 };
@@ -41,6 +42,12 @@ pub enum UpstreamError {
     Tls(String),
     #[error("upstream protocol: {0}")]
     Protocol(String),
+}
+
+impl From<FrameError> for UpstreamError {
+    fn from(e: FrameError) -> Self {
+        UpstreamError::Protocol(e.to_string())
+    }
 }
 
 /// What the agent must hear of the upstream's startup.
@@ -76,9 +83,7 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     let mut session = Session::default();
     loop {
         let frame = loop {
-            match next_frame(buf, MAX_UPSTREAM_MESSAGE)
-                .map_err(|e| UpstreamError::Protocol(e.to_string()))?
-            {
+            match next_frame(buf, MAX_UPSTREAM_MESSAGE)? {
                 Some(f) => break f,
                 None => {
                     if io.read_buf(buf).await? == 0 {
@@ -90,9 +95,7 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
         let mut out = BytesMut::new();
         match frame.tag {
             b'R' => {
-                match Auth::decode(&frame.body)
-                    .map_err(|e| UpstreamError::Protocol(e.to_string()))?
-                {
+                match Auth::decode(&frame.body)? {
                     Auth::Ok => {}
                     Auth::Cleartext => {
                         frontend::password_message(&target.password()?, &mut out)?;
@@ -142,24 +145,16 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
             b'E' => {
-                let e = ErrorFields::decode(&frame.body)
-                    .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
-                return Err(UpstreamError::Refused(e));
+                return Err(UpstreamError::Refused(ErrorFields::decode(&frame.body)?));
             }
             b'S' => {
-                let mut r = super::codec::frame::Reader::new("ParameterStatus", &frame.body);
-                let parsed = (|| {
-                    Ok::<_, super::codec::FrameError>((r.cstr()?.to_owned(), r.cstr()?.to_owned()))
-                })();
-                session
-                    .parameters
-                    .push(parsed.map_err(|e| UpstreamError::Protocol(e.to_string()))?);
+                let mut r = Reader::new("ParameterStatus", &frame.body);
+                let name = r.cstr()?.to_owned();
+                session.parameters.push((name, r.cstr()?.to_owned()));
             }
             b'K' => {
-                let mut r = super::codec::frame::Reader::new("BackendKeyData", &frame.body);
-                let parsed = (|| Ok::<_, super::codec::FrameError>((r.i32()?, r.i32()?)))();
-                (session.process_id, session.secret_key) =
-                    parsed.map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+                let mut r = Reader::new("BackendKeyData", &frame.body);
+                (session.process_id, session.secret_key) = (r.i32()?, r.i32()?);
             }
             b'Z' => return Ok(session),
             b'N' => {}
