@@ -10,6 +10,8 @@ packages=(
     bpftool iproute2 systemd curl python3
     # PostgreSQL tests: a real server (initdb, postgres), psql and pgbench.
     postgresql postgresql-client postgresql-contrib
+    # A Python driver as agents use it (tests/postgres_clients.rs runs /usr/bin/python3).
+    python3-psycopg2
     # bench/pgbench.sh compares the gateway with pgbouncer; openssl makes test certificates.
     pgbouncer openssl
 )

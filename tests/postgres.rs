@@ -3,7 +3,7 @@
 
 use std::{path::Path, process::Command};
 
-use gateway_tests::{APP_PASSWORD, APP_ROLE, Gateway, PgServer, bin, output_json};
+use gateway_tests::{APP_PASSWORD, APP_ROLE, Gateway, PgServer, billing_target, bin, output_json};
 use serde_json::Value;
 
 const SCHEMA: &str = "
@@ -16,30 +16,6 @@ CREATE TABLE invoices (id serial PRIMARY KEY, customer_id int, amount int);
 INSERT INTO invoices (customer_id, amount) VALUES (1, 100), (2, 250), (1, 75);
 CREATE TABLE payouts (id serial PRIMARY KEY, amount int);
 ";
-
-/// The `billing-db` target: the server's address, the daemon's login, TLS as the server has it.
-fn target(pg: &PgServer, password_file: &Path) -> String {
-    let tls = match &pg.cert {
-        Some(ca) => format!("tls = \"verify-full\"\nca_file = \"{}\"", ca.display()),
-        None => "tls = \"disable\"".into(),
-    };
-    format!(
-        r#"
-[[targets]]
-name = "billing-db"
-address = "{addr}"
-protocol = "postgres"
-
-[targets.postgres]
-user = "{APP_ROLE}"
-database = "billing"
-password_file = "{pw}"
-{tls}
-"#,
-        addr = pg.addr,
-        pw = password_file.display(),
-    )
-}
 
 /// One rule of each kind the tests exercise.
 const RULES: &str = r#"
@@ -82,8 +58,8 @@ action = "allow"
 kinds = ["select", "insert", "update", "delete", "transaction", "set", "show", "copy", "notify"]
 "#;
 
-fn policy(pg: &PgServer, password_file: &Path) -> String {
-    target(pg, password_file) + RULES
+fn policy(pg: &PgServer) -> String {
+    billing_target(pg) + RULES
 }
 
 struct Fixture {
@@ -98,7 +74,7 @@ impl Fixture {
 
     fn with(test: &str, pg: PgServer) -> Fixture {
         pg.app_sql(SCHEMA);
-        let gw = Gateway::start(test, &policy(&pg, &pg.password_file()));
+        let gw = Gateway::start(test, &policy(&pg));
         Fixture { pg, gw }
     }
 
@@ -268,6 +244,46 @@ SELECT 'still usable';
     );
 }
 
+/// sqlparser reads '...' strings as PostgreSQL does while standard_conforming_strings is on;
+/// with it off a backslash would end the two's agreement on where a string ends, and
+/// `SELECT 'x\' , ' ; DELETE FROM invoices; --'` would be one harmless SELECT to the gateway
+/// and a DELETE to the server. So the agent may not turn it off, by any route.
+#[test]
+fn the_agent_cannot_change_how_postgres_reads_strings() {
+    let f = Fixture::start("pg-strings");
+    let script = "SET standard_conforming_strings = off;
+SELECT set_config('standard_conforming_strings', 'off', false);
+SELECT set_config('standard_' || 'conforming_strings', 'off', false);
+SHOW standard_conforming_strings;
+SELECT 'x\\' , ' ; DELETE FROM invoices; --';
+";
+    let (out, err, _) = f.psql(&["-f", "-"], script);
+    let refusal = format!(
+        "ERROR:  42501: gatewayd: policy {} refuses changing standard_conforming_strings",
+        f.gw.name
+    );
+    assert_eq!(err.matches(&refusal).count(), 3, "{err}");
+    assert_eq!(out, "on\nx\\| ; DELETE FROM invoices; --\n");
+    assert_eq!(f.pg.app_sql("SELECT count(*) FROM invoices"), "3\n");
+    let rules: Vec<String> = f
+        .last_events()
+        .iter()
+        .map(|e| e["rule"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(rules[..3], ["string-syntax"; 3]);
+
+    // A server (or role) configured with it off is refused at login.
+    f.pg.superuser_sql(&format!(
+        "ALTER ROLE {APP_ROLE} SET standard_conforming_strings = off"
+    ));
+    let (out, err, ok) = f.psql(&["-c", "SELECT 1"], "");
+    assert!(!ok && out.is_empty(), "{out}");
+    assert!(
+        err.contains("the upstream has standard_conforming_strings = off"),
+        "{err}"
+    );
+}
+
 #[test]
 fn masking_hides_values_by_column_and_by_detector_in_text_and_binary() {
     let f = Fixture::start("pg-mask");
@@ -410,7 +426,7 @@ fn tls_upstream_is_verified_against_the_configured_ca() {
     // A CA that did not sign the server's certificate: refused, and the agent is told so.
     let other = tempfile::tempdir().unwrap();
     let ca = gateway_tests::test_ca(other.path(), "127.10.0.5");
-    let body = policy(&f.pg, &f.pg.password_file()).replace(
+    let body = policy(&f.pg).replace(
         &f.pg.cert.as_ref().unwrap().display().to_string(),
         &ca.display().to_string(),
     );
@@ -483,7 +499,7 @@ fn agent_jwts_are_verified_audited_and_usable_in_rules() {
     pg.app_sql(SCHEMA);
     let keys = tempfile::tempdir().unwrap();
     let (private, public) = es256_keys(keys.path());
-    let body = target(&pg, &pg.password_file())
+    let body = billing_target(&pg)
         + &format!(
             r#"
 [targets.postgres.agent_jwt]

@@ -25,7 +25,7 @@ use gateway_user::{
 use serde_json::Value;
 
 pub use cgroup::Cgroup;
-pub use postgres::{APP_PASSWORD, APP_ROLE, PgServer, test_ca};
+pub use postgres::{APP_PASSWORD, APP_ROLE, PgServer, billing_target, test_ca};
 pub use servers::{EchoServer, HttpServer, free_port, non_loopback_v4};
 
 /// A built binary of the workspace (`target/debug/NAME`, next to this test's own executable).
@@ -47,14 +47,22 @@ pub fn probe(args: &[&str]) -> Value {
 }
 
 pub fn output_json(cmd: &mut Command) -> Value {
-    let out = cmd.output().expect("run probe");
+    let stdout = run_ok(cmd);
+    serde_json::from_slice(&stdout)
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}: {}", String::from_utf8_lossy(&stdout)))
+}
+
+/// Runs `cmd` to its end, fails the test with its stderr unless it succeeded; its stdout.
+pub fn run_ok(cmd: &mut Command) -> Vec<u8> {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: cannot run: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{cmd:?}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
+    out.stdout
 }
 
 /// A `[[targets]]` table of a policy for a plain TCP destination.

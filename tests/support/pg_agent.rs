@@ -7,10 +7,12 @@
 //! pg-agent cancel URL            a long query cancelled through the gateway
 //! pg-agent wire ADDR SQL...      raw protocol: every byte received, for leak checks
 //! pg-agent malformed ADDR        a broken message after startup
+//! pg-agent restart ADDR          one session across an upstream restart: prints `ready`,
+//!                                waits for a line on stdin (the restart), then reports
 //! ```
 
 use std::{
-    io::{Read as _, Write as _},
+    io::{BufRead as _, Read as _, Write as _},
     net::TcpStream,
     time::{Duration, Instant},
 };
@@ -25,6 +27,7 @@ fn main() {
     let out = match args[0].as_str() {
         "wire" => wire(&args[1], &args[2..]),
         "malformed" => malformed(&args[1]),
+        "restart" => restart(&args[1]),
         cmd => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -143,17 +146,9 @@ async fn cancel(url: &str) -> Value {
 
 /// Startup as `agent`, then each SQL as a simple query; returns every byte received.
 fn wire(addr: &str, sqls: &[String]) -> Value {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut out = BytesMut::new();
-    frontend::startup_message([("user", "agent"), ("database", "anything")], &mut out).unwrap();
-    s.write_all(&out).unwrap();
-    let mut received = read_until_ready(&mut s);
+    let (mut s, mut received) = login(addr);
     for sql in sqls {
-        let mut out = BytesMut::new();
-        frontend::query(sql, &mut out).unwrap();
-        s.write_all(&out).unwrap();
-        received.extend(read_until_ready(&mut s));
+        received.extend(simple_query(&mut s, sql).unwrap());
     }
     json!({ "received": String::from_utf8_lossy(&received) })
 }
@@ -196,5 +191,89 @@ fn malformed(addr: &str) -> Value {
         "reply": String::from_utf8_lossy(&rest),
         "error_tag": rest.first().map(|&b| (b as char).to_string()),
         "closed": closed,
+    })
+}
+
+/// Startup as `agent`; the bytes of the login answer.
+fn login(addr: &str) -> (TcpStream, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut out = BytesMut::new();
+    frontend::startup_message([("user", "agent"), ("database", "anything")], &mut out).unwrap();
+    s.write_all(&out).unwrap();
+    let received = read_until_ready(&mut s);
+    (s, received)
+}
+
+fn simple_query(s: &mut TcpStream, sql: &str) -> std::io::Result<Vec<u8>> {
+    let mut out = BytesMut::new();
+    frontend::query(sql, &mut out).unwrap();
+    s.write_all(&out)?;
+    Ok(read_until_ready(s))
+}
+
+/// What arrived until the peer closed (or `timeout` passed): message tags, the SQLSTATE of
+/// each ErrorResponse, and how the stream ended (`eof`, `timeout`, or the I/O error).
+fn drain(s: &mut TcpStream, timeout: Duration) -> Value {
+    s.set_read_timeout(Some(timeout)).unwrap();
+    let mut bytes = Vec::new();
+    let end = match s.read_to_end(&mut bytes) {
+        Ok(_) => "eof".to_owned(),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            "timeout".to_owned()
+        }
+        Err(e) => e.to_string(),
+    };
+    let (mut tags, mut codes, mut rest) = (String::new(), Vec::new(), &bytes[..]);
+    while rest.len() >= 5 {
+        let len = i32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+        let Some(body) = rest.get(5..1 + len) else {
+            break;
+        };
+        tags.push(rest[0] as char);
+        if rest[0] == b'E' {
+            // Fields are `type, cstring`; SQLSTATE is type 'C'.
+            codes.extend(body.split(|&b| b == 0).filter_map(|f| {
+                f.strip_prefix(b"C")
+                    .map(|c| String::from_utf8_lossy(c).into_owned())
+            }));
+        }
+        rest = &rest[1 + len..];
+    }
+    json!({ "tags": tags, "codes": codes, "end": end, "text": String::from_utf8_lossy(&bytes) })
+}
+
+/// A session that works, then (after the test restarts the server) what the same session
+/// sees, unprompted and when it sends another query, then whether a new session works.
+fn restart(addr: &str) -> Value {
+    let (mut s, _) = login(addr);
+    let before = simple_query(&mut s, "SELECT 'before-restart'").unwrap();
+    println!("ready");
+    std::io::stdout().flush().unwrap();
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).unwrap();
+    let started = Instant::now();
+    let unprompted = drain(&mut s, Duration::from_secs(5));
+    // Whatever came unprompted, a query on the old session must fail fast, not hang.
+    let mut out = BytesMut::new();
+    frontend::query("SELECT 'on-the-old-session'", &mut out).unwrap();
+    let written = s.write_all(&out).map_err(|e| e.to_string());
+    let queried = drain(&mut s, Duration::from_secs(10));
+    let old_ms = started.elapsed().as_millis() as u64;
+    let (mut fresh, login_reply) = login(addr);
+    let after = simple_query(&mut fresh, "SELECT 'after-restart'").unwrap_or_default();
+    json!({
+        "before": String::from_utf8_lossy(&before),
+        "unprompted": unprompted,
+        "old_write": written.err(),
+        "old_query": queried,
+        "old_ms": old_ms,
+        "new_login": String::from_utf8_lossy(&login_reply),
+        "after": String::from_utf8_lossy(&after),
     })
 }

@@ -22,6 +22,8 @@ pub struct PgServer {
     /// With TLS on (and plain TCP refused), the CA that signed the server's certificate.
     pub cert: Option<PathBuf>,
     dir: tempfile::TempDir,
+    /// Server settings beyond the common ones (TLS), kept for restarts.
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
@@ -110,44 +112,59 @@ impl PgServer {
             ]);
             ca
         });
-        let child = as_postgres(&bin.join("postgres"))
-            .arg("-D")
-            .arg(&data)
-            .arg("-k")
-            .arg(dir.path())
-            .args([
-                "-c",
-                &format!("listen_addresses={ip}"),
-                "-p",
-                &port.to_string(),
-            ])
-            .args(["-c", "fsync=off", "-c", "log_min_messages=warning"])
-            .args(&extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let addr = SocketAddr::new(ip.parse().unwrap(), port);
-        let server = PgServer {
-            addr,
+        let mut server = PgServer {
+            addr: SocketAddr::new(ip.parse().unwrap(), port),
             cert,
             dir,
-            child: Some(child),
+            extra,
+            child: None,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "postgres on {addr} did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        server.wait_ready();
+        server.run();
         server.superuser_sql(&format!(
             "CREATE ROLE {APP_ROLE} LOGIN PASSWORD '{APP_PASSWORD}'"
         ));
         server.superuser_sql(&format!("CREATE DATABASE billing OWNER {APP_ROLE}"));
         server
+    }
+
+    /// Starts the server on its data directory and address and waits until it serves.
+    fn run(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let child = as_postgres(&bin_dir().join("postgres"))
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .arg("-k")
+            .arg(self.dir.path())
+            .args([
+                "-c",
+                &format!("listen_addresses={}", self.addr.ip()),
+                "-p",
+                &self.addr.port().to_string(),
+            ])
+            .args(["-c", "fsync=off", "-c", "log_min_messages=warning"])
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(self.addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "postgres on {} did not start",
+                self.addr
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.wait_ready();
+    }
+
+    /// Stops the server (fast shutdown: sessions are ended with an error) and starts it again
+    /// on the same address and data, as an upstream restart or failover looks to clients.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.run();
     }
 
     fn wait_ready(&self) {
@@ -311,4 +328,30 @@ impl Drop for PgServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The `billing-db` target the PostgreSQL tests give the gateway: this server's address, the
+/// daemon's login with its password file, TLS verified against the test CA when the server has
+/// one. Rules are appended by each test.
+pub fn billing_target(pg: &PgServer) -> String {
+    let tls = match &pg.cert {
+        Some(ca) => format!("tls = \"verify-full\"\nca_file = \"{}\"", ca.display()),
+        None => "tls = \"disable\"".into(),
+    };
+    format!(
+        r#"
+[[targets]]
+name = "billing-db"
+address = "{addr}"
+protocol = "postgres"
+
+[targets.postgres]
+user = "{APP_ROLE}"
+database = "billing"
+password_file = "{pw}"
+{tls}
+"#,
+        addr = pg.addr,
+        pw = pg.password_file().display(),
+    )
 }

@@ -2,21 +2,25 @@
 //! flushing, so that another store could slot in here.
 //!
 //! Layout: tree `sessions`, key = session id (u64 big-endian, so iteration is in start
-//! order), value = JSON of [`SessionRecord`]; tree `events`, key = session id then sequence
-//! number (both u64 big-endian, so a session's events are one ordered range), value = JSON of
-//! [`StatementEvent`]. Ids come from sled's persistent generator, so they keep growing
+//! order), value = JSON of [`SessionRecord`]; tree `events`, key = session id then the
+//! sequence number of the value's first event (both u64 big-endian, so a session's events are
+//! one ordered range), value = one or more [`StatementEvent`]s as JSON lines, as the
+//! [`writer`] batched them. Ids come from sled's persistent generator, so they keep growing
 //! across restarts.
 
 pub mod filter;
 pub mod record;
+pub mod writer;
 
 use std::{
     path::Path,
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
 };
+
+use writer::Writer;
 
 pub use filter::SessionFilter;
 pub use record::{Agent, SessionEnd, SessionRecord, StatementEvent, VerdictKind, now_ms};
@@ -29,6 +33,8 @@ pub enum AuditError {
     Decode { id: u64, source: serde_json::Error },
     #[error("audit store: encoding: {0}")]
     Encode(#[from] serde_json::Error),
+    #[error("audit store: event writer: {0}")]
+    Writer(String),
 }
 
 #[derive(Clone)]
@@ -37,6 +43,8 @@ pub struct AuditStore {
     sessions: sled::Tree,
     events: sled::Tree,
     group: Arc<GroupCommit>,
+    /// Started by the first event: a store opened only to read (`gatewayctl --store`) has none.
+    writer: Arc<OnceLock<Writer>>,
 }
 
 /// Shared by the clones of one store: who asked for durability, and how far it got.
@@ -63,6 +71,7 @@ impl AuditStore {
                 flushing: AtomicBool::new(false),
                 flushed: tokio::sync::watch::Sender::new(0),
             }),
+            writer: Arc::default(),
         })
     }
 
@@ -155,12 +164,30 @@ impl AuditStore {
         Ok(out)
     }
 
-    pub fn put_event(&self, event: &StatementEvent) -> Result<(), AuditError> {
-        self.events.insert(
-            event_key(event.session_id, event.seq),
-            serde_json::to_vec(event)?,
-        )?;
+    /// Hands a statement event to the writer thread: no I/O on the caller's path. The event is
+    /// in the store within the writer's window, or once [`Self::settle`] returns.
+    pub fn append(&self, event: StatementEvent) -> Result<(), AuditError> {
+        let writer = match self.writer.get() {
+            Some(w) => w,
+            None => {
+                let started = Writer::start(self.db.clone(), self.events.clone())
+                    .map_err(|e| AuditError::Writer(e.to_string()))?;
+                // A racing first append may have won; its writer is the one kept.
+                let _ = self.writer.set(started);
+                self.writer.get().expect("set above")
+            }
+        };
+        writer.append(event);
         Ok(())
+    }
+
+    /// Waits until every event appended before is in the store; with `flush`, on disk too.
+    pub async fn settle(&self, flush: bool) -> Result<(), AuditError> {
+        match self.writer.get() {
+            Some(w) => w.settle(flush).await.map_err(AuditError::Writer),
+            None if flush => self.commit().await,
+            None => Ok(()),
+        }
     }
 
     /// A session with its events, as `sessions show` presents it.
@@ -175,19 +202,28 @@ impl AuditStore {
 
     /// A session's events in order.
     pub fn events(&self, session_id: u64) -> Result<Vec<StatementEvent>, AuditError> {
-        self.events
-            .scan_prefix(session_id.to_be_bytes())
-            .map(|item| {
-                let (_, v) = item?;
-                serde_json::from_slice(&v).map_err(|source| AuditError::Decode {
-                    id: session_id,
-                    source,
-                })
-            })
-            .collect()
+        let mut out = Vec::new();
+        for item in self.events.scan_prefix(session_id.to_be_bytes()) {
+            let (_, v) = item?;
+            for line in v.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                out.push(
+                    serde_json::from_slice(line).map_err(|source| AuditError::Decode {
+                        id: session_id,
+                        source,
+                    })?,
+                );
+            }
+        }
+        Ok(out)
     }
 
+    /// Flushes everything written so far to disk; outside the runtime, pending events first.
     pub fn flush(&self) -> Result<(), AuditError> {
+        if let Some(w) = self.writer.get()
+            && tokio::runtime::Handle::try_current().is_err()
+        {
+            w.settle_blocking(false).map_err(AuditError::Writer)?;
+        }
         self.db.flush()?;
         Ok(())
     }
@@ -245,15 +281,7 @@ mod tests {
             }
             store.flush().unwrap();
         }
-        // sled's background flusher may hold the file lock a moment after the drop.
-        let store = (0..100)
-            .find_map(|_| {
-                AuditStore::open(dir.path()).ok().or_else(|| {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                    None
-                })
-            })
-            .expect("reopen");
+        let store = reopen(dir.path());
         let all = store.list(&SessionFilter::default(), 100).unwrap();
         assert_eq!(all.len(), 5);
         assert!(all.windows(2).all(|w| w[0].id < w[1].id));
@@ -277,6 +305,68 @@ mod tests {
             store.next_id().unwrap() > all[4].id,
             "ids keep growing after a reopen"
         );
+    }
+
+    /// sled's background flusher may hold the file lock a moment after the drop.
+    fn reopen(dir: &Path) -> AuditStore {
+        (0..100)
+            .find_map(|_| {
+                AuditStore::open(dir).ok().or_else(|| {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    None
+                })
+            })
+            .expect("reopen")
+    }
+
+    fn event(session_id: u64, seq: u64) -> StatementEvent {
+        StatementEvent {
+            session_id,
+            seq,
+            at_ms: seq,
+            step: "query".into(),
+            kind: "select".into(),
+            sql: format!("SELECT {seq}"),
+            verdict: "allow".into(),
+            rule: "app".into(),
+            duration_us: 1,
+            rows: Some(1),
+            masked: 0,
+            error: None,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn appended_events_come_back_in_order_batched_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = AuditStore::open(dir.path()).unwrap();
+            // Interleaved, as concurrent sessions hand them over.
+            for seq in 1..=500 {
+                for session in [7, 8, 9] {
+                    store.append(event(session, seq)).unwrap();
+                }
+                if seq == 250 {
+                    store.settle(false).await.unwrap();
+                }
+            }
+            store.settle(true).await.unwrap();
+            for session in [7, 8, 9] {
+                let got = store.events(session).unwrap();
+                assert_eq!(
+                    got,
+                    (1..=500).map(|s| event(session, s)).collect::<Vec<_>>()
+                );
+            }
+            assert!(
+                store.events.len() < 3 * 500 / 10,
+                "{} sled values for 1500 events: not batched",
+                store.events.len()
+            );
+            assert!(store.events(6).unwrap().is_empty());
+        }
+        let store = reopen(dir.path());
+        assert_eq!(store.events(8).unwrap().len(), 500);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -104,7 +104,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     tracing::info!(
         "stopping; programs stay pinned, governed agents are refused until a daemon serves again"
     );
-    state.audit.flush()?;
+    state.audit.settle(true).await?;
     let _ = std::fs::remove_file(&state.config.admin_socket);
     Ok(())
 }

@@ -44,6 +44,13 @@ pub async fn handle(state: &State, agent: TcpStream, peer: SocketAddr) {
         duration_ms = started.elapsed().as_millis() as u64,
         "session complete"
     );
+    // Its statement events are in the store before its end is, and the end's flush takes
+    // them to disk with it.
+    if record.protocol == Some(Protocol::Postgres)
+        && let Err(e) = state.audit.settle(false).await
+    {
+        tracing::error!(session.id = record.id, error = %e, "audit events not written");
+    }
     // Durable before the session counts as over: a kill -9 right after must not lose how it
     // ended. Concurrent sessions share the flush (group commit).
     let written = state.audit.put_durable(&record).await;

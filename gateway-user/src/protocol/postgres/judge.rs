@@ -3,12 +3,15 @@
 
 use std::sync::Arc;
 
+use sqlparser::tokenizer::TokenWithSpan;
+
 use super::{
     codec::backend::ErrorFields,
     config::{PostgresTarget, Unparsed},
     mask::Masker,
     rules::{Action, Who, decide_all},
-    sql::classify,
+    shape,
+    sql::{ParseError, STRING_SYNTAX_SETTING, classify_tokens},
 };
 
 /// SQLSTATE for a policy refusal: insufficient_privilege, what PostgreSQL itself reports
@@ -25,6 +28,9 @@ pub struct Judged {
     pub masker: Option<Arc<Masker>>,
     /// One entry per statement: its kind and its SQL as the audit keeps it.
     pub statements: Vec<(String, String)>,
+    /// Whether every text of this one's shape gets this judgement and this audit text: true
+    /// unless the audit keeps literals or a statement's description read one.
+    pub by_shape: bool,
 }
 
 impl Judged {
@@ -39,7 +45,18 @@ impl Judged {
 }
 
 pub fn judge(policy: &str, target: &PostgresTarget, who: &Who, sql: &str) -> Judged {
-    let stmts = match classify(sql) {
+    judge_tokens(policy, target, who, sql, shape::tokenize(sql))
+}
+
+/// [`judge`] of text already tokenized, as the session's cache does to learn its shape.
+pub fn judge_tokens(
+    policy: &str,
+    target: &PostgresTarget,
+    who: &Who,
+    sql: &str,
+    tokens: Result<Vec<TokenWithSpan>, ParseError>,
+) -> Judged {
+    let stmts = match tokens.and_then(|t| classify_tokens(sql, t)) {
         Ok(s) => s,
         Err(e) => {
             let statements = vec![("unparsed".to_owned(), sql.to_owned())];
@@ -50,6 +67,7 @@ pub fn judge(policy: &str, target: &PostgresTarget, who: &Who, sql: &str) -> Jud
                     refusal: None,
                     masker: None,
                     statements,
+                    by_shape: false,
                 },
                 Unparsed::Deny => Judged {
                     action: Action::Deny,
@@ -66,11 +84,18 @@ pub fn judge(policy: &str, target: &PostgresTarget, who: &Who, sql: &str) -> Jud
                     ),
                     masker: None,
                     statements,
+                    by_shape: false,
                 },
             };
         }
     };
-    let verdict = decide_all(&target.rules, who, &stmts);
+    let mut verdict = decide_all(&target.rules, who, &stmts);
+    let string_syntax = stmts.iter().any(|s| s.sets_string_syntax);
+    if string_syntax {
+        verdict.action = Action::Deny;
+        verdict.rule = "string-syntax".into();
+    }
+    let by_shape = !target.audit_literals && !stmts.iter().any(|s| s.reads_literals);
     let statements = stmts
         .iter()
         .map(|s| {
@@ -84,6 +109,15 @@ pub fn judge(policy: &str, target: &PostgresTarget, who: &Who, sql: &str) -> Jud
         })
         .collect();
     let refusal = match verdict.action {
+        Action::Deny if string_syntax => Some(
+            ErrorFields::error(
+                POLICY_DENIED,
+                format!("gatewayd: policy {policy} refuses changing {STRING_SYNTAX_SETTING}"),
+            )
+            .with_detail(
+                "The gateway reads string literals as PostgreSQL does only while it is on.",
+            ),
+        ),
         Action::Deny => Some(ErrorFields::error(
             POLICY_DENIED,
             format!(
@@ -115,5 +149,6 @@ pub fn judge(policy: &str, target: &PostgresTarget, who: &Who, sql: &str) -> Jud
         refusal,
         masker,
         statements,
+        by_shape,
     }
 }

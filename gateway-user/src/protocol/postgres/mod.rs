@@ -10,6 +10,7 @@ pub mod mask;
 pub mod relay;
 pub mod rules;
 pub mod session;
+pub mod shape;
 pub mod sql;
 pub mod tls;
 pub mod upstream;

@@ -24,9 +24,11 @@ use super::{
         frontend::{Kind, Message},
     },
     config::PostgresTarget,
-    judge::{Judged, POLICY_DENIED, judge},
+    judge::{Judged, POLICY_DENIED, judge_tokens},
     mask::Masker,
     rules::Who,
+    shape::{self, Shape},
+    sql::STRING_SYNTAX_SETTING,
 };
 use crate::audit::{AuditStore, StatementEvent, now_ms};
 
@@ -52,6 +54,10 @@ pub enum RelayError {
     Upstream(FrameError),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    #[error(
+        "the upstream turned {STRING_SYNTAX_SETTING} off; the gateway cannot read string literals as PostgreSQL now would"
+    )]
+    StringSyntax,
 }
 
 /// A statement in flight and what its audit event will say.
@@ -77,12 +83,44 @@ impl Pending {
 
 /// The agent side's half of the queue of expected answers.
 pub struct ExpectTx(mpsc::UnboundedSender<Expect>);
-/// The upstream side's half.
-pub struct ExpectRx(mpsc::UnboundedReceiver<Expect>);
+
+/// The upstream side's half: what was sent upstream and is not answered yet. It lives outside
+/// the relay's futures so that what is still in flight when a session ends gets audited too
+/// ([`ExpectRx::abandon`]): a statement the upstream received is never missing from the audit.
+pub struct ExpectRx {
+    rx: mpsc::UnboundedReceiver<Expect>,
+    queue: VecDeque<Expect>,
+    /// The last audit event's sequence number in this session.
+    seq: u64,
+}
 
 pub fn expectations() -> (ExpectTx, ExpectRx) {
     let (tx, rx) = mpsc::unbounded_channel();
-    (ExpectTx(tx), ExpectRx(rx))
+    (
+        ExpectTx(tx),
+        ExpectRx {
+            rx,
+            queue: VecDeque::new(),
+            seq: 0,
+        },
+    )
+}
+
+impl ExpectRx {
+    /// Audits whatever never got its answer, with `why` as its error.
+    pub fn abandon(&mut self, ctx: &Ctx, why: &str) {
+        while let Ok(e) = self.rx.try_recv() {
+            self.queue.push_back(e);
+        }
+        while let Some(mut e) = self.queue.pop_front() {
+            if let Some(p) = e.pending()
+                && p.error.is_none()
+            {
+                p.error = Some(why.to_owned());
+            }
+            finish(ctx, &mut self.seq, e);
+        }
+    }
 }
 
 /// What the agent side expects the upstream to answer, in order.
@@ -125,25 +163,59 @@ impl Expect {
     }
 }
 
-/// Judgements of this session by SQL text. The verdict is a pure function of the policy, the
-/// target, the agent's token and the text, and a session keeps all but the text fixed, so a
-/// repeated text (a driver re-parsing the same statement, a loop of identical queries) is
-/// judged once. Bounded: cleared when full.
+/// Judgements of this session, by SQL text and by shape. The verdict is a pure function of
+/// the policy, the target, the agent's token and the statement, and a session keeps all but
+/// the statement fixed, so a repeated text (a driver re-parsing the same statement) or the
+/// same statement with other literals (a loop of `... WHERE id = $n` written inline) is parsed
+/// and judged once. Bounded: cleared when full.
 #[derive(Default)]
-struct Judgements(HashMap<String, Arc<Judged>>);
+struct Judgements {
+    by_text: HashMap<String, Arc<Judged>>,
+    by_shape: HashMap<Shape, Arc<Judged>>,
+}
 
 impl Judgements {
     const MAX: usize = 256;
 
-    fn get(&mut self, ctx: &Ctx, sql: String) -> Arc<Judged> {
-        if let Some(j) = self.0.get(&sql) {
+    /// `repeats`: the text is likely to come again verbatim (a Parse: drivers re-parse the
+    /// same statement text with new parameters), so it is worth keeping by text as well.
+    fn get(&mut self, ctx: &Ctx, sql: String, repeats: bool) -> Arc<Judged> {
+        if let Some(j) = self.by_text.get(&sql) {
             return j.clone();
         }
-        if self.0.len() >= Self::MAX {
-            self.0.clear();
+        let tokens = shape::tokenize(&sql);
+        let shape = match &tokens {
+            Ok(t) if !ctx.target.audit_literals => {
+                let shape = Shape::of(t);
+                if let Some(j) = self.by_shape.get(&shape) {
+                    return j.clone();
+                }
+                Some(shape)
+            }
+            _ => None,
+        };
+        let j = Arc::new(judge_tokens(
+            &ctx.policy,
+            &ctx.target,
+            &ctx.who,
+            &sql,
+            tokens,
+        ));
+        if self.by_text.len() + self.by_shape.len() >= Self::MAX {
+            self.by_text.clear();
+            self.by_shape.clear();
         }
-        let j = Arc::new(judge(&ctx.policy, &ctx.target, &ctx.who, &sql));
-        self.0.insert(sql, j.clone());
+        match shape {
+            Some(shape) if j.by_shape => {
+                self.by_shape.insert(shape, j.clone());
+                if repeats {
+                    self.by_text.insert(sql, j.clone());
+                }
+            }
+            _ => {
+                self.by_text.insert(sql, j.clone());
+            }
+        }
         j
     }
 }
@@ -176,7 +248,7 @@ where
             let msg = Message::decode(frame.tag, &frame.body).map_err(RelayError::Agent)?;
             match msg {
                 Message::Query { sql } => {
-                    let judged = judgements.get(ctx, sql);
+                    let judged = judgements.get(ctx, sql, false);
                     let refused = judged.refusal.is_some();
                     push(Expect::Simple(Pending::new(judged)));
                     if refused {
@@ -191,7 +263,7 @@ where
                     stand_in_query(&mut out);
                 }
                 Message::Parse { name, sql } => {
-                    let judged = judgements.get(ctx, sql);
+                    let judged = judgements.get(ctx, sql, true);
                     let refused = judged.refusal.is_some();
                     statements.insert(name.clone(), judged.clone());
                     if refused {
@@ -265,6 +337,7 @@ where
                 }
                 Message::Terminate => {
                     frame.encode(&mut out);
+                    bytes_up.fetch_add(out.len() as u64, std::sync::atomic::Ordering::Relaxed);
                     upstream.write_all(&out).await?;
                     return Ok(());
                 }
@@ -282,6 +355,9 @@ where
             out.clear();
         }
         if agent.read_buf(&mut buf).await? == 0 {
+            // Gone without a Terminate: say it for the agent, so that the upstream answers
+            // what is in flight and then closes, and the upstream side can audit the answers.
+            let _ = upstream.write_all(&[b'X', 0, 0, 0, 4]).await;
             return Ok(());
         }
     }
@@ -293,30 +369,29 @@ pub async fn upstream_side<R, W>(
     mut upstream: R,
     mut buf: BytesMut,
     mut agent: W,
-    mut expect: ExpectRx,
+    expect: &mut ExpectRx,
     bytes_down: &std::sync::atomic::AtomicU64,
 ) -> Result<(), RelayError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut queue: VecDeque<Expect> = VecDeque::new();
+    let ExpectRx { rx, queue, seq } = expect;
     let mut columns: Option<Vec<Column>> = None;
     let mut out = BytesMut::with_capacity(64 * 1024);
-    let mut seq = 0u64;
     loop {
         while let Some(frame) =
             next_frame(&mut buf, MAX_UPSTREAM_MESSAGE).map_err(RelayError::Upstream)?
         {
             // The agent side queues an expectation before it writes the message, so every
             // answer finds its expectation here.
-            while let Ok(e) = expect.0.try_recv() {
+            while let Ok(e) = rx.try_recv() {
                 queue.push_back(e);
             }
             match frame.tag {
                 b'1' | b'2' | b'3' => {
                     if let Some(e) = queue.pop_front() {
-                        finish(ctx, &mut seq, e);
+                        finish(ctx, seq, e);
                     }
                     frame.encode(&mut out);
                 }
@@ -359,7 +434,7 @@ where
                         Some(Expect::Execute(p)) => {
                             p.rows = rows;
                             let e = queue.pop_front().expect("front");
-                            finish(ctx, &mut seq, e);
+                            finish(ctx, seq, e);
                         }
                         _ => {}
                     }
@@ -384,14 +459,14 @@ where
                     if !matches!(queue.front(), Some(Expect::Simple(_)) | None) {
                         while !matches!(queue.front(), Some(Expect::Sync) | None) {
                             let e = queue.pop_front().expect("front");
-                            finish(ctx, &mut seq, e);
+                            finish(ctx, seq, e);
                         }
                     }
                 }
                 b'Z' => {
                     while let Some(e) = queue.pop_front() {
                         let last = matches!(e, Expect::Simple(_) | Expect::Sync);
-                        finish(ctx, &mut seq, e);
+                        finish(ctx, seq, e);
                         if last {
                             break;
                         }
@@ -399,6 +474,9 @@ where
                     columns = None;
                     frame.encode(&mut out);
                 }
+                // Defence in depth: the judge refuses whatever could turn the setting off, but
+                // should the server report it off anyway, the session ends here.
+                b'S' if !string_syntax_on(&frame.body) => return Err(RelayError::StringSyntax),
                 _ => frame.encode(&mut out),
             }
             if out.len() >= 64 * 1024 {
@@ -423,6 +501,14 @@ async fn flush<W: AsyncWrite + Unpin>(
         out.clear();
     }
     Ok(())
+}
+
+/// False if this ParameterStatus body reports [`STRING_SYNTAX_SETTING`] as anything but on.
+pub fn string_syntax_on(body: &[u8]) -> bool {
+    let mut parts = body.split(|&b| b == 0);
+    let name = parts.next().unwrap_or_default();
+    let value = parts.next().unwrap_or_default();
+    name != STRING_SYNTAX_SETTING.as_bytes() || value == b"on"
 }
 
 /// Writes the audit events of a completed expectation.
@@ -451,7 +537,7 @@ fn finish(ctx: &Ctx, seq: &mut u64, e: Expect) {
             masked: p.masked,
             error: p.error.clone(),
         };
-        if let Err(e) = ctx.audit.put_event(&event) {
+        if let Err(e) = ctx.audit.append(event) {
             tracing::error!(session.id = ctx.session_id, error = %e, "audit event lost");
         }
     }
@@ -551,6 +637,7 @@ fn refused_function_call(policy: &str) -> Judged {
         ),
         masker: None,
         statements: vec![("function_call".into(), String::new())],
+        by_shape: false,
     }
 }
 
@@ -561,5 +648,6 @@ fn unknown_portal() -> Judged {
         refusal: None,
         masker: None,
         statements: vec![("execute".into(), String::new())],
+        by_shape: false,
     }
 }

@@ -20,15 +20,21 @@ use super::{
         frontend::Startup,
     },
     config::PostgresTarget,
+    judge::POLICY_DENIED,
     jwt::TokenIdentity,
     relay::{self, Ctx, RelayError},
+    sql::STRING_SYNTAX_SETTING,
     tls,
     upstream::{self, UpstreamError},
 };
 use crate::audit::AuditStore;
 
 /// How the session ended, for the session record.
+/// How long a session whose agent has left waits for the upstream to answer what is in flight.
+const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 #[derive(Debug)]
+
 pub enum Outcome {
     Closed,
     /// The agent only asked to cancel another session's query.
@@ -154,6 +160,22 @@ async fn run(
         }
     };
 
+    if let Some((_, v)) = session
+        .parameters
+        .iter()
+        .find(|(k, _)| k == STRING_SYNTAX_SETTING)
+        .filter(|(_, v)| v != "on")
+    {
+        let why = format!("the upstream has {STRING_SYNTAX_SETTING} = {v}");
+        let _ = reply(
+            &mut agent,
+            ErrorFields::fatal(POLICY_DENIED, format!("gatewayd: {why}")).with_hint(
+                "The gateway reads string literals as PostgreSQL does only while it is on.",
+            ),
+        )
+        .await;
+        return Outcome::UpstreamLogin(why);
+    }
     let registered: Registered = p.cancels.register(
         p.upstream_addr,
         session.process_id,
@@ -190,18 +212,27 @@ async fn run(
     };
     let (agent_rd, mut agent_wr) = agent.into_split();
     let (up_rd, up_wr) = tokio::io::split(upstream);
-    let (tx, rx) = relay::expectations();
-    let to_upstream = relay::agent_side(&ctx, agent_rd, abuf, up_wr, tx, p.bytes_up);
-    let to_agent = relay::upstream_side(&ctx, up_rd, ubuf, &mut agent_wr, rx, p.bytes_down);
-    // Either side ending ends the session: an agent gone needs no answers, an upstream gone
-    // can give none.
+    let (tx, mut rx) = relay::expectations();
     enum Ended {
         Agent(Result<(), RelayError>),
         Upstream(Result<(), RelayError>),
     }
-    let ended = tokio::select! {
-        r = to_upstream => Ended::Agent(r),
-        r = to_agent => Ended::Upstream(r),
+    let ended = {
+        let to_upstream = relay::agent_side(&ctx, agent_rd, abuf, up_wr, tx, p.bytes_up);
+        let to_agent =
+            relay::upstream_side(&ctx, up_rd, ubuf, &mut agent_wr, &mut rx, p.bytes_down);
+        tokio::pin!(to_upstream, to_agent);
+        let ended = tokio::select! {
+            r = &mut to_upstream => Ended::Agent(r),
+            r = &mut to_agent => Ended::Upstream(r),
+        };
+        // An agent that said goodbye (or vanished: the agent side said it for it) may have
+        // left statements in flight; the upstream answers them and closes, and the upstream
+        // side audits the answers. A query that outlasts the grace is audited unanswered.
+        if let Ended::Agent(Ok(())) = ended {
+            let _ = tokio::time::timeout(DRAIN_GRACE, &mut to_agent).await;
+        }
+        ended
     };
     let outcome = match ended {
         Ended::Agent(Ok(())) => Outcome::Closed,
@@ -213,11 +244,21 @@ async fn run(
         Ended::Agent(Err(e)) => Outcome::Agent(e.to_string()),
         Ended::Upstream(Ok(())) => Outcome::Upstream("upstream closed the connection".into()),
         Ended::Upstream(Err(e)) => {
-            let fatal = ErrorFields::fatal("08006", format!("gatewayd: {e}"));
+            let code = match e {
+                RelayError::StringSyntax => POLICY_DENIED,
+                _ => "08006",
+            };
+            let fatal = ErrorFields::fatal(code, format!("gatewayd: {e}"));
             let _ = reply_half(&mut agent_wr, fatal).await;
             Outcome::Upstream(e.to_string())
         }
     };
+    let why = match &outcome {
+        Outcome::Closed => "no answer: the agent left and the upstream did not answer in time",
+        Outcome::Agent(_) => "no answer: the session ended on an agent error",
+        _ => "no answer: the upstream connection ended",
+    };
+    rx.abandon(&ctx, why);
     drop(registered);
     outcome
 }

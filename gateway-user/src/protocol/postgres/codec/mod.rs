@@ -2,6 +2,8 @@
 //! messages, and the server side's. No I/O here; the session owns the sockets.
 
 pub mod backend;
+#[cfg(test)]
+mod captured;
 pub mod frame;
 pub mod frontend;
 

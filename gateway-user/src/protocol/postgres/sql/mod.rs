@@ -12,6 +12,9 @@ use sqlparser::ast::{
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
+use sqlparser::tokenizer::{Token, TokenWithSpan};
+
+use super::shape;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -88,6 +91,11 @@ pub struct StatementInfo {
     pub functions: Vec<String>,
     pub without_where: bool,
     pub copy_program: bool,
+    /// Whether the description depends on a literal's value, so that the same statement with
+    /// other values could be described otherwise (and must not be judged by its shape).
+    pub reads_literals: bool,
+    /// Whether it may change how PostgreSQL reads string literals ([`STRING_SYNTAX_SETTING`]).
+    pub sets_string_syntax: bool,
     pub text: String,
     pub redacted: String,
 }
@@ -102,16 +110,47 @@ pub struct ParseError {
 /// Anything sqlparser rejects is an error: the caller must fail closed rather
 /// than guess what an unparsed statement does.
 pub fn classify(sql: &str) -> Result<Vec<StatementInfo>, ParseError> {
-    let statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|e| ParseError {
-        message: e.to_string(),
-    })?;
-    // One statement (the common case) is audited as the agent wrote it, which also spares
-    // rendering the AST back to text; several are rendered one by one.
-    let single = (statements.len() == 1).then(|| sql.trim().trim_end_matches(';').trim_end());
-    Ok(statements.iter().map(|s| describe(s, single)).collect())
+    classify_tokens(sql, shape::tokenize(sql)?)
 }
 
-fn describe(stmt: &Statement, original: Option<&str>) -> StatementInfo {
+/// [`classify`] of text already tokenized by [`shape::tokenize`].
+pub fn classify_tokens(
+    sql: &str,
+    tokens: Vec<TokenWithSpan>,
+) -> Result<Vec<StatementInfo>, ParseError> {
+    // Rendered before the parser takes the tokens; used only if the text is one statement.
+    let redacted = shape::redacted_text(&tokens);
+    let names_string_syntax = tokens.iter().any(|t| {
+        matches!(&t.token, Token::Word(w) if w.value.eq_ignore_ascii_case(STRING_SYNTAX_SETTING))
+    });
+    let statements = Parser::new(&PostgreSqlDialect {})
+        .with_tokens_with_locations(tokens)
+        .parse_statements()
+        .map_err(|e| ParseError {
+            message: e.to_string(),
+        })?;
+    // One statement (the common case) is audited as the agent wrote it, or as its tokens with
+    // the literals hidden, which spares rendering the AST back to text; several are rendered
+    // one by one.
+    if let [one] = statements.as_slice() {
+        let text = sql.trim().trim_end_matches(';').trim_end();
+        return Ok(vec![describe(
+            one,
+            Some((text, redacted)),
+            names_string_syntax,
+        )]);
+    }
+    Ok(statements
+        .iter()
+        .map(|s| describe(s, None, names_string_syntax))
+        .collect())
+}
+
+fn describe(
+    stmt: &Statement,
+    original: Option<(&str, String)>,
+    names_string_syntax: bool,
+) -> StatementInfo {
     let mut c = Collector::default();
     let _ = stmt.visit(&mut c);
     let kind = kind_of(stmt, &c);
@@ -155,8 +194,17 @@ fn describe(stmt: &Statement, original: Option<&str>) -> StatementInfo {
         functions: dedup(c.functions),
         without_where: c.without_where,
         copy_program,
-        text: original.map_or_else(|| stmt.to_string(), str::to_owned),
-        redacted: redact(stmt),
+        reads_literals: c.read_literal || reads_literals(stmt),
+        sets_string_syntax: c.sets_string_syntax
+            || (names_string_syntax
+                && matches!(
+                    kind,
+                    StatementKind::Set | StatementKind::Alter | StatementKind::Create
+                )),
+        text: original
+            .as_ref()
+            .map_or_else(|| stmt.to_string(), |(t, _)| (*t).to_owned()),
+        redacted: original.map_or_else(|| redact(stmt), |(_, r)| r),
     }
 }
 
@@ -263,6 +311,35 @@ fn kind_of_query(q: &Query, c: &Collector) -> StatementKind {
     }
 }
 
+/// The name of the setting that makes PostgreSQL read backslashes in plain '...' strings as
+/// escapes. sqlparser reads them as PostgreSQL does with it on (the default); with it off the
+/// two would disagree about where a string ends, and text the gateway judged as inside a string
+/// could run as a statement. So nothing the agent sends may turn it off.
+pub const STRING_SYNTAX_SETTING: &str = "standard_conforming_strings";
+
+/// `set_config(name, ...)` may change the string syntax unless its name is a string literal
+/// naming another setting.
+fn set_config_may_set_string_syntax(f: &sqlparser::ast::Function) -> bool {
+    use sqlparser::ast::{FunctionArg, FunctionArgExpr, FunctionArguments};
+    let FunctionArguments::List(list) = &f.args else {
+        return true;
+    };
+    match list.args.first() {
+        Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Value(v)))) => match &v.value {
+            Value::SingleQuotedString(name) | Value::EscapedStringLiteral(name) => {
+                name.trim().eq_ignore_ascii_case(STRING_SYNTAX_SETTING)
+            }
+            _ => true,
+        },
+        _ => true,
+    }
+}
+
+/// EXPLAIN's options are the one place [`kind_of`] reads a value (`ANALYZE off`).
+fn reads_literals(stmt: &Statement) -> bool {
+    matches!(stmt, Statement::Explain { options: Some(o), .. } if o.iter().any(|o| o.arg.is_some()))
+}
+
 /// Only an explicit false turns an EXPLAIN option off; anything unclear counts
 /// as on, so EXPLAIN (ANALYZE <odd value>) is still judged as execution.
 fn is_false(arg: Option<&Expr>) -> bool {
@@ -344,6 +421,9 @@ struct Collector {
     select_into: bool,
     skip_next_relation: bool,
     scopes: Vec<Scope>,
+    /// A literal's value decided something here (see [`StatementInfo::reads_literals`]).
+    read_literal: bool,
+    sets_string_syntax: bool,
 }
 
 impl Collector {
@@ -459,7 +539,12 @@ impl Visitor for Collector {
 
     fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
         if let Expr::Function(f) = expr {
-            self.functions.push(function_name(&f.name));
+            let name = function_name(&f.name);
+            if name == "set_config" {
+                self.read_literal = true;
+                self.sets_string_syntax |= set_config_may_set_string_syntax(f);
+            }
+            self.functions.push(name);
         }
         ControlFlow::Continue(())
     }
@@ -604,251 +689,4 @@ fn redact(stmt: &Statement) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use StatementKind as K;
-
-    fn one(sql: &str) -> StatementInfo {
-        let mut all = classify(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
-        assert_eq!(all.len(), 1, "{sql}");
-        all.remove(0)
-    }
-
-    #[test]
-    fn kinds() {
-        #[rustfmt::skip]
-        let cases = [
-            ("SELECT 1", K::Select),
-            ("VALUES (1)", K::Select),
-            ("INSERT INTO t VALUES (1)", K::Insert),
-            ("UPDATE t SET a = 1 WHERE id = 2", K::Update),
-            ("DELETE FROM t WHERE id = 2", K::Delete),
-            ("MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE", K::Merge),
-            ("COPY t TO STDOUT", K::Copy),
-            ("CREATE TABLE t (id int)", K::Create),
-            ("CREATE INDEX i ON t (a)", K::Create),
-            ("CREATE ROLE r LOGIN", K::Create),
-            ("ALTER TABLE t ADD COLUMN b int", K::Alter),
-            ("ALTER ROLE r PASSWORD 'x'", K::Alter),
-            ("DROP TABLE t", K::Drop),
-            ("DROP FUNCTION f", K::Drop),
-            ("TRUNCATE t", K::Truncate),
-            ("GRANT SELECT ON t TO r", K::Grant),
-            ("GRANT admin TO r", K::Grant),
-            ("REVOKE SELECT ON t FROM r", K::Revoke),
-            ("SET search_path = app", K::Set),
-            ("RESET ALL", K::Set),
-            ("SHOW search_path", K::Show),
-            ("CALL p(1)", K::Call),
-            ("BEGIN", K::Transaction),
-            ("START TRANSACTION READ ONLY", K::Transaction),
-            ("COMMIT", K::Transaction),
-            ("ROLLBACK", K::Transaction),
-            ("SAVEPOINT s", K::Transaction),
-            ("RELEASE SAVEPOINT s", K::Transaction),
-            ("ROLLBACK TO SAVEPOINT s", K::Transaction),
-            ("PREPARE q AS SELECT 1", K::Prepare),
-            ("EXECUTE q(1)", K::Execute),
-            ("DEALLOCATE q", K::Deallocate),
-            ("EXPLAIN SELECT 1", K::Explain),
-            ("EXPLAIN DELETE FROM t", K::Explain),
-            ("EXPLAIN (ANALYZE false) DELETE FROM t", K::Explain),
-            ("EXPLAIN ANALYZE DELETE FROM t", K::Delete),
-            ("EXPLAIN (ANALYZE, BUFFERS) UPDATE t SET a = 1", K::Update),
-            ("EXPLAIN ANALYZE SELECT 1", K::Select),
-            ("VACUUM t", K::Maintenance),
-            ("ANALYZE t", K::Maintenance),
-            ("REFRESH MATERIALIZED VIEW mv", K::Maintenance),
-            ("LOCK TABLE t IN ACCESS EXCLUSIVE MODE", K::Lock),
-            ("LISTEN ch", K::Notify),
-            ("NOTIFY ch, 'x'", K::Notify),
-            ("UNLISTEN ch", K::Notify),
-            ("WITH x AS (SELECT 1) INSERT INTO t SELECT * FROM x", K::Insert),
-            ("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d", K::Delete),
-            ("SELECT * INTO t2 FROM t", K::Create),
-            ("DECLARE c CURSOR FOR SELECT 1", K::Other),
-            ("LOAD 'plugin'", K::Other),
-        ];
-        for (sql, kind) in cases {
-            assert_eq!(one(sql).kind, kind, "{sql}");
-        }
-    }
-
-    #[test]
-    fn reads_and_writes() {
-        #[rustfmt::skip]
-        let cases: &[(&str, &[&str], &[&str])] = &[
-            ("SELECT * FROM a JOIN s.b ON a.id = b.id", &["public.a", "s.b"], &[]),
-            ("SELECT * FROM Users, \"Mixed\".\"Case\"", &["public.users", "Mixed.Case"], &[]),
-            ("SELECT (SELECT max(x) FROM m) FROM a WHERE id IN (SELECT id FROM b)", &["public.m", "public.a", "public.b"], &[]),
-            ("WITH c AS (SELECT * FROM t) SELECT * FROM c JOIN u ON true", &["public.t", "public.u"], &[]),
-            // Non-recursive CTEs cannot see themselves: the inner `t` is the table.
-            ("WITH t AS (SELECT * FROM t) SELECT * FROM t", &["public.t"], &[]),
-            ("WITH b AS (SELECT * FROM a), a AS (SELECT 1) SELECT * FROM b", &["public.a"], &[]),
-            ("WITH RECURSIVE r AS (SELECT 1 UNION ALL SELECT 1 FROM r) SELECT * FROM r", &[], &[]),
-            ("SELECT * FROM x.c", &["x.c"], &[]),
-            ("INSERT INTO t SELECT * FROM src", &["public.src"], &["public.t"]),
-            ("INSERT INTO t SELECT * FROM t", &["public.t"], &["public.t"]),
-            ("UPDATE t SET a = u.a FROM u WHERE t.id = u.id", &["public.u"], &["public.t"]),
-            ("UPDATE t SET a = 1 WHERE id = 1 RETURNING a", &["public.t"], &["public.t"]),
-            ("DELETE FROM t USING u WHERE t.id = u.id", &["public.u"], &["public.t"]),
-            ("MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE", &["public.s"], &["public.t"]),
-            ("COPY t TO STDOUT", &["public.t"], &[]),
-            ("COPY t FROM STDIN", &[], &["public.t"]),
-            ("COPY (SELECT * FROM s.x) TO STDOUT", &["s.x"], &[]),
-            ("COPY t FROM PROGRAM 'cat /etc/passwd'", &[], &["public.t"]),
-            ("TRUNCATE a, s.b", &[], &["public.a", "s.b"]),
-            ("DROP TABLE a, s.b", &[], &["public.a", "s.b"]),
-            ("DROP SCHEMA s", &[], &[]),
-            ("ALTER TABLE t ADD COLUMN b int", &[], &["public.t"]),
-            ("CREATE TABLE t2 AS SELECT * FROM t", &["public.t"], &["public.t2"]),
-            ("CREATE VIEW v AS SELECT * FROM t", &["public.t"], &["public.v"]),
-            ("CREATE INDEX i ON t (a)", &[], &["public.t"]),
-            ("SELECT * INTO t2 FROM t", &["public.t"], &["public.t2"]),
-            ("WITH d AS (DELETE FROM t RETURNING *) INSERT INTO arch SELECT * FROM d", &["public.t"], &["public.t", "public.arch"]),
-            ("EXPLAIN DELETE FROM t", &["public.t"], &[]),
-            ("EXPLAIN ANALYZE DELETE FROM t", &[], &["public.t"]),
-            ("GRANT SELECT ON t TO r", &["public.t"], &[]),
-            ("LOCK TABLE t", &["public.t"], &[]),
-            ("SELECT * FROM generate_series(1, 3) g, pg_read_file('x')", &[], &[]),
-            ("PREPARE q AS DELETE FROM t", &[], &["public.t"]),
-        ];
-        for (sql, reads, writes) in cases {
-            let info = one(sql);
-            assert_eq!(info.reads, *reads, "reads of {sql}");
-            assert_eq!(info.writes, *writes, "writes of {sql}");
-        }
-    }
-
-    #[test]
-    fn functions() {
-        #[rustfmt::skip]
-        let cases: &[(&str, &[&str])] = &[
-            ("SELECT upper(lower(name)) FROM t", &["upper", "lower"]),
-            ("SELECT 1 WHERE length(md5('x')) > 3", &["length", "md5"]),
-            ("SELECT * FROM generate_series(1, 3)", &["generate_series"]),
-            ("SELECT * FROM pg_catalog.pg_read_file('/etc/passwd')", &["pg_read_file"]),
-            ("SELECT PG_CATALOG.PG_SLEEP(1)", &["pg_sleep"]),
-            ("SELECT * FROM a, LATERAL f(a.x)", &["f"]),
-            ("SELECT * FROM unnest(ARRAY[1])", &["unnest"]),
-            ("CALL app.do_it(now())", &["app.do_it", "now"]),
-            ("CREATE TABLE t (ts timestamptz DEFAULT now())", &["now"]),
-            ("INSERT INTO t VALUES (dblink_exec('x'))", &["dblink_exec"]),
-            ("UPDATE t SET a = 1 WHERE b = lo_import('/x')", &["lo_import"]),
-            ("SELECT count(*) FROM t GROUP BY 1 HAVING sum(a) > 0", &["count", "sum"]),
-        ];
-        for (sql, functions) in cases {
-            assert_eq!(one(sql).functions, *functions, "{sql}");
-        }
-    }
-
-    #[test]
-    fn flags() {
-        // (sql, without_where, copy_program)
-        #[rustfmt::skip]
-        let cases = [
-            ("UPDATE t SET a = 1", true, false),
-            ("UPDATE t SET a = 1 WHERE true", false, false),
-            ("DELETE FROM t", true, false),
-            ("DELETE FROM t WHERE id = 1", false, false),
-            ("WITH d AS (DELETE FROM t) SELECT 1", true, false),
-            ("EXPLAIN DELETE FROM t", false, false),
-            ("EXPLAIN ANALYZE DELETE FROM t", true, false),
-            ("SELECT * FROM t", false, false),
-            ("COPY t FROM PROGRAM 'curl x'", false, true),
-            ("COPY (SELECT 1) TO PROGRAM 'gzip > /tmp/x'", false, true),
-            ("COPY t TO '/tmp/x'", false, false),
-        ];
-        for (sql, without_where, copy_program) in cases {
-            let info = one(sql);
-            assert_eq!(info.without_where, without_where, "{sql}");
-            assert_eq!(info.copy_program, copy_program, "{sql}");
-        }
-    }
-
-    #[test]
-    fn multi_statement_and_empty() {
-        let infos = classify("SELECT 1; DELETE FROM t; ; BEGIN").unwrap();
-        let kinds: Vec<_> = infos.iter().map(|i| i.kind).collect();
-        assert_eq!(kinds, [K::Select, K::Delete, K::Transaction]);
-        assert_eq!(infos[1].text, "DELETE FROM t");
-        for sql in ["", ";", " ; ;\n", "-- just a comment"] {
-            assert_eq!(classify(sql).unwrap(), vec![], "{sql:?}");
-        }
-    }
-
-    #[test]
-    fn redaction() {
-        #[rustfmt::skip]
-        let cases = [
-            ("SELECT * FROM t WHERE a = 'x' AND b = 42", "SELECT * FROM t WHERE a = ? AND b = ?"),
-            ("SELECT NULL, true, $1, -2.5", "SELECT NULL, true, $1, -?"),
-            ("INSERT INTO t VALUES ('secret', E'x', $$y$$)", "INSERT INTO t VALUES (?, ?, ?)"),
-            ("SELECT DATE '2020-01-01' LIMIT 5", "SELECT DATE ? LIMIT ?"),
-            ("ALTER ROLE bob PASSWORD 'hunter2'", "ALTER ROLE bob WITH PASSWORD ?"),
-            ("COPY t FROM PROGRAM 'curl -u me:pw x'", "COPY t FROM PROGRAM '?'"),
-            ("NOTIFY ch, 'payload'", "NOTIFY ch, '?'"),
-        ];
-        for (sql, redacted) in cases {
-            let info = one(sql);
-            assert_eq!(info.redacted, redacted, "{sql}");
-            assert_ne!(info.text, info.redacted, "{sql}");
-        }
-        // One statement keeps the agent's own text; several are rendered one by one.
-        let info = one("select a from t where id = 1;");
-        assert_eq!(info.text, "select a from t where id = 1");
-        let two = classify("select 1; select 'x'").unwrap();
-        assert_eq!(
-            (two[0].text.as_str(), two[1].text.as_str()),
-            ("SELECT 1", "SELECT 'x'")
-        );
-    }
-
-    #[test]
-    fn unparseable_is_an_error() {
-        #[rustfmt::skip]
-        let cases = [
-            "SELEC 1",
-            "SELECT 'unterminated",
-            "DO $$ BEGIN PERFORM 1; END $$",
-            "SELECT 1; DO $$ BEGIN END $$",
-            "CLUSTER t",
-            "REINDEX TABLE t",
-            "CHECKPOINT",
-            "TABLE t",
-            "EXPLAIN ANALYSE DELETE FROM t",
-            "ALTER SYSTEM SET work_mem = '1GB'",
-        ];
-        for sql in cases {
-            let err = classify(sql).expect_err(sql);
-            assert!(!err.message.is_empty(), "{sql}");
-        }
-        // sqlparser's recursion limit turns absurd nesting into an error too.
-        let deep = format!("SELECT {}1{}", "(".repeat(300), ")".repeat(300));
-        assert!(classify(&deep).is_err());
-    }
-
-    #[test]
-    fn kind_serde_is_snake_case() {
-        assert_eq!(
-            serde_json::to_string(&K::Maintenance).unwrap(),
-            "\"maintenance\""
-        );
-        let k: StatementKind = serde_json::from_str("\"deallocate\"").unwrap();
-        assert_eq!(k, K::Deallocate);
-        let info = serde_json::to_value(one("SELECT 1")).unwrap();
-        assert_eq!(info["kind"], "select");
-    }
-
-    #[test]
-    fn kind_names_are_the_serde_names() {
-        for k in [
-            StatementKind::Select,
-            StatementKind::Transaction,
-            StatementKind::Maintenance,
-            StatementKind::Other,
-        ] {
-            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
-        }
-    }
-}
+mod tests;
