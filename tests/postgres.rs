@@ -44,6 +44,8 @@ kinds = ["drop", "truncate", "alter", "grant", "revoke"]
 name = "payouts-need-approval"
 action = "hold"
 writes = ["public.payouts"]
+# Nobody approves in these tests (tests/approvals.rs does): a second, then a deny.
+timeout_secs = 1
 
 [[targets.postgres.rules]]
 name = "customer-pii"
@@ -78,19 +80,10 @@ impl Fixture {
         Fixture { pg, gw }
     }
 
-    /// A connection string as the agent has it: its own user, no password, the real address.
-    fn agent_url(&self) -> String {
-        format!(
-            "host={} port={} user=agent dbname=whatever sslmode=prefer",
-            self.pg.addr.ip(),
-            self.pg.addr.port()
-        )
-    }
-
     /// psql inside the governed cgroup, reading `script` from stdin: (stdout, stderr, ok).
     fn psql(&self, args: &[&str], script: &str) -> (String, String, bool) {
         let mut cmd = Command::new("psql");
-        let url = self.agent_url();
+        let url = self.pg.agent_url();
         cmd.args([
             url.as_str(),
             "-X",
@@ -197,7 +190,7 @@ SELECT 'still usable';
             format!("ERROR:  42501: gatewayd: policy {name} denies this statement (rule {rule})");
         assert!(err.contains(&want), "want {want:?} in:\n{err}");
     }
-    let held = "holds this statement for approval (rule payouts-need-approval)";
+    let held = "no approver decided within 1s (approval 1, rule payouts-need-approval)";
     assert!(err.contains(held), "{err}");
     assert_eq!(out, "still usable\n");
     assert_eq!(f.pg.app_sql("SELECT count(*) FROM invoices"), "3\n");
@@ -319,7 +312,7 @@ fn masking_hides_values_by_column_and_by_detector_in_text_and_binary() {
     assert!(events[0]["masked"].as_u64().unwrap() >= 6, "{events:?}");
 
     // tokio-postgres asks for binary results: masked values arrive as NULL.
-    let out = f.pg_agent(&["extended", &f.agent_url()]);
+    let out = f.pg_agent(&["extended", &f.pg.agent_url()]);
     assert_eq!(out["rows"][0]["name"], "Ada");
     assert_eq!(out["rows"][0]["email"], Value::Null);
     assert_eq!(
@@ -333,7 +326,7 @@ fn masking_hides_values_by_column_and_by_detector_in_text_and_binary() {
 #[test]
 fn extended_protocol_prepared_statements_and_pipelining() {
     let f = Fixture::start("pg-ext");
-    let out = f.pg_agent(&["extended", &f.agent_url()]);
+    let out = f.pg_agent(&["extended", &f.pg.agent_url()]);
     assert_eq!(out["again"], 1, "{out}");
     assert_eq!(out["pipelined"], serde_json::json!([1, 3, 3]), "{out}");
     assert_eq!(out["denied"]["code"], "42501", "{out}");
@@ -374,7 +367,7 @@ fn the_agent_never_receives_the_upstream_role_or_password() {
 #[test]
 fn cancel_reaches_the_agents_own_query() {
     let f = Fixture::start("pg-cancel");
-    let out = f.pg_agent(&["cancel", &f.agent_url()]);
+    let out = f.pg_agent(&["cancel", &f.pg.agent_url()]);
     assert_eq!(out["cancel_sent"], true, "{out}");
     assert_eq!(out["code"], "57014", "query_canceled: {out}");
     assert!(out["elapsed_ms"].as_u64().unwrap() < 10_000, "{out}");
@@ -523,7 +516,7 @@ groups = ["analysts"]
     let psql_with = |password: &str, sql: &str| {
         let mut cmd = Command::new("psql");
         cmd.args([
-            f.agent_url().as_str(),
+            f.pg.agent_url().as_str(),
             "-X",
             "-A",
             "-t",
@@ -638,7 +631,7 @@ fn pgbench_runs_as_a_workload_through_the_gateway() {
     );
     for mode in ["simple", "extended"] {
         let cmd = pgbench(
-            &f.agent_url(),
+            &f.pg.agent_url(),
             &["-n", "-c", "4", "-j", "2", "-T", "3", "-M", mode],
         );
         let out = f.gw.cgroup.command(cmd).output().unwrap();

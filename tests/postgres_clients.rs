@@ -60,20 +60,11 @@ impl Fixture {
         Fixture { pg, gw }
     }
 
-    /// What the agent has: its own user name, no password, the real address.
-    fn agent_url(&self) -> String {
-        format!(
-            "host={} port={} user=agent dbname=whatever sslmode=prefer",
-            self.pg.addr.ip(),
-            self.pg.addr.port()
-        )
-    }
-
     /// psql in the governed cgroup, verbose errors, with `password` (a token) offered.
     fn psql_cmd(&self, password: Option<&str>, sql: &str) -> Command {
         let mut cmd = Command::new("psql");
         cmd.args([
-            &self.agent_url(),
+            &self.pg.agent_url(),
             "-X",
             "-A",
             "-t",
@@ -130,7 +121,7 @@ fn psycopg2_reads_writes_is_refused_and_masked_like_any_driver() {
             &mut f
                 .gw
                 .cgroup
-                .command(py_agent(&["psycopg2", &f.agent_url(), "agent"])),
+                .command(py_agent(&["psycopg2", &f.pg.agent_url(), "agent"])),
         );
 
     assert_eq!(direct["rows"], json!([[1, 1, 100], [3, 1, 75]]));

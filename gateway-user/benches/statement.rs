@@ -73,6 +73,7 @@ fn bench(c: &mut Criterion) {
         rows: Some(1),
         masked: 0,
         error: None,
+        approval: None,
     };
     // Appends `iters` events from 8 sessions, then waits until the writer thread has them in
     // sled: the time per event includes the writer's work, not only the hand-over.

@@ -7,6 +7,8 @@ use std::{
 
 use serde::Deserialize;
 
+use crate::{admin::auth::Principals, approval::webhook::WebhookConfig};
+
 /// The default configuration, compiled in so that `gatewayd --policies DIR` needs nothing else.
 pub const DEFAULT_CONFIG: &str = include_str!("../gatewayd.toml");
 
@@ -20,6 +22,9 @@ pub struct Config {
     pub admin_socket: PathBuf,
     pub resolve_interval_secs: u64,
     pub upstream_connect_timeout_ms: u64,
+    pub approvers: Principals,
+    pub auditors: Principals,
+    pub webhook: Option<WebhookConfig>,
 }
 
 /// The same fields, each optional: what a config file may set.
@@ -33,6 +38,9 @@ struct Overrides {
     admin_socket: Option<PathBuf>,
     resolve_interval_secs: Option<u64>,
     upstream_connect_timeout_ms: Option<u64>,
+    approvers: Option<Principals>,
+    auditors: Option<Principals>,
+    webhook: Option<WebhookConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +59,8 @@ pub enum ConfigError {
         "config: listen_port must be between 1 and 1023 so that only root can hold it, got {0}"
     )]
     ListenPort(u16),
+    #[error("config: {0}")]
+    Webhook(String),
 }
 
 impl Default for Config {
@@ -86,6 +96,9 @@ impl Config {
             admin_socket,
             resolve_interval_secs,
             upstream_connect_timeout_ms,
+            approvers,
+            auditors,
+            webhook,
         } = o;
         set(&mut self.policies, policies);
         set(&mut self.listen_port, listen_port);
@@ -97,11 +110,19 @@ impl Config {
             &mut self.upstream_connect_timeout_ms,
             upstream_connect_timeout_ms,
         );
+        set(&mut self.approvers, approvers);
+        set(&mut self.auditors, auditors);
+        if webhook.is_some() {
+            self.webhook = webhook;
+        }
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.listen_port == 0 || self.listen_port >= 1024 {
             return Err(ConfigError::ListenPort(self.listen_port));
+        }
+        if let Some(w) = &self.webhook {
+            w.validate().map_err(ConfigError::Webhook)?;
         }
         Ok(())
     }

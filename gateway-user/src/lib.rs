@@ -4,6 +4,7 @@
 //! owns the store; `daemon` wires them to sockets.
 
 pub mod admin;
+pub mod approval;
 pub mod audit;
 pub mod cgroup;
 pub mod config;

@@ -99,6 +99,11 @@ impl Gateway {
     /// Starts a daemon whose one policy governs a fresh cgroup; `body` is the rest of the
     /// policy file (resolvers, targets).
     pub fn start(test: &str, body: &str) -> Gateway {
+        Self::start_with_config(test, body, "")
+    }
+
+    /// [`Self::start`] with a daemon config file holding `config` (TOML: approvers, webhook...).
+    pub fn start_with_config(test: &str, body: &str, config: &str) -> Gateway {
         let name = format!("gwtest-{}-{test}", std::process::id());
         let cgroup = Cgroup::create(&name);
         let dir = tempfile::Builder::new()
@@ -115,8 +120,15 @@ impl Gateway {
             child: None,
         };
         gw.write_policy(body);
+        if !config.is_empty() {
+            std::fs::write(gw.config_path(), config).expect("write config");
+        }
         gw.spawn();
         gw
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("gatewayd.toml")
     }
 
     pub fn policy_dir(&self) -> PathBuf {
@@ -153,7 +165,7 @@ impl Gateway {
     /// The flags that point a gatewayd command at this fixture's files.
     pub fn args(&self) -> Vec<String> {
         let path = |p: PathBuf| p.display().to_string();
-        vec![
+        let mut args = vec![
             "--policies".into(),
             path(self.policy_dir()),
             "--listen-port".into(),
@@ -164,7 +176,11 @@ impl Gateway {
             path(self.store()),
             "--admin-socket".into(),
             path(self.socket()),
-        ]
+        ];
+        if self.config_path().exists() {
+            args.extend(["--config".into(), path(self.config_path())]);
+        }
+        args
     }
 
     /// Starts the daemon and waits until its admin socket answers.

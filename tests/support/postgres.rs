@@ -355,3 +355,14 @@ password_file = "{pw}"
         pw = pg.password_file().display(),
     )
 }
+
+impl PgServer {
+    /// A connection string as an agent has it: its own user, no password, the real address.
+    pub fn agent_url(&self) -> String {
+        format!(
+            "host={} port={} user=agent dbname=whatever sslmode=prefer",
+            self.addr.ip(),
+            self.addr.port()
+        )
+    }
+}

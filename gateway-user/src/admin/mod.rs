@@ -1,57 +1,110 @@
-//! The local admin API: JSON lines over a unix socket. One request per line, one response per
-//! line. gatewayctl is a thin client of it; sled allows only one process per store, so the
-//! running daemon answers for the store it holds.
+//! The local admin API: HTTP/1.1 and JSON over a unix socket ([`http`] has the routes), one
+//! request per connection, every request checked against the caller's unix credentials
+//! ([`auth`]). gatewayctl is a thin client of it; sled allows only one process per store, so
+//! the running daemon answers for the store it holds.
 
+pub mod auth;
 pub mod client;
+pub mod http;
 
 use std::{os::unix::fs::PermissionsExt as _, path::Path, sync::Arc};
 
-use serde::{Deserialize, Serialize};
 use tokio::{
-    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{UnixListener, UnixStream},
 };
 
 use crate::{
+    approval::{Approver, DecideError, Decision, Event},
     audit::{AuditStore, SessionFilter},
     daemon::state::State,
 };
+use auth::{Caller, Role};
 
 /// Listing size when a request names none.
 pub const DEFAULT_LIMIT: usize = 100;
-/// A request line longer than this is refused (and the connection closed).
-const MAX_REQUEST: usize = 64 * 1024;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Request {
+    Health,
+    Status,
     SessionsList {
-        #[serde(default)]
         filter: SessionFilter,
         limit: Option<usize>,
     },
     SessionsShow {
         id: u64,
     },
-    Status,
+    ApprovalsList,
+    /// Streams approval events, one JSON line each, starting with the pending ones.
+    ApprovalsWatch,
+    Approve {
+        id: u64,
+        note: Option<String>,
+    },
+    Deny {
+        id: u64,
+        reason: String,
+    },
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Response {
-    Ok(serde_json::Value),
-    Error(String),
+/// An answer: the HTTP status and the JSON body.
+pub type Answer = (u16, serde_json::Value);
+
+fn ok(v: impl serde::Serialize) -> Answer {
+    match serde_json::to_value(v) {
+        Ok(v) => (200, v),
+        Err(e) => failed(500, e.to_string()),
+    }
 }
 
-/// Answers one request from the state; shared by the socket server and by tests.
-pub fn answer(state: &State, req: Request) -> Response {
-    let result = match req {
-        Request::Status => serde_json::to_value(state.status()).map_err(|e| e.to_string()),
-        req => answer_from_store(&state.audit, req),
+fn failed(status: u16, error: String) -> Answer {
+    (status, serde_json::json!({ "error": error }))
+}
+
+/// Answers one request for `caller`; shared by the socket server and by tests.
+pub fn answer(state: &State, caller: &Caller, req: Request) -> Answer {
+    let role = caller.role(&state.config.approvers, &state.config.auditors);
+    if role < auth::needs(&req) {
+        return failed(
+            403,
+            format!(
+                "{} (uid {}) may not {req:?}: see approvers/auditors in the daemon's config",
+                caller.user, caller.uid
+            ),
+        );
+    }
+    let by = || Approver {
+        uid: caller.uid,
+        user: caller.user.clone(),
     };
-    match result {
-        Ok(v) => Response::Ok(v),
-        Err(e) => Response::Error(e),
+    let decided = |r: Result<crate::approval::Request, DecideError>| match r {
+        Ok(req) => ok(req),
+        Err(e @ DecideError::NotFound(_)) => failed(404, e.to_string()),
+        Err(e @ DecideError::OwnRequest(_)) => failed(403, e.to_string()),
+    };
+    match req {
+        Request::Health => ok(serde_json::json!({ "ok": true })),
+        Request::Status => ok(state.status()),
+        Request::ApprovalsList => ok(state.approvals.pending()),
+        Request::Approve { id, note } => decided(state.approvals.decide(
+            id,
+            Decision::Approved {
+                by: by(),
+                note,
+                covered_by: None,
+            },
+        )),
+        Request::Deny { id, reason } => decided(
+            state
+                .approvals
+                .decide(id, Decision::Denied { by: by(), reason }),
+        ),
+        req => match answer_from_store(&state.audit, req) {
+            Ok(v) => (200, v),
+            Err(e) if e.starts_with("no session") => failed(404, e),
+            Err(e) => failed(500, e),
+        },
     }
 }
 
@@ -66,7 +119,7 @@ pub fn answer_from_store(store: &AuditStore, req: Request) -> Result<serde_json:
             .show(id)
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("no session {id}")),
-        Request::Status => Err("status needs the running daemon".into()),
+        other => Err(format!("{other:?} needs the running daemon")),
     }
 }
 
@@ -79,8 +132,8 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
         _ => {}
     }
     let listener = UnixListener::bind(path)?;
-    // Sessions name users and commands: owner and group only.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    // Any local user may connect; each request is authorized from the peer's credentials.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
     Ok(listener)
 }
 
@@ -103,66 +156,63 @@ pub async fn serve(listener: UnixListener, state: Arc<State>) {
     }
 }
 
-async fn serve_conn(conn: UnixStream, state: &State) -> std::io::Result<()> {
-    let (r, mut w) = conn.into_split();
-    let mut lines = BufReader::new(r).lines();
-    while let Some(line) = lines.next_line().await? {
-        if line.len() > MAX_REQUEST {
-            write(&mut w, &Response::Error("request too large".into())).await?;
-            break;
+async fn serve_conn(mut conn: UnixStream, state: &State) -> std::io::Result<()> {
+    let cred = conn.peer_cred()?;
+    let caller = tokio::task::spawn_blocking(move || Caller::from_peer(cred.uid(), cred.gid()))
+        .await
+        .map_err(std::io::Error::other)?;
+    let mut buf = Vec::with_capacity(1024);
+    let req = loop {
+        match http::head_len(&buf) {
+            Ok(Some((head, body))) if buf.len() >= head + body => break http::parse(&buf),
+            Ok(_) => {}
+            Err(e) => break Err(e),
         }
-        let resp = match serde_json::from_str::<Request>(&line) {
-            Ok(req) => answer(state, req),
-            Err(e) => Response::Error(format!("bad request: {e}")),
-        };
-        write(&mut w, &resp).await?;
+        if conn.read_buf(&mut buf).await? == 0 {
+            return Ok(());
+        }
+    };
+    let req = match req {
+        Ok(r) => r,
+        Err(e) => {
+            let (status, body) = failed(e.status(), e.to_string());
+            return conn.write_all(&http::response(status, &body)).await;
+        }
+    };
+    if req == Request::ApprovalsWatch
+        && caller.role(&state.config.approvers, &state.config.auditors) >= Role::Auditor
+    {
+        return watch(conn, state).await;
     }
-    Ok(())
+    tracing::debug!(admin.user = %caller.user, admin.uid = caller.uid, request = ?req, "admin request");
+    let (status, body) = answer(state, &caller, req);
+    conn.write_all(&http::response(status, &body)).await
 }
 
-async fn write(w: &mut tokio::net::unix::OwnedWriteHalf, resp: &Response) -> std::io::Result<()> {
-    let mut bytes = serde_json::to_vec(resp).map_err(std::io::Error::other)?;
+/// Streams approval events until the caller hangs up.
+async fn watch(mut conn: UnixStream, state: &State) -> std::io::Result<()> {
+    // Subscribe before listing so nothing falls between the two.
+    let mut events = state.approvals.subscribe();
+    conn.write_all(http::stream_head()).await?;
+    for request in state.approvals.pending() {
+        line(&mut conn, &Event::Pending { request }).await?;
+    }
+    let (mut rd, mut wr) = conn.into_split();
+    let mut sink = [0u8; 64];
+    loop {
+        tokio::select! {
+            e = events.recv() => match e {
+                Ok(e) => line(&mut wr, &e).await?,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(_) => return Ok(()),
+            },
+            n = rd.read(&mut sink) => if n? == 0 { return Ok(()) },
+        }
+    }
+}
+
+async fn line<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, e: &Event) -> std::io::Result<()> {
+    let mut bytes = serde_json::to_vec(e).map_err(std::io::Error::other)?;
     bytes.push(b'\n');
     w.write_all(&bytes).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn requests_have_a_stable_wire_form() {
-        let cases = [
-            (r#"{"op":"status"}"#, Request::Status),
-            (
-                r#"{"op":"sessions_show","id":7}"#,
-                Request::SessionsShow { id: 7 },
-            ),
-            (
-                r#"{"op":"sessions_list","filter":{"verdict":"deny"},"limit":5}"#,
-                Request::SessionsList {
-                    filter: SessionFilter {
-                        verdict: Some(crate::audit::VerdictKind::Deny),
-                        ..Default::default()
-                    },
-                    limit: Some(5),
-                },
-            ),
-            (
-                r#"{"op":"sessions_list"}"#,
-                Request::SessionsList {
-                    filter: SessionFilter::default(),
-                    limit: None,
-                },
-            ),
-        ];
-        for (wire, req) in cases {
-            assert_eq!(
-                serde_json::from_str::<Request>(wire).unwrap(),
-                req,
-                "{wire}"
-            );
-        }
-        assert!(serde_json::from_str::<Request>(r#"{"op":"drop_tables"}"#).is_err());
-    }
 }

@@ -23,7 +23,9 @@ use std::{
 use writer::Writer;
 
 pub use filter::SessionFilter;
-pub use record::{Agent, SessionEnd, SessionRecord, StatementEvent, VerdictKind, now_ms};
+pub use record::{
+    Agent, ApprovalRecord, SessionEnd, SessionRecord, StatementEvent, VerdictKind, now_ms,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -333,6 +335,7 @@ mod tests {
             rows: Some(1),
             masked: 0,
             error: None,
+            approval: None,
         }
     }
 

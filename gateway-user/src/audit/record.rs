@@ -92,6 +92,26 @@ pub struct StatementEvent {
     /// How many values were masked; never the values themselves.
     pub masked: u64,
     pub error: Option<String>,
+    /// For a held statement: the approval it waited for and how that ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Box<ApprovalRecord>>,
+}
+
+/// What the audit keeps of one approval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalRecord {
+    pub id: u64,
+    /// `approved`, `denied`, `expired` or `withdrawn`.
+    pub outcome: String,
+    /// The approver's user name and uid, from the admin socket's peer credentials.
+    pub by: Option<String>,
+    pub by_uid: Option<u32>,
+    /// The approver's note, or the reason of a deny.
+    pub note: Option<String>,
+    pub waited_ms: u64,
+    /// When an earlier approval covered this statement: that approval's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub covered_by: Option<u64>,
 }
 
 pub fn now_ms() -> u64 {

@@ -6,6 +6,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use clap::{Parser, Subcommand};
 use gateway_user::{
     admin::{self, Request, client},
+    approval,
     audit::{AuditStore, SessionFilter, SessionRecord, VerdictKind, now_ms},
     config::Config,
     policy::PolicySet,
@@ -41,6 +42,32 @@ enum Command {
     },
     /// What the daemon is enforcing.
     Status,
+    /// Commands held for a human decision.
+    Approvals {
+        #[command(subcommand)]
+        command: ApprovalsCommand,
+    },
+    /// Approve a held command: it runs and the agent gets its result.
+    Approve {
+        id: u64,
+        /// Kept in the audit with your name.
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Deny a held command: the agent gets an error carrying the reason.
+    Deny {
+        id: u64,
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApprovalsCommand {
+    /// Pending requests, oldest first.
+    List,
+    /// Pending requests and decisions as they happen (one JSON line each with --json).
+    Watch,
 }
 
 #[derive(Subcommand)]
@@ -101,6 +128,57 @@ fn run(cli: &Cli) -> Result<(), String> {
                 );
             }
             Ok(())
+        }
+        Command::Approvals {
+            command: ApprovalsCommand::List,
+        } => {
+            let v = ask(cli, Request::ApprovalsList)?;
+            if cli.json {
+                print_json(&v)?;
+            } else {
+                let pending: Vec<approval::Request> =
+                    serde_json::from_value(v).map_err(|e| e.to_string())?;
+                print_approvals(&pending);
+            }
+            Ok(())
+        }
+        Command::Approvals {
+            command: ApprovalsCommand::Watch,
+        } => {
+            let socket = socket(cli)?;
+            client::watch(&socket, |v| {
+                if cli.json {
+                    println!("{v}");
+                } else {
+                    match serde_json::from_value::<approval::Event>(v) {
+                        Ok(e) => print_event(&e),
+                        Err(e) => eprintln!("gatewayctl: unreadable event: {e}"),
+                    }
+                }
+                use std::io::Write as _;
+                std::io::stdout().flush().is_ok()
+            })
+            .map_err(|e| e.to_string())
+        }
+        Command::Approve { id, note } => {
+            let v = ask(
+                cli,
+                Request::Approve {
+                    id: *id,
+                    note: note.clone(),
+                },
+            )?;
+            decided(cli, "approved", &v)
+        }
+        Command::Deny { id, reason } => {
+            let v = ask(
+                cli,
+                Request::Deny {
+                    id: *id,
+                    reason: reason.clone(),
+                },
+            )?;
+            decided(cli, "denied", &v)
         }
         Command::Status => {
             let v = ask(cli, Request::Status)?;
@@ -167,11 +245,87 @@ fn ask(cli: &Cli, req: Request) -> Result<serde_json::Value, String> {
             .map_err(|e| format!("{e} (is a daemon holding it? ask it with --socket)"))?;
         return admin::answer_from_store(&store, req);
     }
-    let socket = cli
+    client::call(&socket(cli)?, &req).map_err(|e| e.to_string())
+}
+
+fn socket(cli: &Cli) -> Result<PathBuf, String> {
+    if cli.store.is_some() {
+        return Err("approvals need the running daemon: use --socket, not --store".into());
+    }
+    Ok(cli
         .socket
         .clone()
-        .unwrap_or_else(|| Config::default().admin_socket);
-    client::call(&socket, &req).map_err(|e| e.to_string())
+        .unwrap_or_else(|| Config::default().admin_socket))
+}
+
+fn print_json(v: &serde_json::Value) -> Result<(), String> {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).map_err(|e| e.to_string())?
+    );
+    Ok(())
+}
+
+fn decided(cli: &Cli, what: &str, v: &serde_json::Value) -> Result<(), String> {
+    if cli.json {
+        return print_json(v);
+    }
+    println!(
+        "{what} {}: {}",
+        v["id"],
+        v["command"].as_str().unwrap_or_default()
+    );
+    Ok(())
+}
+
+fn print_approvals(pending: &[approval::Request]) {
+    println!(
+        "{:>5}  {:>8}  {:<18}  {:<24}  {:>7}  {:>6}  {:<14}  COMMAND",
+        "ID", "WAITING", "RULE", "CGROUP", "PID", "UID", "TARGET"
+    );
+    for r in pending {
+        let agent = r.agent.as_ref();
+        println!(
+            "{:>5}  {:>7}s  {:<18}  {:<24}  {:>7}  {:>6}  {:<14}  {}",
+            r.id,
+            now_ms().saturating_sub(r.requested_at_ms) / 1000,
+            r.rule,
+            agent
+                .and_then(|a| a.cgroup.clone())
+                .unwrap_or_else(|| "-".into()),
+            agent.map_or("-".into(), |a| a.pid.to_string()),
+            agent.map_or("-".into(), |a| a.uid.to_string()),
+            r.target,
+            r.command,
+        );
+    }
+}
+
+fn print_event(e: &approval::Event) {
+    match e {
+        approval::Event::Pending { request: r } => println!(
+            "pending  {}  rule {}  session {}  {} uid {}  {}: {}",
+            r.id,
+            r.rule,
+            r.session_id,
+            r.agent
+                .as_ref()
+                .and_then(|a| a.cgroup.as_deref())
+                .unwrap_or("-"),
+            r.agent.as_ref().map_or("-".into(), |a| a.uid.to_string()),
+            r.target,
+            r.command
+        ),
+        approval::Event::Decided {
+            request: r,
+            decision,
+            waited_ms,
+        } => println!(
+            "decided  {}  {}  after {waited_ms} ms",
+            r.id,
+            serde_json::to_string(decision).unwrap_or_default()
+        ),
+    }
 }
 
 fn parse_time(s: &str) -> Result<u64, String> {

@@ -81,6 +81,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         last_reload_error: Mutex::new(None),
         active_sessions: Default::default(),
         pg_cancels: Default::default(),
+        approvals: Default::default(),
     });
     state.apply(set)?;
     log_policies(&state);
@@ -90,6 +91,12 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     }
     tokio::spawn(crate::admin::serve(admin, state.clone()));
     tokio::spawn(resolve::run(state.clone()));
+    if let Some(hook) = state.config.webhook.clone() {
+        tokio::spawn(crate::approval::webhook::run(
+            hook,
+            state.approvals.subscribe(),
+        ));
+    }
     tracing::info!(port = state.config.listen_port, admin = %state.config.admin_socket.display(), "gatewayd serving");
 
     let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");

@@ -145,6 +145,9 @@ async fn serve(state: &State, agent: TcpStream, peer: SocketAddr) -> SessionReco
             let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
             let params = postgres::Params {
                 policy: record.policy.clone().unwrap_or_default(),
+                target_name: target.clone(),
+                agent: record.agent.clone(),
+                approvals: state.approvals.clone(),
                 target: pg,
                 audit: state.audit.clone(),
                 session_id: id,

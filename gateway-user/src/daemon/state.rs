@@ -35,6 +35,8 @@ pub struct State {
     pub active_sessions: AtomicU64,
     /// Cancel keys handed to PostgreSQL agents, mapped to their upstream backends.
     pub pg_cancels: crate::protocol::postgres::CancelRegistry,
+    /// Commands held for a human decision, from every session.
+    pub approvals: Arc<crate::approval::Broker>,
 }
 
 #[derive(Debug, Serialize)]

@@ -1,15 +1,17 @@
 //! From SQL text to what the session does with it: parse, the pure rule verdict, the masker
 //! the verdict calls for, the refusal the agent will read, and the text the audit keeps.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use sqlparser::tokenizer::TokenWithSpan;
+
+use crate::{approval::Scope, audit::ApprovalRecord};
 
 use super::{
     codec::backend::ErrorFields,
     config::{PostgresTarget, Unparsed},
     mask::Masker,
-    rules::{Action, Who, decide_all},
+    rules::{Action, DEFAULT_HOLD_SECS, Who, decide_all},
     shape,
     sql::{ParseError, STRING_SYNTAX_SETTING, classify_tokens},
 };
@@ -31,6 +33,16 @@ pub struct Judged {
     /// Whether every text of this one's shape gets this judgement and this audit text: true
     /// unless the audit keeps literals or a statement's description read one.
     pub by_shape: bool,
+    /// For a hold: how long to wait and how far an approval reaches.
+    pub hold: Option<HoldTerms>,
+    /// Once a hold is decided: the decision, for the audit.
+    pub approval: Option<ApprovalRecord>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HoldTerms {
+    pub timeout: Duration,
+    pub scope: Scope,
 }
 
 impl Judged {
@@ -68,6 +80,8 @@ pub fn judge_tokens(
                     masker: None,
                     statements,
                     by_shape: false,
+                    hold: None,
+                    approval: None,
                 },
                 Unparsed::Deny => Judged {
                     action: Action::Deny,
@@ -85,6 +99,8 @@ pub fn judge_tokens(
                     masker: None,
                     statements,
                     by_shape: false,
+                    hold: None,
+                    approval: None,
                 },
             };
         }
@@ -133,12 +149,20 @@ pub fn judge_tokens(
                     verdict.rule
                 ),
             )
-            .with_detail(
-                "Approvals are not enabled on this gateway yet, so held statements are refused.",
-            ),
+            .with_detail("It was not run: no approval was given."),
         ),
         Action::Allow | Action::Mask => None,
     };
+    let hold = (verdict.action == Action::Hold).then(|| {
+        let rule = target.rules.iter().find(|r| r.name == verdict.rule);
+        HoldTerms {
+            timeout: Duration::from_secs(
+                rule.and_then(|r| r.timeout_secs)
+                    .unwrap_or(DEFAULT_HOLD_SECS),
+            ),
+            scope: rule.and_then(|r| r.approval).unwrap_or_default(),
+        }
+    });
     let masker = (verdict.action == Action::Mask).then(|| {
         let rules: Vec<_> = verdict.masks.iter().map(|&i| &target.rules[i]).collect();
         Arc::new(Masker::from_rules(&rules))
@@ -150,5 +174,7 @@ pub fn judge_tokens(
         masker,
         statements,
         by_shape,
+        hold,
+        approval: None,
     }
 }

@@ -4,6 +4,7 @@
 pub mod cancel;
 pub mod codec;
 pub mod config;
+pub mod hold;
 pub mod judge;
 pub mod jwt;
 pub mod mask;

@@ -24,13 +24,17 @@ use super::{
         frontend::{Kind, Message},
     },
     config::PostgresTarget,
+    hold::{self, Held},
     judge::{Judged, POLICY_DENIED, judge_tokens},
     mask::Masker,
     rules::Who,
     shape::{self, Shape},
     sql::STRING_SYNTAX_SETTING,
 };
-use crate::audit::{AuditStore, StatementEvent, now_ms};
+use crate::{
+    approval::Broker,
+    audit::{Agent, AuditStore, StatementEvent, now_ms},
+};
 
 /// Fails in PostgreSQL's raw parser, before anything runs: the stand-in for a refused
 /// statement.
@@ -40,10 +44,14 @@ const STAND_IN_NAME: &str = "gatewayd refused statement";
 
 pub struct Ctx {
     pub policy: String,
+    pub target_name: String,
     pub target: Arc<PostgresTarget>,
     pub audit: AuditStore,
     pub session_id: u64,
     pub who: Who,
+    /// The agent as attested at connect, for approvers.
+    pub agent: Option<Agent>,
+    pub approvals: Arc<Broker>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -179,11 +187,11 @@ impl Judgements {
 
     /// `repeats`: the text is likely to come again verbatim (a Parse: drivers re-parse the
     /// same statement text with new parameters), so it is worth keeping by text as well.
-    fn get(&mut self, ctx: &Ctx, sql: String, repeats: bool) -> Arc<Judged> {
-        if let Some(j) = self.by_text.get(&sql) {
+    fn get(&mut self, ctx: &Ctx, sql: &str, repeats: bool) -> Arc<Judged> {
+        if let Some(j) = self.by_text.get(sql) {
             return j.clone();
         }
-        let tokens = shape::tokenize(&sql);
+        let tokens = shape::tokenize(sql);
         let shape = match &tokens {
             Ok(t) if !ctx.target.audit_literals => {
                 let shape = Shape::of(t);
@@ -198,7 +206,7 @@ impl Judgements {
             &ctx.policy,
             &ctx.target,
             &ctx.who,
-            &sql,
+            sql,
             tokens,
         ));
         if self.by_text.len() + self.by_shape.len() >= Self::MAX {
@@ -209,11 +217,11 @@ impl Judgements {
             Some(shape) if j.by_shape => {
                 self.by_shape.insert(shape, j.clone());
                 if repeats {
-                    self.by_text.insert(sql, j.clone());
+                    self.by_text.insert(sql.to_owned(), j.clone());
                 }
             }
             _ => {
-                self.by_text.insert(sql, j.clone());
+                self.by_text.insert(sql.to_owned(), j.clone());
             }
         }
         j
@@ -248,7 +256,15 @@ where
             let msg = Message::decode(frame.tag, &frame.body).map_err(RelayError::Agent)?;
             match msg {
                 Message::Query { sql } => {
-                    let judged = judgements.get(ctx, sql, false);
+                    let mut judged = judgements.get(ctx, &sql, false);
+                    if judged.hold.is_some() {
+                        judged = match hold::wait(ctx, &judged, &sql, &mut agent, &mut buf).await? {
+                            Held::Decided(j) => j,
+                            Held::AgentLeft(j) => {
+                                return left_while_held(ctx, j, &expect, upstream).await;
+                            }
+                        };
+                    }
                     let refused = judged.refusal.is_some();
                     push(Expect::Simple(Pending::new(judged)));
                     if refused {
@@ -263,7 +279,15 @@ where
                     stand_in_query(&mut out);
                 }
                 Message::Parse { name, sql } => {
-                    let judged = judgements.get(ctx, sql, true);
+                    let mut judged = judgements.get(ctx, &sql, true);
+                    if judged.hold.is_some() {
+                        judged = match hold::wait(ctx, &judged, &sql, &mut agent, &mut buf).await? {
+                            Held::Decided(j) => j,
+                            Held::AgentLeft(j) => {
+                                return left_while_held(ctx, j, &expect, upstream).await;
+                            }
+                        };
+                    }
                     let refused = judged.refusal.is_some();
                     statements.insert(name.clone(), judged.clone());
                     if refused {
@@ -361,6 +385,25 @@ where
             return Ok(());
         }
     }
+}
+
+/// The agent left while a statement waited for approval: the statement is audited as
+/// withdrawn (it never reached the upstream), and the upstream is told goodbye.
+async fn left_while_held<W: AsyncWrite + Unpin>(
+    ctx: &Ctx,
+    judged: Arc<Judged>,
+    expect: &ExpectTx,
+    mut upstream: W,
+) -> Result<(), RelayError> {
+    tracing::info!(
+        session.id = ctx.session_id,
+        "agent left while its statement was held"
+    );
+    let mut p = Pending::new(judged);
+    p.error = Some("withdrawn: the agent left while the statement waited for approval".into());
+    let _ = expect.0.send(Expect::Simple(p));
+    let _ = upstream.write_all(&[b'X', 0, 0, 0, 4]).await;
+    Ok(())
 }
 
 /// Upstream to agent. Returns when the upstream closes.
@@ -536,6 +579,7 @@ fn finish(ctx: &Ctx, seq: &mut u64, e: Expect) {
             rows: p.rows,
             masked: p.masked,
             error: p.error.clone(),
+            approval: p.judged.approval.clone().map(Box::new),
         };
         if let Err(e) = ctx.audit.append(event) {
             tracing::error!(session.id = ctx.session_id, error = %e, "audit event lost");
@@ -638,6 +682,8 @@ fn refused_function_call(policy: &str) -> Judged {
         masker: None,
         statements: vec![("function_call".into(), String::new())],
         by_shape: false,
+        hold: None,
+        approval: None,
     }
 }
 
@@ -649,5 +695,7 @@ fn unknown_portal() -> Judged {
         masker: None,
         statements: vec![("execute".into(), String::new())],
         by_shape: false,
+        hold: None,
+        approval: None,
     }
 }

@@ -167,10 +167,16 @@ pub struct SqlRule {
     pub columns: Vec<Glob>,
     #[serde(default)]
     pub detectors: Vec<Detector>,
-    /// How long a hold waits for approval; carried for the gateway, not
-    /// interpreted here.
+    /// How long a hold waits for a decision before it counts as a deny (default
+    /// [`DEFAULT_HOLD_SECS`]); carried for the gateway, not interpreted here.
     pub timeout_secs: Option<u64>,
+    /// How far one approval of a hold reaches: `once` (default), `session`, or a duration
+    /// such as `15m` (the same command from the same cgroup to the same target).
+    pub approval: Option<crate::approval::Scope>,
 }
+
+/// How long a hold waits when its rule names no `timeout_secs`.
+pub const DEFAULT_HOLD_SECS: u64 = 120;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RuleError {

@@ -27,7 +27,10 @@ use super::{
     tls,
     upstream::{self, UpstreamError},
 };
-use crate::audit::AuditStore;
+use crate::{
+    approval::Broker,
+    audit::{Agent, AuditStore},
+};
 
 /// How the session ended, for the session record.
 /// How long a session whose agent has left waits for the upstream to answer what is in flight.
@@ -46,6 +49,9 @@ pub enum Outcome {
 
 pub struct Params<'a> {
     pub policy: String,
+    pub target_name: String,
+    pub agent: Option<Agent>,
+    pub approvals: Arc<Broker>,
     pub target: Arc<PostgresTarget>,
     pub audit: AuditStore,
     pub session_id: u64,
@@ -205,6 +211,9 @@ async fn run(
 
     let ctx = Ctx {
         policy: p.policy,
+        target_name: p.target_name,
+        agent: p.agent,
+        approvals: p.approvals,
         target: p.target,
         audit: p.audit,
         session_id: p.session_id,
@@ -259,6 +268,7 @@ async fn run(
         _ => "no answer: the upstream connection ended",
     };
     rx.abandon(&ctx, why);
+    ctx.approvals.session_ended(ctx.session_id);
     drop(registered);
     outcome
 }
