@@ -31,6 +31,9 @@ pub struct PostgresFile {
     /// Keep literal values in the audited SQL text (off: they are replaced by `?`).
     #[serde(default)]
     pub audit_literals: bool,
+    /// When a statement's audit reaches the disk: `async` (the default) or `before-forward`.
+    #[serde(default)]
+    pub durability: Durability,
     /// Require the agent to present a JWT as its password.
     pub agent_jwt: Option<JwtFile>,
     #[serde(default)]
@@ -43,6 +46,20 @@ pub enum TlsMode {
     Disable,
     Require,
     VerifyFull,
+}
+
+/// When a statement's audit reaches the disk.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Durability {
+    /// Written within the audit writer's window and flushed with the store's next flush
+    /// (sled's, every 200 ms, or a session's end): a crash can lose the last moments.
+    #[default]
+    Async,
+    /// Each statement is on disk (a `sent` event) before it is forwarded: a kill -9 never
+    /// loses a statement the upstream received. Flushes are shared by every session waiting
+    /// at that moment (group commit).
+    BeforeForward,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -70,6 +87,7 @@ pub struct PostgresTarget {
     pub ca_file: Option<PathBuf>,
     pub unparsed: Unparsed,
     pub audit_literals: bool,
+    pub durability: Durability,
     pub jwt: Option<JwtVerifier>,
     pub rules: Vec<SqlRule>,
 }
@@ -111,6 +129,7 @@ impl PostgresTarget {
             ca_file: raw.ca_file,
             unparsed: raw.unparsed,
             audit_literals: raw.audit_literals,
+            durability: raw.durability,
             jwt: raw.agent_jwt.map(JwtVerifier::load).transpose()?,
             rules: raw.rules,
         })

@@ -6,7 +6,10 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Instant,
 };
 
@@ -23,7 +26,7 @@ use super::{
         frame::{MAX_AGENT_MESSAGE, MAX_UPSTREAM_MESSAGE, next_frame},
         frontend::{Kind, Message},
     },
-    config::PostgresTarget,
+    config::{Durability, PostgresTarget},
     hold::{self, Held},
     judge::{Judged, POLICY_DENIED, judge_tokens},
     mask::Masker,
@@ -52,6 +55,39 @@ pub struct Ctx {
     /// The agent as attested at connect, for approvers.
     pub agent: Option<Agent>,
     pub approvals: Arc<Broker>,
+    /// The last audit event's sequence number in this session (both relay halves write).
+    pub seq: AtomicU64,
+}
+
+impl Ctx {
+    fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// In `before-forward` durability: the `sent` events of a statement about to go upstream.
+    fn sent(&self, step: &str, judged: &Judged) -> Result<(), RelayError> {
+        for (kind, sql) in &judged.statements {
+            let event = StatementEvent {
+                session_id: self.session_id,
+                seq: self.next_seq(),
+                at_ms: now_ms(),
+                step: format!("{step}:sent"),
+                kind: kind.clone(),
+                sql: sql.clone(),
+                verdict: judged.verdict().into(),
+                rule: judged.rule.clone(),
+                duration_us: 0,
+                rows: None,
+                masked: 0,
+                error: None,
+                approval: judged.approval.clone().map(Box::new),
+            };
+            self.audit
+                .append(event)
+                .map_err(|e| RelayError::Audit(e.to_string()))?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +98,8 @@ pub enum RelayError {
     Upstream(FrameError),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    #[error("audit: {0}")]
+    Audit(String),
     #[error(
         "the upstream turned {STRING_SYNTAX_SETTING} off; the gateway cannot read string literals as PostgreSQL now would"
     )]
@@ -98,8 +136,6 @@ pub struct ExpectTx(mpsc::UnboundedSender<Expect>);
 pub struct ExpectRx {
     rx: mpsc::UnboundedReceiver<Expect>,
     queue: VecDeque<Expect>,
-    /// The last audit event's sequence number in this session.
-    seq: u64,
 }
 
 pub fn expectations() -> (ExpectTx, ExpectRx) {
@@ -109,7 +145,6 @@ pub fn expectations() -> (ExpectTx, ExpectRx) {
         ExpectRx {
             rx,
             queue: VecDeque::new(),
-            seq: 0,
         },
     )
 }
@@ -126,7 +161,7 @@ impl ExpectRx {
             {
                 p.error = Some(why.to_owned());
             }
-            finish(ctx, &mut self.seq, e);
+            finish(ctx, e);
         }
     }
 }
@@ -245,6 +280,9 @@ where
     let mut statements: HashMap<String, Arc<Judged>> = HashMap::new();
     let mut portals: HashMap<String, Arc<Judged>> = HashMap::new();
     let mut out = BytesMut::with_capacity(16 * 1024);
+    let before_forward = ctx.target.durability == Durability::BeforeForward;
+    // `sent` events appended since `out` was last written: flushed before it is.
+    let mut unflushed = false;
     let push = |e: Expect| {
         // The upstream side only goes away when the session is ending anyway.
         let _ = expect.0.send(e);
@@ -266,6 +304,10 @@ where
                         };
                     }
                     let refused = judged.refusal.is_some();
+                    if before_forward && !refused {
+                        ctx.sent("query", &judged)?;
+                        unflushed = true;
+                    }
                     push(Expect::Simple(Pending::new(judged)));
                     if refused {
                         stand_in_query(&mut out);
@@ -338,6 +380,10 @@ where
                         push(Expect::HiddenDescribe);
                         describe(b'P', &portal, &mut out);
                     }
+                    if before_forward && judged.refusal.is_none() && portals.contains_key(&portal) {
+                        ctx.sent("execute", &judged)?;
+                        unflushed = true;
+                    }
                     push(Expect::Execute(Pending::new(judged)));
                     frame.encode(&mut out);
                 }
@@ -362,6 +408,7 @@ where
                 Message::Terminate => {
                     frame.encode(&mut out);
                     bytes_up.fetch_add(out.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    durable(ctx, &mut unflushed).await?;
                     upstream.write_all(&out).await?;
                     return Ok(());
                 }
@@ -375,6 +422,7 @@ where
         }
         if !out.is_empty() {
             bytes_up.fetch_add(out.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            durable(ctx, &mut unflushed).await?;
             upstream.write_all(&out).await?;
             out.clear();
         }
@@ -385,6 +433,17 @@ where
             return Ok(());
         }
     }
+}
+
+/// Makes the `sent` events appended so far durable before what they describe goes upstream.
+async fn durable(ctx: &Ctx, unflushed: &mut bool) -> Result<(), RelayError> {
+    if std::mem::take(unflushed) {
+        ctx.audit
+            .settle(true)
+            .await
+            .map_err(|e| RelayError::Audit(e.to_string()))?;
+    }
+    Ok(())
 }
 
 /// The agent left while a statement waited for approval: the statement is audited as
@@ -419,7 +478,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let ExpectRx { rx, queue, seq } = expect;
+    let ExpectRx { rx, queue } = expect;
     let mut columns: Option<Vec<Column>> = None;
     let mut out = BytesMut::with_capacity(64 * 1024);
     loop {
@@ -434,7 +493,7 @@ where
             match frame.tag {
                 b'1' | b'2' | b'3' => {
                     if let Some(e) = queue.pop_front() {
-                        finish(ctx, seq, e);
+                        finish(ctx, e);
                     }
                     frame.encode(&mut out);
                 }
@@ -477,7 +536,7 @@ where
                         Some(Expect::Execute(p)) => {
                             p.rows = rows;
                             let e = queue.pop_front().expect("front");
-                            finish(ctx, seq, e);
+                            finish(ctx, e);
                         }
                         _ => {}
                     }
@@ -502,14 +561,14 @@ where
                     if !matches!(queue.front(), Some(Expect::Simple(_)) | None) {
                         while !matches!(queue.front(), Some(Expect::Sync) | None) {
                             let e = queue.pop_front().expect("front");
-                            finish(ctx, seq, e);
+                            finish(ctx, e);
                         }
                     }
                 }
                 b'Z' => {
                     while let Some(e) = queue.pop_front() {
                         let last = matches!(e, Expect::Simple(_) | Expect::Sync);
-                        finish(ctx, seq, e);
+                        finish(ctx, e);
                         if last {
                             break;
                         }
@@ -555,7 +614,7 @@ pub fn string_syntax_on(body: &[u8]) -> bool {
 }
 
 /// Writes the audit events of a completed expectation.
-fn finish(ctx: &Ctx, seq: &mut u64, e: Expect) {
+fn finish(ctx: &Ctx, e: Expect) {
     let (step, p) = match e {
         Expect::Simple(p) => ("query", p),
         Expect::Execute(p) => ("execute", p),
@@ -565,10 +624,9 @@ fn finish(ctx: &Ctx, seq: &mut u64, e: Expect) {
     };
     let duration_us = p.started.elapsed().as_micros() as u64;
     for (kind, sql) in &p.judged.statements {
-        *seq += 1;
         let event = StatementEvent {
             session_id: ctx.session_id,
-            seq: *seq,
+            seq: ctx.next_seq(),
             at_ms: now_ms(),
             step: step.into(),
             kind: kind.clone(),

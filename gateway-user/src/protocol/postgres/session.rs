@@ -214,6 +214,7 @@ async fn run(
         target_name: p.target_name,
         agent: p.agent,
         approvals: p.approvals,
+        seq: Default::default(),
         target: p.target,
         audit: p.audit,
         session_id: p.session_id,
