@@ -42,6 +42,7 @@ PIN_DIR=/sys/fs/bpf/$NAME
 PG_IP=127.10.0.7
 PG_PORT=5433
 PG_IP_TCP=127.10.0.9      # the same server, second address: a plain `tcp` target of the gateway
+PG_IP_DURABLE=127.10.0.10 # third address: a `postgres` target with durability = "before-forward"
 PGB_IP=127.10.0.8
 PGB_PORT=6433
 APP_USER=bench_app
@@ -160,7 +161,7 @@ chown postgres "$PG_DIR/superpw"
 # fsync stays on; synchronous_commit=off lets a commit return before its WAL is flushed (no
 # corruption risk, only the last moments of commits lost on a crash): the same for every mode.
 "${AS_PG[@]}" "$PGBIN/postgres" -D "$PG_DIR/data" -k "$PG_DIR" \
-    -c listen_addresses="$PG_IP,$PG_IP_TCP" -p "$PG_PORT" \
+    -c listen_addresses="$PG_IP,$PG_IP_TCP,$PG_IP_DURABLE" -p "$PG_PORT" \
     -c synchronous_commit=off -c shared_buffers=512MB -c max_connections=100 \
     -c log_min_messages=warning >"$PG_DIR/postgres.log" 2>&1 &
 PG_PID=$!
@@ -240,6 +241,25 @@ name = "pgbench"
 action = "allow"
 kinds = ["select", "insert", "update", "delete", "transaction", "create", "drop", "truncate", "set", "copy", "maintenance", "other"]
 
+# The same server on its third address, every statement flushed to the audit store before it
+# is forwarded (group commit across sessions).
+[[targets]]
+name = "bench-db-durable"
+address = "$PG_IP_DURABLE:$PG_PORT"
+protocol = "postgres"
+
+[targets.postgres]
+user = "$APP_USER"
+database = "bench"
+password_file = "$GW_DIR/pw"
+tls = "disable"
+durability = "before-forward"
+
+[[targets.postgres.rules]]
+name = "pgbench"
+action = "allow"
+kinds = ["select", "insert", "update", "delete", "transaction", "create", "drop", "truncate", "set", "copy", "maintenance", "other"]
+
 # The same server on its second address as a plain TCP relay (no protocol awareness): what
 # the relay alone costs, without parsing, judging and auditing statements.
 [[targets]]
@@ -300,6 +320,11 @@ run() {
             proxy_pid=$GATEWAYD_PID
             cmd=(sh -c 'echo $$ >"$1/cgroup.procs" && shift && exec "$@"' sh "$CG"
                  "$PGBENCH" "${args[@]}" -h "$PG_IP" -p "$PG_PORT" -U agent bench) ;;
+        gateway-durable)
+            # The same PostgreSQL path with durability = "before-forward".
+            proxy_pid=$GATEWAYD_PID
+            cmd=(sh -c 'echo $$ >"$1/cgroup.procs" && shift && exec "$@"' sh "$CG"
+                 "$PGBENCH" "${args[@]}" -h "$PG_IP_DURABLE" -p "$PG_PORT" -U agent bench) ;;
         gateway-tcp)
             # The same gatewayd as a plain TCP relay (target protocol "tcp" on the server's
             # second address): no SQL parsing, no statement audit; pgbench logs in itself.
@@ -354,6 +379,8 @@ run sx-gateway gateway select-only extended
 run t-direct direct tpcb simple
 run t-pgbouncer pgbouncer tpcb simple
 run t-gateway gateway tpcb simple
+run s-gateway-durable gateway-durable select-only simple
+run t-gateway-durable gateway-durable tpcb simple
 RUNS_S=$((SECONDS - started))
 
 # --- audit ---------------------------------------------------------------------------------
@@ -412,8 +439,10 @@ kinds = Counter(e["kind"] for s in sess for e in s.get("events", []))
 verdicts = Counter(e["verdict"] for s in sess for e in s.get("events", []))
 errors = sum(1 for s in sess for e in s.get("events", []) if e.get("error"))
 events = sum(kinds.values())
+# before-forward adds a durable `sent` event before each statement's own.
 expected = sum(int(r["txns"]) * (7 if r["script"] == "tpcb" else 1)
-               for r in rows.values() if r["mode"] == "gateway")
+               * (2 if r["mode"] == "gateway-durable" else 1)
+               for r in rows.values() if r["mode"] in ("gateway", "gateway-durable"))
 print(f"\ngatewayd audited {len(sess)} sessions with {events} statement events "
       f"(>= {expected} expected from the gateway runs' transactions); verdicts {dict(verdicts)}; "
       f"events with an error: {errors}")
@@ -439,6 +468,8 @@ for gw, other, what in (("s-gateway", "s-direct", "select-only simple: gateway /
                         ("sx-gateway", "sx-direct", "select-only extended: gateway / direct"),
                         ("t-gateway", "t-direct", "TPC-B simple: gateway / direct"),
                         ("t-gateway", "t-pgbouncer", "TPC-B simple: gateway / pgbouncer"),
+                        ("s-gateway-durable", "s-gateway", "select-only simple: before-forward / async"),
+                        ("t-gateway-durable", "t-gateway", "TPC-B simple: before-forward / async"),
                         ("s-pgbouncer", "s-direct", "(select-only simple: pgbouncer / direct)"),
                         ("t-pgbouncer", "t-direct", "(TPC-B simple: pgbouncer / direct)")):
     a, b = rows[gw], rows[other]
@@ -513,10 +544,11 @@ PY
 import re, sys
 from collections import Counter
 OWNERS = [
-    ("judge: sql::classify, sqlparser tokenize+parse", r"Parser::parse_sql"),
+    ("judge: shape (tokenize, Shape::of, cache lookup)", r"postgres::shape::|Judgements::get"),
+    ("judge: sql::classify, sqlparser parse", r"Parser::parse_statements|classify_tokens"),
     ("judge: sql::redact (clone AST, replace literals, render text)", r"sql::redact"),
     ("judge: rest of classify (visit, names, drop AST), decide_all", r"postgres::sql::classify|postgres::judge::judge"),
-    ("audit: relay::finish -> AuditStore::put_event (sled insert)", r"relay::finish|AuditStore::put_event"),
+    ("audit: relay::finish -> AuditStore::append (hand-off to the writer thread)", r"relay::finish|AuditStore::append"),
     ("session start (upstream login, connect)", r"upstream::login|TcpStream::connect\b|agent_startup"),
 ]
 INNER = [
@@ -531,7 +563,9 @@ c = Counter(); frames = []; comm = None
 def flush():
     global frames
     if comm is not None:
-        if not comm.startswith("tokio"):
+        if comm.startswith("audit-writer"):
+            b = "audit writer thread (events to JSON, batched sled inserts)"
+        elif not comm.startswith("tokio"):
             b = "other threads (sled io, log flusher)"
         else:
             b = next((n for n, rx in OWNERS if any(rx.search(f) for f in frames)), None)
