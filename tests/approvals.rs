@@ -121,6 +121,29 @@ impl Fixture {
         self.pg.app_sql(&format!("SELECT count(*) FROM {table}"))
     }
 
+    /// The statement event that waited for approval `id`, from whichever session holds it.
+    fn approval_event(&self, id: &Value) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            for s in self.gw.sessions().iter().rev() {
+                let v = output_json(
+                    Command::new(bin("gatewayctl"))
+                        .arg("--socket")
+                        .arg(self.gw.socket())
+                        .args(["--json", "sessions", "show", &s.id.to_string()]),
+                );
+                if let Some(e) = v["events"]
+                    .as_array()
+                    .and_then(|es| es.iter().find(|e| &e["approval"]["id"] == id))
+                {
+                    return e.clone();
+                }
+            }
+            assert!(Instant::now() < deadline, "no event for approval {id}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// The statement events of the newest ended session.
     fn last_events(&self) -> Vec<Value> {
         let id = self.gw.ended_sessions(1).last().unwrap().id;
@@ -319,19 +342,41 @@ fn an_agent_that_leaves_withdraws_its_request_and_strangers_see_nothing() {
     let (_, err) = text(&stranger);
     assert!(!stranger.status.success() && err.contains("403"), "{err}");
 
+    // psql's Ctrl-C: a CancelRequest withdraws the held statement, answered as PostgreSQL
+    // answers a cancelled one.
+    let cancelled = f.agent("INSERT INTO payouts (amount) VALUES (10)");
+    let pending = f.wait_pending(2);
+    let cancelled_id = pending[1]["id"].clone();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(cancelled.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = cancelled.wait_with_output().unwrap();
+    let (_, err) = text(&out);
+    assert!(
+        err.contains("57014: canceling statement due to user request"),
+        "{err}"
+    );
+    let decided = wait_event(&hooks, "decided", &cancelled_id);
+    assert_eq!(decided["decision"]["outcome"], "withdrawn");
+    assert_eq!(f.pending().len(), 1);
+
     agent.kill().unwrap();
     agent.wait().unwrap();
     f.wait_pending(0);
     let withdrawn = wait_event(&hooks, "decided", &id);
     assert_eq!(withdrawn["decision"]["outcome"], "withdrawn");
-    let events = f.last_events();
-    assert_eq!(events[0]["approval"]["outcome"], "withdrawn");
+    let event = f.approval_event(&id);
+    assert_eq!(event["approval"]["outcome"], "withdrawn");
     assert!(
-        events[0]["error"]
+        event["error"]
             .as_str()
             .is_some_and(|e| e.starts_with("withdrawn")),
-        "{events:?}"
+        "{event:?}"
     );
+    let event = f.approval_event(&cancelled_id);
+    assert_eq!(event["approval"]["note"], "cancelled by the agent");
     assert_eq!(f.count("payouts"), "0\n");
     // Approving what is gone says so.
     let late = f.ctl(0, &["approve", &id.to_string()]);

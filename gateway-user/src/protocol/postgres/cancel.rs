@@ -10,14 +10,16 @@ use std::{
 };
 
 use bytes::BytesMut;
-use tokio::{io::AsyncWriteExt as _, net::TcpStream};
+use tokio::{io::AsyncWriteExt as _, net::TcpStream, sync::Notify};
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Entry {
     upstream: SocketAddr,
     process_id: i32,
     secret_key: i32,
     governed_cgroup_id: u64,
+    /// Told of each cancel, for a statement the gateway itself holds (waiting for approval).
+    cancelled: Arc<Notify>,
 }
 
 #[derive(Default, Clone)]
@@ -29,6 +31,8 @@ pub struct CancelRegistry {
 pub struct Registered {
     pub process_id: i32,
     pub secret_key: i32,
+    /// Notified (to current waiters only) when the agent sends a valid CancelRequest.
+    pub cancelled: Arc<Notify>,
     keys: Arc<Mutex<HashMap<(i32, i32), Entry>>>,
 }
 
@@ -49,11 +53,13 @@ impl CancelRegistry {
         secret_key: i32,
         governed_cgroup_id: u64,
     ) -> Registered {
+        let cancelled = Arc::new(Notify::new());
         let entry = Entry {
             upstream,
             process_id,
             secret_key,
             governed_cgroup_id,
+            cancelled: cancelled.clone(),
         };
         let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
         loop {
@@ -63,6 +69,7 @@ impl CancelRegistry {
                 return Registered {
                     process_id: pid,
                     secret_key: key,
+                    cancelled,
                     keys: self.keys.clone(),
                 };
             }
@@ -84,7 +91,7 @@ impl CancelRegistry {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&(process_id, secret_key))
-            .copied();
+            .cloned();
         let peer = upstream.peer_addr().ok();
         let Some(entry) = entry
             .filter(|e| e.governed_cgroup_id == governed_cgroup_id && Some(e.upstream) == peer)
@@ -95,6 +102,7 @@ impl CancelRegistry {
             );
             return;
         };
+        entry.cancelled.notify_waiters();
         let mut msg = BytesMut::new();
         postgres_protocol::message::frontend::cancel_request(
             entry.process_id,

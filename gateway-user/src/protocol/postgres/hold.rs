@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 
 use super::{
-    codec::backend::ErrorFields,
+    codec::{backend::ErrorFields, frame::MAX_AGENT_MESSAGE},
     judge::{Judged, POLICY_DENIED},
     relay::Ctx,
 };
@@ -59,7 +59,20 @@ where
     let decision = loop {
         tokio::select! {
             d = waiting.decision() => break d,
-            n = agent.read_buf(buf) => {
+            // The agent's cancel (psql's Ctrl-C) withdraws the request, answered as PostgreSQL
+            // answers a cancelled statement.
+            () = ctx.cancelled.notified() => {
+                let id = waiting.request.id;
+                drop(waiting);
+                let mut record = record(id, &Decision::Withdrawn, started);
+                record.note = Some("cancelled by the agent".into());
+                let refusal = ErrorFields::error("57014", "canceling statement due to user request")
+                    .with_detail(format!("gatewayd: it was waiting for approval {id} and was not run."));
+                return Ok(Held::Decided(decided(judged, Some(refusal), record)));
+            }
+            // What the agent pipelines meanwhile waits in `buf`, up to a bound; past it the
+            // session stops reading (and so stops noticing a departure) until the decision.
+            n = agent.read_buf(buf), if buf.len() < MAX_AGENT_MESSAGE => {
                 if n? == 0 {
                     let id = waiting.request.id;
                     drop(waiting);

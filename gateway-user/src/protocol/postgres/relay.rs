@@ -57,6 +57,8 @@ pub struct Ctx {
     pub approvals: Arc<Broker>,
     /// The last audit event's sequence number in this session (both relay halves write).
     pub seq: AtomicU64,
+    /// The agent's CancelRequests, for a statement held by the gateway rather than running.
+    pub cancelled: Arc<tokio::sync::Notify>,
 }
 
 impl Ctx {

@@ -215,6 +215,7 @@ async fn run(
         agent: p.agent,
         approvals: p.approvals,
         seq: Default::default(),
+        cancelled: registered.cancelled.clone(),
         target: p.target,
         audit: p.audit,
         session_id: p.session_id,
