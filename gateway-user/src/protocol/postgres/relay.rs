@@ -28,7 +28,7 @@ use super::{
     },
     config::{Durability, PostgresTarget},
     hold::{self, Held},
-    judge::{Judged, POLICY_DENIED, judge_tokens},
+    judge::{Judged, POLICY_DENIED, judge},
     mask::Masker,
     rules::Who,
     shape::{self, Shape},
@@ -228,24 +228,20 @@ impl Judgements {
         if let Some(j) = self.by_text.get(sql) {
             return j.clone();
         }
-        let tokens = shape::tokenize(sql);
-        let shape = match &tokens {
-            Ok(t) if !ctx.target.audit_literals => {
-                let shape = Shape::of(t);
+        // A shape is looked up from tokens the lookup consumes; a miss (rare: once per shape
+        // and session) tokenizes again for the parser.
+        let tokens = (!ctx.target.audit_literals).then(|| shape::tokenize(sql).ok());
+        let shape = match tokens.flatten() {
+            Some(tokens) => {
+                let shape = Shape::from_tokens(tokens);
                 if let Some(j) = self.by_shape.get(&shape) {
                     return j.clone();
                 }
                 Some(shape)
             }
-            _ => None,
+            None => None,
         };
-        let j = Arc::new(judge_tokens(
-            &ctx.policy,
-            &ctx.target,
-            &ctx.who,
-            sql,
-            tokens,
-        ));
+        let j = Arc::new(judge(&ctx.policy, &ctx.target, &ctx.who, sql));
         if self.by_text.len() + self.by_shape.len() >= Self::MAX {
             self.by_text.clear();
             self.by_shape.clear();

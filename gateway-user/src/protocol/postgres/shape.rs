@@ -34,13 +34,23 @@ pub struct Shape(Vec<Token>);
 
 impl Shape {
     pub fn of(tokens: &[TokenWithSpan]) -> Shape {
+        Self::build(tokens.iter().map(|t| t.token.clone()))
+    }
+
+    /// [`Self::of`] taking the tokens: no copy of the words, for a session that only needs to
+    /// look the shape up.
+    pub fn from_tokens(tokens: Vec<TokenWithSpan>) -> Shape {
+        Self::build(tokens.into_iter().map(|t| t.token))
+    }
+
+    fn build(tokens: impl ExactSizeIterator<Item = Token>) -> Shape {
         let mut out: Vec<Token> = Vec::with_capacity(tokens.len());
-        for t in tokens {
-            let token = match &t.token {
+        for token in tokens {
+            let token = match token {
                 Token::Whitespace(
                     w @ (Whitespace::Space | Whitespace::Tab | Whitespace::Newline),
                 ) => {
-                    let newline = *w == Whitespace::Newline;
+                    let newline = w == Whitespace::Newline;
                     // A run of blanks is one separator; it remembers whether it spans a line.
                     if let Some(Token::Whitespace(prev)) = out.last_mut()
                         && matches!(prev, Whitespace::Space | Whitespace::Newline)
@@ -56,7 +66,7 @@ impl Shape {
                         Whitespace::Space
                     })
                 }
-                other => canonical(other).unwrap_or_else(|| other.clone()),
+                other => canonical(&other).unwrap_or(other),
             };
             out.push(token);
         }
@@ -144,7 +154,10 @@ mod tests {
     use super::*;
 
     fn shape(sql: &str) -> Shape {
-        Shape::of(&tokenize(sql).unwrap())
+        let tokens = tokenize(sql).unwrap();
+        let shape = Shape::of(&tokens);
+        assert_eq!(Shape::from_tokens(tokens), shape, "{sql}");
+        shape
     }
 
     #[test]
