@@ -83,6 +83,8 @@ pub fn needs(req: &Request) -> Role {
         Request::Status
         | Request::SessionsList { .. }
         | Request::SessionsShow { .. }
+        | Request::AuditVerify
+        | Request::AuditExport { .. }
         | Request::ApprovalsList
         | Request::ApprovalsWatch => Role::Auditor,
     }

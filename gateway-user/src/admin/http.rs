@@ -9,6 +9,8 @@
 //! | GET    | /v1/status                    | Status                  | auditor  |
 //! | GET    | /v1/sessions?cgroup=&target=&since_ms=&until_ms=&verdict=&limit= | SessionsList | auditor |
 //! | GET    | /v1/sessions/{id}             | SessionsShow            | auditor  |
+//! | GET    | /v1/sessions/{id}/export      | AuditExport             | auditor  |
+//! | GET    | /v1/audit/verify              | AuditVerify             | auditor  |
 //! | GET    | /v1/approvals                 | ApprovalsList           | auditor  |
 //! | GET    | /v1/approvals/watch           | ApprovalsWatch (NDJSON) | auditor  |
 //! | POST   | /v1/approvals/{id}/approve    | Approve `{"note"}`      | approver |
@@ -111,6 +113,8 @@ pub fn parse(buf: &[u8]) -> Result<Request, HttpError> {
         ("GET", ["v1", "status"]) => Request::Status,
         ("GET", ["v1", "sessions"]) => sessions_list(query)?,
         ("GET", ["v1", "sessions", n]) => Request::SessionsShow { id: id(n)? },
+        ("GET", ["v1", "sessions", n, "export"]) => Request::AuditExport { id: id(n)? },
+        ("GET", ["v1", "audit", "verify"]) => Request::AuditVerify,
         ("GET", ["v1", "approvals"]) => Request::ApprovalsList,
         ("GET", ["v1", "approvals", "watch"]) => Request::ApprovalsWatch,
         ("POST", ["v1", "approvals", n, "approve"]) => {
@@ -194,6 +198,8 @@ pub fn encode(req: &Request) -> Vec<u8> {
             ("GET", format!("/v1/sessions{query}"), None)
         }
         Request::SessionsShow { id } => ("GET", format!("/v1/sessions/{id}"), None),
+        Request::AuditExport { id } => ("GET", format!("/v1/sessions/{id}/export"), None),
+        Request::AuditVerify => ("GET", "/v1/audit/verify".into(), None),
         Request::ApprovalsList => ("GET", "/v1/approvals".into(), None),
         Request::ApprovalsWatch => ("GET", "/v1/approvals/watch".into(), None),
         Request::Approve { id, note } => (
@@ -308,6 +314,8 @@ mod tests {
                 limit: Some(5),
             },
             Request::SessionsShow { id: 7 },
+            Request::AuditVerify,
+            Request::AuditExport { id: 7 },
             Request::ApprovalsList,
             Request::ApprovalsWatch,
             Request::Approve {

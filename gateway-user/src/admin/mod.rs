@@ -35,6 +35,12 @@ pub enum Request {
     SessionsShow {
         id: u64,
     },
+    /// Checks the audit chain of every session.
+    AuditVerify,
+    /// A session's record and event lines as stored, chain hashes included.
+    AuditExport {
+        id: u64,
+    },
     ApprovalsList,
     /// Streams approval events, one JSON line each, starting with the pending ones.
     ApprovalsWatch,
@@ -119,6 +125,23 @@ pub fn answer_from_store(store: &AuditStore, req: Request) -> Result<serde_json:
             .show(id)
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("no session {id}")),
+        Request::AuditVerify => {
+            // It reads the whole store: on a multi-thread runtime (the daemon's) the worker
+            // first hands its other tasks to the others.
+            let verify = || store.verify().map_err(|e| e.to_string());
+            let report = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+                Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
+                    tokio::task::block_in_place(verify)
+                }
+                _ => verify(),
+            }?;
+            serde_json::to_value(report).map_err(|e| e.to_string())
+        }
+        Request::AuditExport { id } => store
+            .export(id)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("no session {id}"))
+            .map(serde_json::Value::from),
         other => Err(format!("{other:?} needs the running daemon")),
     }
 }

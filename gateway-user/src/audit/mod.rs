@@ -5,11 +5,20 @@
 //! order), value = JSON of [`SessionRecord`]; tree `events`, key = session id then the
 //! sequence number of the value's first event (both u64 big-endian, so a session's events are
 //! one ordered range), value = one or more [`StatementEvent`]s as JSON lines, as the
-//! [`writer`] batched them. Ids come from sled's persistent generator, so they keep growing
-//! across restarts.
+//! [`writer`] batched them; tree `meta`, the chain's head and anchors. Ids come from sled's
+//! persistent generator, so they keep growing across restarts. Records and events are chained
+//! by hashes ([`chain`]), checked by [`verify`], bounded by [`prune`].
 
+pub mod chain;
 pub mod filter;
+mod link;
+pub mod prune;
 pub mod record;
+pub mod replay;
+#[doc(hidden)]
+pub mod tamper;
+pub mod verify;
+mod walk;
 pub mod writer;
 
 use std::{
@@ -23,9 +32,11 @@ use std::{
 use writer::Writer;
 
 pub use filter::SessionFilter;
+pub use prune::PruneReport;
 pub use record::{
     Agent, ApprovalRecord, SessionEnd, SessionRecord, StatementEvent, VerdictKind, now_ms,
 };
+pub use verify::{Problem, VerifyReport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -37,6 +48,8 @@ pub enum AuditError {
     Encode(#[from] serde_json::Error),
     #[error("audit store: event writer: {0}")]
     Writer(String),
+    #[error("audit store: session {id}: {what}")]
+    Chain { id: u64, what: String },
 }
 
 #[derive(Clone)]
@@ -44,6 +57,9 @@ pub struct AuditStore {
     db: sled::Db,
     sessions: sled::Tree,
     events: sled::Tree,
+    /// The chain's head and the anchors pruning left.
+    meta: sled::Tree,
+    chains: Arc<chain::Chains>,
     group: Arc<GroupCommit>,
     /// Started by the first event: a store opened only to read (`gatewayctl --store`) has none.
     writer: Arc<OnceLock<Writer>>,
@@ -64,10 +80,13 @@ impl AuditStore {
             .open()?;
         let sessions = db.open_tree("sessions")?;
         let events = db.open_tree("events")?;
+        let meta = db.open_tree("meta")?;
         Ok(AuditStore {
             db,
             sessions,
             events,
+            meta,
+            chains: Arc::default(),
             group: Arc::new(GroupCommit {
                 requested: AtomicU64::new(0),
                 flushing: AtomicBool::new(false),
@@ -82,15 +101,25 @@ impl AuditStore {
         Ok(self.db.generate_id()? + 1)
     }
 
+    /// Writes a session record, chained: its first write links it to the session opened before
+    /// it; a write with `end` set seals it with its events' count and last hash. Sealing waits
+    /// (blocking the thread) for the writer to chain events still queued; the daemon uses
+    /// [`Self::put_durable`], which waits without blocking.
     pub fn put(&self, record: &SessionRecord) -> Result<(), AuditError> {
-        self.sessions
-            .insert(record.id.to_be_bytes(), serde_json::to_vec(record)?)?;
-        Ok(())
+        self.put_chained(record, false)
     }
 
     /// Writes and makes durable: the record is on disk when this returns.
     pub async fn put_durable(&self, record: &SessionRecord) -> Result<(), AuditError> {
-        self.put(record)?;
+        // The seal counts the session's events: the writer chains those still queued first.
+        if record.end.is_some()
+            && !self.events_chained()
+            && let Err(e) = self.settle(false).await
+        {
+            // The end is written all the same; verify reports whatever follows the seal.
+            tracing::error!(session.id = record.id, error = %e, "sealing without queued events");
+        }
+        self.put_chained(record, true)?;
         self.commit().await
     }
 
@@ -172,8 +201,9 @@ impl AuditStore {
         let writer = match self.writer.get() {
             Some(w) => w,
             None => {
-                let started = Writer::start(self.db.clone(), self.events.clone())
-                    .map_err(|e| AuditError::Writer(e.to_string()))?;
+                let started =
+                    Writer::start(self.db.clone(), self.events.clone(), self.chains.clone())
+                        .map_err(|e| AuditError::Writer(e.to_string()))?;
                 // A racing first append may have won; its writer is the one kept.
                 let _ = self.writer.set(started);
                 self.writer.get().expect("set above")
@@ -243,159 +273,6 @@ fn decode(id: u64, bytes: &[u8]) -> Result<SessionRecord, AuditError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn rec(id: u64, verdict: VerdictKind) -> SessionRecord {
-        SessionRecord {
-            id,
-            started_at_ms: id * 10,
-            ended_at_ms: Some(id * 10 + 5),
-            agent: None,
-            peer: "127.0.0.1:1".into(),
-            policy: None,
-            destination: Some("127.10.0.5:80".into()),
-            target: None,
-            protocol: None,
-            verdict,
-            rule: "no-origin".into(),
-            bytes_up: 1,
-            bytes_down: 2,
-            end: Some(SessionEnd::Refused),
-            token: None,
-        }
-    }
-
-    #[test]
-    fn records_round_trip_and_list_in_order_across_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let store = AuditStore::open(dir.path()).unwrap();
-            let ids: Vec<u64> = (0..5).map(|_| store.next_id().unwrap()).collect();
-            assert!(ids.windows(2).all(|w| w[0] < w[1]) && ids[0] > 0);
-            for (i, id) in ids.iter().enumerate() {
-                let v = if i % 2 == 0 {
-                    VerdictKind::Allow
-                } else {
-                    VerdictKind::Deny
-                };
-                store.put(&rec(*id, v)).unwrap();
-            }
-            store.flush().unwrap();
-        }
-        let store = reopen(dir.path());
-        let all = store.list(&SessionFilter::default(), 100).unwrap();
-        assert_eq!(all.len(), 5);
-        assert!(all.windows(2).all(|w| w[0].id < w[1].id));
-        assert_eq!(store.get(all[1].id).unwrap().unwrap(), all[1]);
-        let denied = store
-            .list(
-                &SessionFilter {
-                    verdict: Some(VerdictKind::Deny),
-                    ..Default::default()
-                },
-                100,
-            )
-            .unwrap();
-        assert_eq!(denied.len(), 2);
-        let newest = store.list(&SessionFilter::default(), 2).unwrap();
-        assert_eq!(
-            newest.iter().map(|r| r.id).collect::<Vec<_>>(),
-            all[3..].iter().map(|r| r.id).collect::<Vec<_>>()
-        );
-        assert!(
-            store.next_id().unwrap() > all[4].id,
-            "ids keep growing after a reopen"
-        );
-    }
-
-    /// sled's background flusher may hold the file lock a moment after the drop.
-    fn reopen(dir: &Path) -> AuditStore {
-        (0..100)
-            .find_map(|_| {
-                AuditStore::open(dir).ok().or_else(|| {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                    None
-                })
-            })
-            .expect("reopen")
-    }
-
-    fn event(session_id: u64, seq: u64) -> StatementEvent {
-        StatementEvent {
-            session_id,
-            seq,
-            at_ms: seq,
-            step: "query".into(),
-            kind: "select".into(),
-            sql: format!("SELECT {seq}"),
-            verdict: "allow".into(),
-            rule: "app".into(),
-            duration_us: 1,
-            rows: Some(1),
-            masked: 0,
-            error: None,
-            approval: None,
-        }
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn appended_events_come_back_in_order_batched_and_survive_a_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let store = AuditStore::open(dir.path()).unwrap();
-            // Interleaved, as concurrent sessions hand them over.
-            for seq in 1..=500 {
-                for session in [7, 8, 9] {
-                    store.append(event(session, seq)).unwrap();
-                }
-                if seq == 250 {
-                    store.settle(false).await.unwrap();
-                }
-            }
-            store.settle(true).await.unwrap();
-            for session in [7, 8, 9] {
-                let got = store.events(session).unwrap();
-                assert_eq!(
-                    got,
-                    (1..=500).map(|s| event(session, s)).collect::<Vec<_>>()
-                );
-            }
-            assert!(
-                store.events.len() < 3 * 500 / 10,
-                "{} sled values for 1500 events: not batched",
-                store.events.len()
-            );
-            assert!(store.events(6).unwrap().is_empty());
-        }
-        let store = reopen(dir.path());
-        assert_eq!(store.events(8).unwrap().len(), 500);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn many_concurrent_durable_writes_share_flushes_and_all_return() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = AuditStore::open(dir.path()).unwrap();
-        let writers: Vec<_> = (0..600)
-            .map(|_| {
-                let store = store.clone();
-                tokio::spawn(async move {
-                    let id = store.next_id().unwrap();
-                    store
-                        .put_durable(&rec(id, VerdictKind::Allow))
-                        .await
-                        .unwrap();
-                    id
-                })
-            })
-            .collect();
-        let deadline = std::time::Duration::from_secs(30);
-        for w in writers {
-            let id = tokio::time::timeout(deadline, w)
-                .await
-                .expect("a durable write hung")
-                .unwrap();
-            assert!(store.get(id).unwrap().is_some());
-        }
-    }
-}
+mod integrity_tests;
+#[cfg(test)]
+mod tests;

@@ -5,6 +5,10 @@
 //! its first event). Most of sled's cost is per insert, not per byte, so a busy session's
 //! events cost a fraction of an insert each.
 //!
+//! It also chains them ([`super::chain`]): it sees each session's events in the order they were
+//! handed over, so it appends to each line the hash of the line before and keeps each open
+//! session's tail in [`Chains::tails`] for the seal.
+//!
 //! [`Writer::settle`] is the barrier: it returns once everything handed over before it is in
 //! the store (and, when asked, flushed to disk, one flush shared by every settle of the batch).
 
@@ -21,7 +25,11 @@ use std::{
 
 use tokio::sync::oneshot;
 
-use super::{StatementEvent, event_key};
+use super::{
+    StatementEvent,
+    chain::{self, Chains, Tail},
+    event_key,
+};
 
 /// How long a batch may gather after its first event. Bounds how stale the store can be.
 const WINDOW: Duration = Duration::from_millis(5);
@@ -29,40 +37,63 @@ const WINDOW: Duration = Duration::from_millis(5);
 const QUEUE: usize = 1 << 16;
 /// At most this many messages per batch, so a flood still gets written in steady steps.
 const BATCH: usize = 4096;
+/// A session's share of a batch is cut into values of about this size: sled writes any log
+/// item over a quarter of its 512 KiB segment as a file of its own, created and later deleted,
+/// which costs more than the insert.
+const VALUE: usize = 96 * 1024;
 
 enum Msg {
     Event(StatementEvent),
-    Settle {
-        flush: bool,
-        done: oneshot::Sender<Result<(), String>>,
-    },
+    Settle { flush: bool, done: Done },
+}
+
+/// Where a settle's answer goes: a task, or a thread that blocks for it (which may be a
+/// runtime's worker, so not a tokio channel's `blocking_recv`).
+enum Done {
+    Task(oneshot::Sender<Result<(), String>>),
+    Thread(mpsc::SyncSender<Result<(), String>>),
+}
+
+impl Done {
+    fn send(self, result: Result<(), String>) {
+        let _ = match self {
+            Done::Task(tx) => tx.send(result).map_err(drop),
+            Done::Thread(tx) => tx.send(result).map_err(drop),
+        };
+    }
 }
 
 pub struct Writer {
     tx: mpsc::SyncSender<Msg>,
     thread: Thread,
     lost: Arc<AtomicU64>,
+    chains: Arc<Chains>,
 }
 
 impl Writer {
-    pub fn start(db: sled::Db, events: sled::Tree) -> std::io::Result<Writer> {
+    pub fn start(db: sled::Db, events: sled::Tree, chains: Arc<Chains>) -> std::io::Result<Writer> {
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let lost = Arc::new(AtomicU64::new(0));
         let counter = lost.clone();
+        let shared = chains.clone();
         let handle = std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || run(&rx, &db, &events, &counter))?;
+            .spawn(move || run(&rx, &db, &events, &shared, &counter))?;
         Ok(Writer {
             tx,
             thread: handle.thread().clone(),
             lost,
+            chains,
         })
     }
 
     /// Hands an event to the writer. Returns at once unless the queue is full.
     pub fn append(&self, event: StatementEvent) {
+        // Counted before the send, so the writer can never have chained more than this says.
+        self.chains.appended.fetch_add(1, Ordering::AcqRel);
         if self.tx.send(Msg::Event(event)).is_err() {
             self.lost.fetch_add(1, Ordering::Relaxed);
+            self.chains.written.fetch_add(1, Ordering::AcqRel);
         }
     }
 
@@ -70,22 +101,27 @@ impl Writer {
     pub async fn settle(&self, flush: bool) -> Result<(), String> {
         let (done, wait) = oneshot::channel();
         self.tx
-            .send(Msg::Settle { flush, done })
+            .send(Msg::Settle {
+                flush,
+                done: Done::Task(done),
+            })
             .map_err(|_| "audit writer stopped".to_owned())?;
         // Cut the gathering window short: someone is waiting.
         self.thread.unpark();
         wait.await.map_err(|_| "audit writer stopped".to_owned())?
     }
 
-    /// [`Self::settle`] for threads outside the runtime (shutdown, the CLI).
+    /// [`Self::settle`] that blocks the calling thread.
     pub fn settle_blocking(&self, flush: bool) -> Result<(), String> {
-        let (done, wait) = oneshot::channel();
+        let (done, wait) = mpsc::sync_channel(1);
         self.tx
-            .send(Msg::Settle { flush, done })
+            .send(Msg::Settle {
+                flush,
+                done: Done::Thread(done),
+            })
             .map_err(|_| "audit writer stopped".to_owned())?;
         self.thread.unpark();
-        wait.blocking_recv()
-            .map_err(|_| "audit writer stopped".to_owned())?
+        wait.recv().map_err(|_| "audit writer stopped".to_owned())?
     }
 
     /// Events that could not be written since the start (store errors).
@@ -94,7 +130,13 @@ impl Writer {
     }
 }
 
-fn run(rx: &mpsc::Receiver<Msg>, db: &sled::Db, events: &sled::Tree, lost: &AtomicU64) {
+fn run(
+    rx: &mpsc::Receiver<Msg>,
+    db: &sled::Db,
+    events: &sled::Tree,
+    chains: &Chains,
+    lost: &AtomicU64,
+) {
     let mut batch: Vec<Msg> = Vec::with_capacity(BATCH);
     while let Ok(first) = rx.recv() {
         let urgent = matches!(first, Msg::Settle { .. });
@@ -108,51 +150,103 @@ fn run(rx: &mpsc::Receiver<Msg>, db: &sled::Db, events: &sled::Tree, lost: &Atom
                 Err(_) => break,
             }
         }
-        let result = write(&mut batch, db, events, lost);
+        let result = write(&batch, db, events, chains, lost);
         for m in batch.drain(..) {
             if let Msg::Settle { done, .. } = m {
-                let _ = done.send(result.clone());
+                done.send(result.clone());
             }
         }
     }
 }
 
-/// Writes the batch's events, one sled value per session, and flushes if a settle asked.
+/// One session's share of a batch: the key of its first event, the chained JSON lines, and
+/// the chain's tail after them.
+struct Chunk {
+    key: [u8; 16],
+    lines: Vec<u8>,
+    /// Values already cut at [`VALUE`], with their keys.
+    full: Vec<([u8; 16], Vec<u8>)>,
+    count: u64,
+    /// `None` for a session that is not open here (no record, or already sealed): its lines
+    /// chain from zeros, which verify names, and nothing is kept of it.
+    tail: Option<Tail>,
+}
+
+/// Chains and writes the batch's events, one sled value per session, and flushes if a settle
+/// asked.
 fn write(
-    batch: &mut [Msg],
+    batch: &[Msg],
     db: &sled::Db,
     events: &sled::Tree,
+    chains: &Chains,
     lost: &AtomicU64,
 ) -> Result<(), String> {
-    // Per session: the key of its first event in the batch, and the JSON lines.
-    let mut chunks: HashMap<u64, ([u8; 16], Vec<u8>, u64)> = HashMap::new();
+    let mut chunks: HashMap<u64, Chunk> = HashMap::new();
     let mut flush = false;
-    for m in batch.iter() {
+    let mut handled = 0u64;
+    for m in batch {
         match m {
             Msg::Event(e) => {
-                let (_, buf, n) = chunks.entry(e.session_id).or_insert_with(|| {
-                    (event_key(e.session_id, e.seq), Vec::with_capacity(512), 0)
+                handled += 1;
+                let chunk = chunks.entry(e.session_id).or_insert_with(|| Chunk {
+                    key: event_key(e.session_id, e.seq),
+                    lines: Vec::with_capacity(512),
+                    full: Vec::new(),
+                    count: 0,
+                    tail: lock(&chains.tails).get(&e.session_id).copied(),
                 });
-                if serde_json::to_writer(&mut *buf, e).is_ok() {
-                    buf.push(b'\n');
-                    *n += 1;
+                if chunk.lines.len() >= VALUE {
+                    let lines = std::mem::take(&mut chunk.lines);
+                    chunk.full.push((chunk.key, lines));
+                    chunk.key = event_key(e.session_id, e.seq);
+                }
+                let start = chunk.lines.len();
+                if serde_json::to_writer(&mut chunk.lines, e).is_ok() {
+                    let prev = chunk.tail.map_or(chain::ZERO, |t| t.last);
+                    let last = chain::chain_line(&mut chunk.lines, start, &prev);
+                    if let Some(t) = &mut chunk.tail {
+                        t.last = last;
+                        t.events += 1;
+                    }
+                    chunk.lines.push(b'\n');
+                    chunk.count += 1;
+                } else {
+                    chunk.lines.truncate(start);
                 }
             }
             Msg::Settle { flush: f, .. } => flush |= f,
         }
     }
-    let count: u64 = chunks.values().map(|c| c.2).sum();
+    let count: u64 = chunks.values().map(|c| c.count).sum();
     let mut sled_batch = sled::Batch::default();
-    for (key, value, _) in chunks.into_values() {
-        sled_batch.insert(&key, value);
+    let mut tails = Vec::with_capacity(chunks.len());
+    for (session, chunk) in chunks {
+        for (key, lines) in chunk.full {
+            sled_batch.insert(&key, lines);
+        }
+        sled_batch.insert(&chunk.key, chunk.lines);
+        if let Some(tail) = chunk.tail {
+            tails.push((session, tail));
+        }
     }
     let mut result = events.apply_batch(sled_batch).map_err(|e| e.to_string());
     if result.is_err() {
         lost.fetch_add(count, Ordering::Relaxed);
         tracing::error!(events = count, error = ?result, "audit events lost");
     }
+    // The tails move on even when the write failed: the seal then counts the lost events, and
+    // verify reports them missing rather than the loss going unseen.
+    if !tails.is_empty() {
+        lock(&chains.tails).extend(tails);
+    }
+    chains.written.fetch_add(handled, Ordering::AcqRel);
     if flush && result.is_ok() {
         result = db.flush().map(|_| ()).map_err(|e| e.to_string());
     }
     result
+}
+
+/// A poisoned lock only means another thread panicked mid-update of plain values.
+pub(super) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

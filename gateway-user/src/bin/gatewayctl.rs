@@ -60,6 +60,29 @@ enum Command {
         #[arg(long)]
         reason: String,
     },
+    /// The audit store's integrity.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Play a session back as it happened: each statement, its verdict and outcome, at the
+    /// pace it ran.
+    Replay {
+        id: u64,
+        /// Play this many times faster.
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Print at once, without the pauses.
+        #[arg(long, conflicts_with = "speed")]
+        no_wait: bool,
+    },
+    /// Write a session for other tools: its record, then one event per line, as stored
+    /// (chain hashes included).
+    Export {
+        id: u64,
+        #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
+        format: ExportFormat,
+    },
 }
 
 #[derive(Subcommand)]
@@ -99,6 +122,19 @@ enum SessionsCommand {
 enum PolicyCommand {
     /// Validate a policy directory offline, as the daemon would.
     Check { dir: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check every session's hash chain; names the first record or event that does not
+    /// match, and exits non-zero if any does.
+    Verify,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExportFormat {
+    /// JSON lines.
+    Jsonl,
 }
 
 fn main() -> ExitCode {
@@ -180,6 +216,11 @@ fn run(cli: &Cli) -> Result<(), String> {
             )?;
             decided(cli, "denied", &v)
         }
+        Command::Audit {
+            command: AuditCommand::Verify,
+        } => audit_verify(cli),
+        Command::Replay { id, speed, no_wait } => play(cli, *id, (!*no_wait).then_some(*speed)),
+        Command::Export { id, format } => export(cli, *id, *format),
         Command::Status => {
             let v = ask(cli, Request::Status)?;
             println!(
@@ -369,4 +410,62 @@ fn print_table(sessions: &[SessionRecord]) {
                     .unwrap_or_default()),
         );
     }
+}
+
+fn audit_verify(cli: &Cli) -> Result<(), String> {
+    // sled would create an empty store at a mistyped path, and an empty store verifies.
+    if let Some(path) = &cli.store
+        && !path.join("db").exists()
+    {
+        return Err(format!("{}: no audit store there", path.display()));
+    }
+    let v = ask(cli, Request::AuditVerify)?;
+    let report: gateway_user::audit::VerifyReport =
+        serde_json::from_value(v.clone()).map_err(|e| format!("verify report: {e}"))?;
+    if cli.json {
+        print_json(&v)?;
+    } else {
+        print!("{report}");
+    }
+    match report.problems.first() {
+        None => Ok(()),
+        Some(first) => Err(format!(
+            "audit verify: {} not matching; the first: {first}",
+            report.problems.len()
+        )),
+    }
+}
+
+/// Prints a session's steps, sleeping each pause divided by `speed` (`None`: no pauses).
+fn play(cli: &Cli, id: u64, speed: Option<f64>) -> Result<(), String> {
+    use gateway_user::audit::replay;
+    use std::io::Write as _;
+    if speed.is_some_and(|s| !(s.is_finite() && s > 0.0)) {
+        return Err("--speed must be a positive number".into());
+    }
+    let (record, events) = replay::from_show(ask(cli, Request::SessionsShow { id })?)?;
+    let mut out = std::io::stdout();
+    for step in replay::steps(&record, &events) {
+        if let Some(s) = speed {
+            std::thread::sleep(step.pause.div_f64(s));
+        }
+        writeln!(out, "{}", step.text)
+            .and_then(|()| out.flush())
+            .map_err(|e| format!("stdout: {e}"))?;
+    }
+    Ok(())
+}
+
+fn export(cli: &Cli, id: u64, format: ExportFormat) -> Result<(), String> {
+    let v = ask(cli, Request::AuditExport { id })?;
+    let lines: Vec<String> =
+        serde_json::from_value(v).map_err(|e| format!("exported session {id}: {e}"))?;
+    match format {
+        ExportFormat::Jsonl => {
+            for line in lines {
+                println!("{line}");
+            }
+        }
+    }
+    Ok(())
 }
