@@ -294,3 +294,38 @@ fn verify_passes_the_real_store_and_names_each_tampering_of_a_copy() {
     let out = verify(&store);
     assert!(out.status.success(), "{}", text(&out.stdout));
 }
+
+/// `retention` in the daemon's config: sessions past `max_age` go, whole, and what stays
+/// still verifies (the pruned sessions' hashes are kept as anchors).
+#[test]
+fn retention_prunes_old_sessions_and_the_rest_still_verifies() {
+    let pg = PgServer::start("127.10.0.6");
+    pg.app_sql(SCHEMA);
+    let gw = Gateway::start_with_config(
+        "audit-retain",
+        &(billing_target(&pg) + RULES),
+        "retention = { max_age = \"2s\", every = \"1s\" }\n",
+    );
+    for _ in 0..3 {
+        psql(&gw, &pg, "SELECT 1;\n");
+    }
+    let old: Vec<u64> = gw.ended_sessions(3).iter().map(|s| s.id).collect();
+    std::thread::sleep(Duration::from_secs(4));
+    psql(&gw, &pg, "SELECT 2;\n");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let kept: Vec<u64> = gw.sessions().iter().map(|s| s.id).collect();
+        if !kept.iter().any(|id| old.contains(id)) {
+            assert!(!kept.is_empty(), "the newest session was pruned too");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never pruned: {kept:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let sockets = gw.socket().display().to_string();
+    let live = ctl_ok(&["--socket", &sockets, "audit", "verify"]);
+    assert!(live.contains("chain intact"), "{live}");
+}

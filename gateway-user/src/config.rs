@@ -25,6 +25,35 @@ pub struct Config {
     pub approvers: Principals,
     pub auditors: Principals,
     pub webhook: Option<WebhookConfig>,
+    pub retention: Option<Retention>,
+}
+
+/// How much audit the store keeps: whole sessions, oldest first, are pruned past either bound
+/// (the hash chains stay verifiable).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    /// Sessions that ended longer ago than this (`90d`, `12h`).
+    #[serde(default, with = "humantime_serde_opt")]
+    pub max_age: Option<Duration>,
+    /// Records and events beyond this many bytes.
+    pub max_bytes: Option<u64>,
+    /// How often to prune (default 10 minutes).
+    #[serde(default, with = "humantime_serde_opt")]
+    pub every: Option<Duration>,
+}
+
+/// `Option<Duration>` from a humantime string such as `"30d"`.
+mod humantime_serde_opt {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
 }
 
 /// The same fields, each optional: what a config file may set.
@@ -41,6 +70,7 @@ struct Overrides {
     approvers: Option<Principals>,
     auditors: Option<Principals>,
     webhook: Option<WebhookConfig>,
+    retention: Option<Retention>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +129,7 @@ impl Config {
             approvers,
             auditors,
             webhook,
+            retention,
         } = o;
         set(&mut self.policies, policies);
         set(&mut self.listen_port, listen_port);
@@ -114,6 +145,9 @@ impl Config {
         set(&mut self.auditors, auditors);
         if webhook.is_some() {
             self.webhook = webhook;
+        }
+        if retention.is_some() {
+            self.retention = retention;
         }
     }
 
@@ -172,6 +206,18 @@ mod tests {
         std::fs::write(&f, "listen_port = 916\nlisten_prot = 1\n").unwrap();
         let e = Config::load(Some(&f)).unwrap_err().to_string();
         assert!(e.contains("line 2") && e.contains("listen_prot"), "{e}");
+    }
+
+    #[test]
+    fn retention_reads_durations() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "retention = { max_age = \"30d\", max_bytes = 1000 }\n").unwrap();
+        let r = Config::load(Some(&f)).unwrap().retention.unwrap();
+        assert_eq!(r.max_age, Some(Duration::from_secs(30 * 86400)));
+        assert_eq!((r.max_bytes, r.every), (Some(1000), None));
+        std::fs::write(&f, "retention = { max_age = \"soon\" }\n").unwrap();
+        assert!(Config::load(Some(&f)).is_err());
     }
 
     #[test]

@@ -91,6 +91,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     }
     tokio::spawn(crate::admin::serve(admin, state.clone()));
     tokio::spawn(resolve::run(state.clone()));
+    if let Some(r) = &state.config.retention {
+        let every = r.every.unwrap_or(std::time::Duration::from_secs(600));
+        state.audit.spawn_pruning(every, r.max_age, r.max_bytes);
+    }
     if let Some(hook) = state.config.webhook.clone() {
         tokio::spawn(crate::approval::webhook::run(
             hook,
