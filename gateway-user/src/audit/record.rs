@@ -41,6 +41,8 @@ pub enum SessionEnd {
     UpstreamUnreachable(String),
     /// The upstream failed mid-session.
     UpstreamError(String),
+    /// The audit store could not record the session's opening, so it was refused unrun.
+    AuditUnavailable(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

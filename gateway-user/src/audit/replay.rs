@@ -85,6 +85,7 @@ pub fn steps(record: &SessionRecord, events: &[StatementEvent]) -> Vec<Step> {
         Some(SessionEnd::AgentError(e)) => format!("agent error: {e}"),
         Some(SessionEnd::UpstreamUnreachable(e)) => format!("upstream unreachable: {e}"),
         Some(SessionEnd::UpstreamError(e)) => format!("upstream error: {e}"),
+        Some(SessionEnd::AuditUnavailable(e)) => format!("refused, audit unavailable: {e}"),
     };
     let ended = record.ended_at_ms.unwrap_or(before);
     out.push(Step {

@@ -107,8 +107,12 @@ async fn serve(state: &State, agent: TcpStream, peer: SocketAddr) -> SessionReco
     // refuses the session rather than let it run unrecorded.
     if let Err(e) = state.audit.put_durable(&record).await {
         tracing::error!(session.id = id, error = %e, "audit unavailable; refusing");
-        record.verdict = VerdictKind::Deny;
-        return refused(record, &agent, &Verdict::Deny(Denial::AuditUnavailable));
+        // The verdict and rule stay as the opening record (which may have reached the store)
+        // has them: they are under its hash. How it ended says why it did not run.
+        refuse(&agent);
+        record.end = Some(SessionEnd::AuditUnavailable(e.to_string()));
+        record.ended_at_ms = Some(now_ms());
+        return record;
     }
     let timeout = state.config.upstream_connect_timeout();
     let upstream = match tokio::time::timeout(timeout, TcpStream::connect(dst)).await {
@@ -168,6 +172,7 @@ async fn serve(state: &State, agent: TcpStream, peer: SocketAddr) -> SessionReco
                 postgres::Outcome::Agent(e) => SessionEnd::AgentError(e),
                 postgres::Outcome::Upstream(e) => SessionEnd::UpstreamError(e),
                 postgres::Outcome::UpstreamLogin(e) => SessionEnd::UpstreamUnreachable(e),
+                postgres::Outcome::Audit(e) => SessionEnd::AuditUnavailable(e),
             });
         }
         Protocol::Tcp => {

@@ -30,8 +30,6 @@ pub enum Denial {
     NoPolicy,
     /// The policy names no target at that destination: its default of deny applies.
     NoTarget,
-    /// The audit store could not record the session, so it may not run.
-    AuditUnavailable,
 }
 
 impl Verdict {
@@ -42,7 +40,6 @@ impl Verdict {
             Verdict::Deny(Denial::NoTarget) => "default".into(),
             Verdict::Deny(Denial::NoPolicy) => "no-policy".into(),
             Verdict::Deny(Denial::UnknownOrigin) => "no-origin".into(),
-            Verdict::Deny(Denial::AuditUnavailable) => "audit-unavailable".into(),
         }
     }
 

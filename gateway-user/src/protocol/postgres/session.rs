@@ -45,6 +45,8 @@ pub enum Outcome {
     Agent(String),
     Upstream(String),
     UpstreamLogin(String),
+    /// The audit store failed under a `before-forward` target.
+    Audit(String),
 }
 
 pub struct Params<'a> {
@@ -251,6 +253,15 @@ async fn run(
             let fatal = ErrorFields::fatal("08P01", format!("gatewayd: {e}"));
             let _ = reply_half(&mut agent_wr, fatal).await;
             Outcome::Agent(e.to_string())
+        }
+        Ended::Agent(Err(RelayError::Audit(e))) => {
+            // before-forward: a statement that cannot be recorded is not sent.
+            let fatal = ErrorFields::fatal(
+                "58000",
+                "gatewayd: the audit store failed; statements are not forwarded unrecorded",
+            );
+            let _ = reply_half(&mut agent_wr, fatal).await;
+            Outcome::Audit(e)
         }
         Ended::Agent(Err(e)) => Outcome::Agent(e.to_string()),
         Ended::Upstream(Ok(())) => Outcome::Upstream("upstream closed the connection".into()),
