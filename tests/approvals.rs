@@ -39,6 +39,14 @@ kinds = ["delete"]
 timeout_secs = 2
 
 [[targets.postgres.rules]]
+name = "ledger-inserts-once-a-session"
+action = "hold"
+tables = ["public.ledger"]
+kinds = ["insert"]
+timeout_secs = 30
+approval = "session"
+
+[[targets.postgres.rules]]
 name = "app"
 action = "allow"
 kinds = ["select", "insert", "update", "delete", "transaction", "set", "show"]
@@ -63,6 +71,11 @@ impl Fixture {
 
     /// psql as the agent uid inside the governed cgroup, running `sql`.
     fn agent(&self, sql: &str) -> Child {
+        self.agent_runs(&[sql])
+    }
+
+    /// psql running each of `sqls` as its own message, in one session.
+    fn agent_runs(&self, sqls: &[&str]) -> Child {
         let mut cmd = Command::new("psql");
         cmd.args([
             &self.pg.agent_url(),
@@ -72,9 +85,8 @@ impl Fixture {
             "-t",
             "-v",
             "VERBOSITY=verbose",
-            "-c",
-            sql,
         ])
+        .args(sqls.iter().flat_map(|sql| ["-c", sql]))
         .uid(AGENT_UID)
         .gid(AGENT_UID)
         .current_dir("/")
@@ -385,4 +397,47 @@ fn an_agent_that_leaves_withdraws_its_request_and_strangers_see_nothing() {
         !late.status.success() && err.contains("no pending approval"),
         "{err}"
     );
+}
+
+#[test]
+fn a_session_scoped_approval_covers_the_same_statement_again_in_that_session_only() {
+    let (port, hooks) = receiver();
+    let f = Fixture::start("appr-scope", port);
+    let sql = "INSERT INTO ledger SELECT max(id) + 1 FROM ledger";
+    let agent = f.agent_runs(&[sql, sql, "SELECT count(*) FROM ledger"]);
+    let id = f.wait_pending(1)[0]["id"].clone();
+    let ok = f.ctl(0, &["approve", &id.to_string()]);
+    assert!(ok.status.success(), "{:?}", text(&ok));
+    let out = agent.wait_with_output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stdout, "4\n", "both inserts ran");
+    let events = f.last_events();
+    assert_eq!(events[0]["approval"]["outcome"], "approved");
+    assert_eq!(events[1]["approval"]["covered_by"], id, "{events:?}");
+    assert_eq!(
+        hooks
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e["event"] == "pending")
+            .count(),
+        1,
+        "the second insert asked nobody"
+    );
+    // Another session asks again.
+    let again = f.agent(sql);
+    f.wait_pending(1);
+    let denied = f.ctl(
+        0,
+        &[
+            "deny",
+            &f.pending()[0]["id"].to_string(),
+            "--reason",
+            "enough",
+        ],
+    );
+    assert!(denied.status.success());
+    assert!(!again.wait_with_output().unwrap().status.success());
+    assert_eq!(f.count("ledger"), "4\n");
 }
