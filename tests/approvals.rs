@@ -441,3 +441,60 @@ fn a_session_scoped_approval_covers_the_same_statement_again_in_that_session_onl
     assert!(!again.wait_with_output().unwrap().status.success());
     assert_eq!(f.count("ledger"), "4\n");
 }
+
+/// The extended protocol: a held prepared statement is parsed and bound as usual and waits at
+/// each Execute, where the approver sees the bound values; one approval is one execution.
+#[test]
+fn a_held_prepared_statement_waits_at_each_execute_with_its_parameters() {
+    let (port, _) = receiver();
+    let f = Fixture::start("appr-exec", port);
+    let sql = "INSERT INTO payouts (amount) VALUES ($1::text::int)";
+    let mut cmd = Command::new(bin("pg-agent"));
+    cmd.args(["execute", &f.pg.agent_url(), sql, "42", "43"])
+        .uid(AGENT_UID)
+        .stdout(Stdio::piped());
+    let agent = f.gw.cgroup.command(cmd).spawn().unwrap();
+    let first = f.wait_pending(1);
+    assert_eq!(
+        first[0]["command"],
+        format!("{sql}\n-- parameters: $1 = '42' (binary)")
+    );
+    assert_eq!(f.count("payouts"), "0\n");
+    let ok = f.ctl(0, &["approve", &first[0]["id"].to_string()]);
+    assert!(ok.status.success(), "{:?}", text(&ok));
+    // The approval was for one execution: the second asks again.
+    let second = loop {
+        let p = f.pending();
+        if p.len() == 1 && p[0]["id"] != first[0]["id"] {
+            break p;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        second[0]["command"]
+            .as_str()
+            .unwrap()
+            .ends_with("$1 = '43' (binary)")
+    );
+    let no = f.ctl(
+        0,
+        &[
+            "deny",
+            &second[0]["id"].to_string(),
+            "--reason",
+            "one is enough",
+        ],
+    );
+    assert!(no.status.success(), "{:?}", text(&no));
+    let out: Value = serde_json::from_slice(&agent.wait_with_output().unwrap().stdout).unwrap();
+    assert_eq!(out["runs"][0]["rows"], 1, "{out}");
+    assert_eq!(out["runs"][1]["error"]["code"], "42501", "{out}");
+    assert!(
+        out["runs"][1]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("one is enough"),
+        "{out}"
+    );
+    assert_eq!(f.pg.app_sql("SELECT amount FROM payouts"), "42\n");
+}

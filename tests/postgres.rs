@@ -247,6 +247,7 @@ fn the_agent_cannot_change_how_postgres_reads_strings() {
     let script = "SET standard_conforming_strings = off;
 SELECT set_config('standard_conforming_strings', 'off', false);
 SELECT set_config('standard_' || 'conforming_strings', 'off', false);
+SELECT * FROM set_config('standard_conforming_strings', 'off', false);
 SHOW standard_conforming_strings;
 SELECT 'x\\' , ' ; DELETE FROM invoices; --';
 ";
@@ -255,7 +256,7 @@ SELECT 'x\\' , ' ; DELETE FROM invoices; --';
         "ERROR:  42501: gatewayd: policy {} refuses changing standard_conforming_strings",
         f.gw.name
     );
-    assert_eq!(err.matches(&refusal).count(), 3, "{err}");
+    assert_eq!(err.matches(&refusal).count(), 4, "{err}");
     assert_eq!(out, "on\nx\\| ; DELETE FROM invoices; --\n");
     assert_eq!(f.pg.app_sql("SELECT count(*) FROM invoices"), "3\n");
     let rules: Vec<String> = f
@@ -263,7 +264,17 @@ SELECT 'x\\' , ' ; DELETE FROM invoices; --';
         .iter()
         .map(|e| e["rule"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(rules[..3], ["string-syntax"; 3]);
+    assert_eq!(rules[..4], ["string-syntax"; 4]);
+
+    // Functions that run SQL text would hide it from the judge.
+    let (_, err, ok) = f.psql(
+        &["-c", "SELECT query_to_xml('SELECT 1', true, false, '')"],
+        "",
+    );
+    assert!(
+        !ok && err.contains("refuses functions that run SQL text"),
+        "{err}"
+    );
 
     // A server (or role) configured with it off is refused at login.
     f.pg.superuser_sql(&format!(

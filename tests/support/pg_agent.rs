@@ -37,6 +37,7 @@ fn main() {
                 match cmd {
                     "extended" => extended(&args[1]).await,
                     "cancel" => cancel(&args[1]).await,
+                    "execute" => execute(&args[1], &args[2], &args[3..]).await,
                     _ => panic!("unknown scenario {cmd}"),
                 }
             })
@@ -276,4 +277,22 @@ fn restart(addr: &str) -> Value {
         "new_login": String::from_utf8_lossy(&login_reply),
         "after": String::from_utf8_lossy(&after),
     })
+}
+
+/// Prepares `sql` once and executes it once per value (a text parameter each time, sent in the
+/// extended protocol as tokio-postgres does); the rows affected, or the error, per execution.
+async fn execute(url: &str, sql: &str, values: &[String]) -> Value {
+    let client = connect(url).await;
+    let stmt = match client.prepare(sql).await {
+        Ok(s) => s,
+        Err(e) => return json!({ "prepare": error_json(&e) }),
+    };
+    let mut runs = Vec::new();
+    for v in values {
+        runs.push(match client.execute(&stmt, &[v]).await {
+            Ok(n) => json!({ "rows": n }),
+            Err(e) => json!({ "error": error_json(&e) }),
+        });
+    }
+    json!({ "runs": runs })
 }

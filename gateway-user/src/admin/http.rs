@@ -68,7 +68,7 @@ pub fn head_len(buf: &[u8]) -> Result<Option<(usize, usize)>, HttpError> {
             return Err(HttpError::Malformed("chunked bodies are not accepted"));
         }
     }
-    if end + 4 + body > MAX_REQUEST {
+    if body > MAX_REQUEST || end + 4 + body > MAX_REQUEST {
         return Err(HttpError::Malformed("body too large"));
     }
     Ok(Some((end + 4, body)))
@@ -351,5 +351,8 @@ mod tests {
         }
         assert_eq!(head_len(b"GET / HTTP/1.1\r\n"), Ok(None));
         assert!(head_len(&vec![b'a'; MAX_REQUEST + 1]).is_err());
+        assert!(
+            head_len(b"GET / HTTP/1.1\r\nContent-Length: 18446744073709551615\r\n\r\n").is_err()
+        );
     }
 }

@@ -23,6 +23,8 @@ use auth::{Caller, Role};
 
 /// Listing size when a request names none.
 pub const DEFAULT_LIMIT: usize = 100;
+/// How long a connection may take to send its request.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Request {
@@ -185,15 +187,26 @@ async fn serve_conn(mut conn: UnixStream, state: &State) -> std::io::Result<()> 
         .await
         .map_err(std::io::Error::other)?;
     let mut buf = Vec::with_capacity(1024);
-    let req = loop {
-        match http::head_len(&buf) {
-            Ok(Some((head, body))) if buf.len() >= head + body => break http::parse(&buf),
-            Ok(_) => {}
-            Err(e) => break Err(e),
+    // A caller gets a few seconds to send its request: idle connections do not pile up.
+    let read = tokio::time::timeout(REQUEST_TIMEOUT, async {
+        loop {
+            match http::head_len(&buf) {
+                Ok(Some((head, body))) if buf.len() >= head + body => {
+                    return Ok(Some(http::parse(&buf)));
+                }
+                Ok(_) => {}
+                Err(e) => return Ok(Some(Err(e))),
+            }
+            if conn.read_buf(&mut buf).await? == 0 {
+                return Ok::<_, std::io::Error>(None);
+            }
         }
-        if conn.read_buf(&mut buf).await? == 0 {
-            return Ok(());
-        }
+    })
+    .await;
+    let req = match read {
+        Ok(Ok(Some(req))) => req,
+        Ok(Ok(None)) | Err(_) => return Ok(()),
+        Ok(Err(e)) => return Err(e),
     };
     let req = match req {
         Ok(r) => r,

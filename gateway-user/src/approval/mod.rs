@@ -247,8 +247,10 @@ impl Broker {
         {
             let inner = self.inner.lock().expect("approvals lock");
             let p = inner.pending.get(&id).ok_or(DecideError::NotFound(id))?;
-            if let (Some(uid), Some(agent)) = (by_uid, &p.request.agent)
-                && agent.uid == uid
+            // An agent whose uid is unknown could be anyone's: only root decides for it.
+            let agent_uid = p.request.agent.as_ref().map_or(0, |a| a.uid);
+            if let Some(uid) = by_uid
+                && agent_uid == uid
             {
                 return Err(DecideError::OwnRequest(uid));
             }
@@ -270,8 +272,15 @@ impl Broker {
         let p = {
             let mut inner = self.inner.lock().expect("approvals lock");
             let p = inner.pending.remove(&id)?;
+            let cgroup = p.request.agent.as_ref().and_then(|a| a.cgroup.clone());
+            // A window covers one cgroup: without a known one it covers nothing more.
+            let grantable = match p.scope {
+                Scope::Once => false,
+                Scope::Session => true,
+                Scope::Window(_) => cgroup.is_some(),
+            };
             if let Decision::Approved { by, .. } = &decision
-                && p.scope != Scope::Once
+                && grantable
             {
                 let now = Instant::now();
                 inner.grants.retain(|g| g.until.is_none_or(|u| u > now));
@@ -279,7 +288,7 @@ impl Broker {
                     request_id: id,
                     by: by.clone(),
                     session_id: (p.scope == Scope::Session).then_some(p.request.session_id),
-                    cgroup: p.request.agent.as_ref().and_then(|a| a.cgroup.clone()),
+                    cgroup,
                     target: p.request.target.clone(),
                     command: p.request.command.clone(),
                     until: match p.scope {

@@ -13,7 +13,7 @@ use super::{
     mask::Masker,
     rules::{Action, DEFAULT_HOLD_SECS, Who, decide_all},
     shape,
-    sql::{ParseError, STRING_SYNTAX_SETTING, classify_tokens},
+    sql::{ParseError, SQL_TEXT_FUNCTIONS, STRING_SYNTAX_SETTING, classify_tokens},
 };
 
 /// SQLSTATE for a policy refusal: insufficient_privilege, what PostgreSQL itself reports
@@ -107,9 +107,13 @@ pub fn judge_tokens(
     };
     let mut verdict = decide_all(&target.rules, who, &stmts);
     let string_syntax = stmts.iter().any(|s| s.sets_string_syntax);
+    let sql_text = stmts.iter().any(|s| s.runs_sql_text);
     if string_syntax {
         verdict.action = Action::Deny;
         verdict.rule = "string-syntax".into();
+    } else if sql_text {
+        verdict.action = Action::Deny;
+        verdict.rule = "sql-text".into();
     }
     let by_shape = !target.audit_literals && !stmts.iter().any(|s| s.reads_literals);
     let statements = stmts
@@ -133,6 +137,16 @@ pub fn judge_tokens(
             .with_detail(
                 "The gateway reads string literals as PostgreSQL does only while it is on.",
             ),
+        ),
+        Action::Deny if sql_text => Some(
+            ErrorFields::error(
+                POLICY_DENIED,
+                format!("gatewayd: policy {policy} refuses functions that run SQL text"),
+            )
+            .with_detail(format!(
+                "The statement inside is out of the gateway's sight: {}.",
+                SQL_TEXT_FUNCTIONS.join(", ")
+            )),
         ),
         Action::Deny => Some(ErrorFields::error(
             POLICY_DENIED,

@@ -275,6 +275,9 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut judgements = Judgements::default();
+    // Held prepared statements' text by statement name, and by portal with its parameters.
+    let mut held_sql: HashMap<String, String> = HashMap::new();
+    let mut held_portals: HashMap<String, String> = HashMap::new();
     let mut statements: HashMap<String, Arc<Judged>> = HashMap::new();
     let mut portals: HashMap<String, Arc<Judged>> = HashMap::new();
     let mut out = BytesMut::with_capacity(16 * 1024);
@@ -297,7 +300,8 @@ where
                         judged = match hold::wait(ctx, &judged, &sql, &mut agent, &mut buf).await? {
                             Held::Decided(j) => j,
                             Held::AgentLeft(j) => {
-                                return left_while_held(ctx, j, &expect, upstream).await;
+                                let p = Expect::Simple(Pending::new(j));
+                                return left_while_held(ctx, p, &expect, upstream).await;
                             }
                         };
                     }
@@ -319,18 +323,14 @@ where
                     stand_in_query(&mut out);
                 }
                 Message::Parse { name, sql } => {
-                    let mut judged = judgements.get(ctx, &sql, true);
+                    // A held statement is parsed and bound as usual (neither runs anything);
+                    // it waits at each Execute, where the approver sees its parameters.
+                    let judged = judgements.get(ctx, &sql, true);
                     if judged.hold.is_some() {
-                        judged = match hold::wait(ctx, &judged, &sql, &mut agent, &mut buf).await? {
-                            Held::Decided(j) => j,
-                            Held::AgentLeft(j) => {
-                                return left_while_held(ctx, j, &expect, upstream).await;
-                            }
-                        };
+                        held_sql.insert(name.clone(), sql);
                     }
-                    let refused = judged.refusal.is_some();
                     statements.insert(name.clone(), judged.clone());
-                    if refused {
+                    if refused_now(&judged) {
                         push(Expect::Parse(Some(Pending::new(judged))));
                         stand_in_parse(&name, &mut out);
                     } else {
@@ -340,14 +340,18 @@ where
                 }
                 Message::Bind { portal, statement } => {
                     let judged = statements.get(&statement).cloned();
-                    match judged.filter(|j| j.refusal.is_some()) {
+                    match judged.filter(|j| refused_now(j)) {
                         Some(j) => {
                             push(Expect::Bind(Some(Pending::new(j))));
                             stand_in_bind(&frame, &statement, &mut out);
                         }
                         None => {
                             if let Some(j) = statements.get(&statement) {
-                                portals.insert(portal, j.clone());
+                                portals.insert(portal.clone(), j.clone());
+                                if let Some(sql) = held_sql.get(&statement) {
+                                    held_portals
+                                        .insert(portal, hold::with_parameters(sql, &frame.body));
+                                }
                             }
                             push(Expect::Bind(None));
                             frame.encode(&mut out);
@@ -359,7 +363,7 @@ where
                         Kind::Statement => statements.get(&name),
                         Kind::Portal => portals.get(&name),
                     }
-                    .filter(|j| j.refusal.is_some())
+                    .filter(|j| refused_now(j))
                     .cloned();
                     if judged.is_some() && kind == Kind::Statement {
                         describe(b'S', STAND_IN_NAME, &mut out);
@@ -369,16 +373,33 @@ where
                     push(Expect::Describe(judged));
                 }
                 Message::Execute { portal, .. } => {
-                    let judged = portals.get(&portal).cloned().unwrap_or_else(|| {
-                        // A portal bound from a statement the gateway never saw parsed: the
-                        // upstream will refuse it as unknown; audit it as such.
-                        Arc::new(unknown_portal())
-                    });
+                    let mut judged = portals
+                        .get(&portal)
+                        .cloned()
+                        .unwrap_or_else(|| Arc::new(unknown_portal(&ctx.policy, &portal)));
+                    if judged.hold.is_some() && judged.approval.is_none() {
+                        let command = held_portals.get(&portal).cloned().unwrap_or_default();
+                        judged =
+                            match hold::wait(ctx, &judged, &command, &mut agent, &mut buf).await? {
+                                Held::Decided(j) => j,
+                                Held::AgentLeft(j) => {
+                                    let p = Expect::Execute(Pending::new(j));
+                                    return left_while_held(ctx, p, &expect, upstream).await;
+                                }
+                            };
+                    }
+                    if judged.refusal.is_some() {
+                        // Fails upstream like the statement's own error would: PostgreSQL
+                        // skips to Sync and aborts the transaction.
+                        push(Expect::Execute(Pending::new(judged)));
+                        stand_in_execute(&mut out);
+                        continue;
+                    }
                     if judged.masker.is_some() {
                         push(Expect::HiddenDescribe);
                         describe(b'P', &portal, &mut out);
                     }
-                    if before_forward && judged.refusal.is_none() && portals.contains_key(&portal) {
+                    if before_forward {
                         ctx.sent("execute", &judged)?;
                         unflushed = true;
                     }
@@ -448,7 +469,7 @@ async fn durable(ctx: &Ctx, unflushed: &mut bool) -> Result<(), RelayError> {
 /// withdrawn (it never reached the upstream), and the upstream is told goodbye.
 async fn left_while_held<W: AsyncWrite + Unpin>(
     ctx: &Ctx,
-    judged: Arc<Judged>,
+    mut held: Expect,
     expect: &ExpectTx,
     mut upstream: W,
 ) -> Result<(), RelayError> {
@@ -456,9 +477,10 @@ async fn left_while_held<W: AsyncWrite + Unpin>(
         session.id = ctx.session_id,
         "agent left while its statement was held"
     );
-    let mut p = Pending::new(judged);
-    p.error = Some("withdrawn: the agent left while the statement waited for approval".into());
-    let _ = expect.0.send(Expect::Simple(p));
+    if let Some(p) = held.pending() {
+        p.error = Some("withdrawn: the agent left while the statement waited for approval".into());
+    }
+    let _ = expect.0.send(held);
     let _ = upstream.write_all(&[b'X', 0, 0, 0, 4]).await;
     Ok(())
 }
@@ -698,6 +720,17 @@ fn stand_in_query(out: &mut BytesMut) {
     let _ = postgres_protocol::message::frontend::query(STAND_IN_SQL, out);
 }
 
+/// An Execute of a portal that does not exist upstream.
+fn stand_in_execute(out: &mut BytesMut) {
+    let _ = postgres_protocol::message::frontend::execute(STAND_IN_NAME, 0, out);
+}
+
+/// Refused before anything reaches the upstream; a hold still waiting is not (it is decided at
+/// Execute).
+fn refused_now(j: &Judged) -> bool {
+    j.refusal.is_some() && (j.hold.is_none() || j.approval.is_some())
+}
+
 fn stand_in_parse(name: &str, out: &mut BytesMut) {
     let _ = postgres_protocol::message::frontend::parse(name, STAND_IN_SQL, [], out);
 }
@@ -743,11 +776,21 @@ fn refused_function_call(policy: &str) -> Judged {
     }
 }
 
-fn unknown_portal() -> Judged {
+/// An Execute of a portal the gateway did not bind (a cursor declared in SQL): what it would
+/// run was never judged here, so it is refused; `FETCH` is the SQL way, and it is judged.
+fn unknown_portal(policy: &str, portal: &str) -> Judged {
     Judged {
         action: super::rules::Action::Deny,
         rule: "unknown-portal".into(),
-        refusal: None,
+        refusal: Some(
+            ErrorFields::error(
+                POLICY_DENIED,
+                format!(
+                    "gatewayd: policy {policy} refuses executing portal {portal:?}: it was not bound through the gateway"
+                ),
+            )
+            .with_hint("Use FETCH to read a cursor declared in SQL."),
+        ),
         masker: None,
         statements: vec![("execute".into(), String::new())],
         by_shape: false,

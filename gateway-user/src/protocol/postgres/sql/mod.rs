@@ -96,6 +96,9 @@ pub struct StatementInfo {
     pub reads_literals: bool,
     /// Whether it may change how PostgreSQL reads string literals ([`STRING_SYNTAX_SETTING`]).
     pub sets_string_syntax: bool,
+    /// Whether it calls a function that runs SQL text the gateway cannot judge
+    /// ([`SQL_TEXT_FUNCTIONS`]).
+    pub runs_sql_text: bool,
     pub text: String,
     pub redacted: String,
 }
@@ -154,6 +157,12 @@ fn describe(
     let mut c = Collector::default();
     let _ = stmt.visit(&mut c);
     let kind = kind_of(stmt, &c);
+    let set_config_unchecked =
+        c.functions.iter().filter(|f| *f == "set_config").count() > c.set_config_checked;
+    let runs_sql_text = c
+        .functions
+        .iter()
+        .any(|f| SQL_TEXT_FUNCTIONS.contains(&f.as_str()));
     let mut copy_program = false;
     if let Statement::Copy {
         source, to, target, ..
@@ -195,7 +204,9 @@ fn describe(
         without_where: c.without_where,
         copy_program,
         reads_literals: c.read_literal || reads_literals(stmt),
-        sets_string_syntax: c.sets_string_syntax
+        runs_sql_text,
+        sets_string_syntax: set_config_unchecked
+            || c.sets_string_syntax
             || (names_string_syntax
                 && matches!(
                     kind,
@@ -317,6 +328,19 @@ fn kind_of_query(q: &Query, c: &Collector) -> StatementKind {
 /// could run as a statement. So nothing the agent sends may turn it off.
 pub const STRING_SYNTAX_SETTING: &str = "standard_conforming_strings";
 
+/// Functions that run SQL given to them as text (here or on another server): the statement
+/// inside is out of the judge's sight, so a statement calling one is refused whatever the
+/// rules say.
+pub const SQL_TEXT_FUNCTIONS: &[&str] = &[
+    "query_to_xml",
+    "query_to_xmlschema",
+    "query_to_xml_and_xmlschema",
+    "dblink",
+    "dblink_exec",
+    "dblink_open",
+    "dblink_send_query",
+];
+
 /// `set_config(name, ...)` may change the string syntax unless its name is a string literal
 /// naming another setting.
 fn set_config_may_set_string_syntax(f: &sqlparser::ast::Function) -> bool {
@@ -424,6 +448,9 @@ struct Collector {
     /// A literal's value decided something here (see [`StatementInfo::reads_literals`]).
     read_literal: bool,
     sets_string_syntax: bool,
+    /// `set_config` calls whose arguments were checked (expression calls; a `FROM
+    /// set_config(...)` is not, and counts as changing the string syntax).
+    set_config_checked: usize,
 }
 
 impl Collector {
@@ -542,6 +569,7 @@ impl Visitor for Collector {
             let name = function_name(&f.name);
             if name == "set_config" {
                 self.read_literal = true;
+                self.set_config_checked += 1;
                 self.sets_string_syntax |= set_config_may_set_string_syntax(f);
             }
             self.functions.push(name);

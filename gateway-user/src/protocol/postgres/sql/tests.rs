@@ -216,6 +216,8 @@ fn what_may_turn_standard_conforming_strings_off() {
         ("SELECT set_config(' Standard_Conforming_Strings ', 'off', false)", true),
         ("SELECT set_config('standard_' || 'conforming_strings', 'off', false)", true),
         ("SELECT set_config(name, 'off', false) FROM pg_settings", true),
+        ("SELECT * FROM set_config('standard_conforming_strings', 'off', false)", true),
+        ("SELECT * FROM set_config('app.user_id', '1', false)", true),
         ("SELECT set_config('app.user_id', '42', false)", false),
         ("SHOW standard_conforming_strings", false),
         ("SELECT current_setting('standard_conforming_strings')", false),
@@ -225,6 +227,18 @@ fn what_may_turn_standard_conforming_strings_off() {
         assert_eq!(one(sql).sets_string_syntax, expected, "{sql}");
     }
     assert!(one("SELECT set_config('app.user_id', '42', false)").reads_literals);
+}
+
+#[test]
+fn functions_that_run_sql_text_are_flagged() {
+    for sql in [
+        "SELECT query_to_xml('DELETE FROM t RETURNING *', true, false, '')",
+        "SELECT * FROM dblink('host=x', 'DROP TABLE t') AS r(a int)",
+        "SELECT dblink_exec('DROP TABLE t')",
+    ] {
+        assert!(one(sql).runs_sql_text, "{sql}");
+    }
+    assert!(!one("SELECT xmlconcat(a, b) FROM t").runs_sql_text);
 }
 
 #[test]
