@@ -63,6 +63,7 @@ impl Fixture {
         pg.app_sql(SCHEMA);
         let config = format!(
             "approvers = {{ users = [\"nobody\"] }}\n\
+             auditors = {{ users = [\"daemon\"] }}\n\
              webhook = {{ url = \"http://127.0.0.1:{webhook_port}/hooks/gatewayd\", max_attempts = 3 }}\n"
         );
         let gw = Gateway::start_with_config(test, &(billing_target(&pg) + RULES), &config);
@@ -257,6 +258,15 @@ fn a_held_statement_waits_for_an_approver_and_then_runs() {
     assert_eq!(r["agent"]["uid"], AGENT_UID);
     assert_eq!(r["agent"]["cgroup"], f.gw.cgroup.rel());
     let id = r["id"].clone();
+    // An auditor (uid 1, `daemon`) sees it with the literals hidden.
+    let audited = f.ctl(1, &["--json", "approvals", "list"]);
+    let (stdout, stderr) = text(&audited);
+    assert!(audited.status.success(), "{stderr}");
+    let audited: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        audited[0]["command"],
+        "INSERT INTO payouts (amount) VALUES (?) RETURNING amount"
+    );
     // Nothing reaches the upstream while it waits.
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(f.count("payouts"), "0\n");
@@ -284,8 +294,14 @@ fn a_held_statement_waits_for_an_approver_and_then_runs() {
     assert_eq!(approval["note"], "ticket OPS-7");
     assert_eq!(events[0]["rows"], 1);
 
-    for got in [&hooks, &watched] {
-        assert_eq!(wait_event(got, "pending", &id)["request"]["command"], sql);
+    // The approver's live view has the exact command; the webhook, which leaves the host, the
+    // audit's text with literals hidden, as does an auditor's listing.
+    let redacted = "INSERT INTO payouts (amount) VALUES (?) RETURNING amount";
+    for (got, command) in [(&hooks, redacted), (&watched, sql)] {
+        assert_eq!(
+            wait_event(got, "pending", &id)["request"]["command"],
+            command
+        );
         let decided = wait_event(got, "decided", &id);
         assert_eq!(decided["decision"]["outcome"], "approved");
         assert_eq!(decided["decision"]["by"]["user"], "root");

@@ -94,6 +94,13 @@ pub fn answer(state: &State, caller: &Caller, req: Request) -> Answer {
     match req {
         Request::Health => ok(serde_json::json!({ "ok": true })),
         Request::Status => ok(state.status()),
+        // Auditors read; only approvers need the literal values of what they decide.
+        Request::ApprovalsList if role == Role::Auditor => ok(state
+            .approvals
+            .pending()
+            .into_iter()
+            .map(crate::approval::Request::redacted)
+            .collect::<Vec<_>>()),
         Request::ApprovalsList => ok(state.approvals.pending()),
         Request::Approve { id, note } => decided(state.approvals.decide(
             id,
@@ -215,10 +222,9 @@ async fn serve_conn(mut conn: UnixStream, state: &State) -> std::io::Result<()> 
             return conn.write_all(&http::response(status, &body)).await;
         }
     };
-    if req == Request::ApprovalsWatch
-        && caller.role(&state.config.approvers, &state.config.auditors) >= Role::Auditor
-    {
-        return watch(conn, state).await;
+    let role = caller.role(&state.config.approvers, &state.config.auditors);
+    if req == Request::ApprovalsWatch && role >= Role::Auditor {
+        return watch(conn, state, role == Role::Auditor).await;
     }
     tracing::debug!(admin.user = %caller.user, admin.uid = caller.uid, request = ?req, "admin request");
     let (status, body) = answer(state, &caller, req);
@@ -226,19 +232,20 @@ async fn serve_conn(mut conn: UnixStream, state: &State) -> std::io::Result<()> 
 }
 
 /// Streams approval events until the caller hangs up.
-async fn watch(mut conn: UnixStream, state: &State) -> std::io::Result<()> {
+async fn watch(mut conn: UnixStream, state: &State, redact: bool) -> std::io::Result<()> {
+    let shown = |e: Event| if redact { e.redacted() } else { e };
     // Subscribe before listing so nothing falls between the two.
     let mut events = state.approvals.subscribe();
     conn.write_all(http::stream_head()).await?;
     for request in state.approvals.pending() {
-        line(&mut conn, &Event::Pending { request }).await?;
+        line(&mut conn, &shown(Event::Pending { request })).await?;
     }
     let (mut rd, mut wr) = conn.into_split();
     let mut sink = [0u8; 64];
     loop {
         tokio::select! {
             e = events.recv() => match e {
-                Ok(e) => line(&mut wr, &e).await?,
+                Ok(e) => line(&mut wr, &shown(e)).await?,
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                 Err(_) => return Ok(()),
             },

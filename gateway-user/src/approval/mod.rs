@@ -65,9 +65,21 @@ pub struct Request {
     pub subject: Option<String>,
     /// The exact command: approvers must see what they approve.
     pub command: String,
+    /// The command as the audit keeps it (literals hidden unless the policy keeps them): what
+    /// read-only auditors and the webhook get.
+    #[serde(default)]
+    pub command_redacted: String,
     pub rule: String,
     pub requested_at_ms: u64,
     pub expires_at_ms: u64,
+}
+
+impl Request {
+    /// This request as someone who may not see literal values reads it.
+    pub fn redacted(mut self) -> Request {
+        self.command = std::mem::take(&mut self.command_redacted);
+        self
+    }
 }
 
 /// Who decided, from the admin socket's peer credentials.
@@ -94,6 +106,26 @@ pub enum Decision {
     Expired,
     /// The agent left while waiting.
     Withdrawn,
+}
+
+impl Event {
+    /// The event with its request [`Request::redacted`].
+    pub fn redacted(self) -> Event {
+        match self {
+            Event::Pending { request } => Event::Pending {
+                request: request.redacted(),
+            },
+            Event::Decided {
+                request,
+                decision,
+                waited_ms,
+            } => Event::Decided {
+                request: request.redacted(),
+                decision,
+                waited_ms,
+            },
+        }
+    }
 }
 
 impl Decision {
@@ -133,6 +165,7 @@ pub struct Ask {
     pub agent: Option<Agent>,
     pub subject: Option<String>,
     pub command: String,
+    pub command_redacted: String,
     pub rule: String,
     pub timeout: Duration,
     pub scope: Scope,
@@ -201,6 +234,7 @@ impl Broker {
             agent: ask.agent,
             subject: ask.subject,
             command: ask.command,
+            command_redacted: ask.command_redacted,
             rule: ask.rule,
             requested_at_ms: now,
             expires_at_ms: now + ask.timeout.as_millis() as u64,

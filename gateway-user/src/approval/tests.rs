@@ -25,6 +25,7 @@ fn ask(session_id: u64, command: &str, timeout_ms: u64, scope: Scope) -> Ask {
         agent: Some(agent(1000)),
         subject: None,
         command: command.into(),
+        command_redacted: String::new(),
         rule: "payouts".into(),
         timeout: Duration::from_millis(timeout_ms),
         scope,

@@ -86,8 +86,11 @@ impl WebhookConfig {
     }
 }
 
-/// The body for one event.
+/// The body for one event. A webhook is a notification leaving the host (a chat channel):
+/// it carries the command as the audit keeps it, literals hidden; approvers read the exact
+/// command with `gatewayctl approvals list`.
 pub fn body(format: Format, event: &Event) -> Vec<u8> {
+    let event = &event.clone().redacted();
     match format {
         Format::Json => serde_json::to_vec(event).unwrap_or_default(),
         Format::Slack => {

@@ -50,6 +50,12 @@ where
         agent: ctx.agent.clone(),
         subject: ctx.who.subject.clone(),
         command: sql.to_owned(),
+        command_redacted: judged
+            .statements
+            .iter()
+            .map(|(_, text)| text.as_str())
+            .collect::<Vec<_>>()
+            .join("; "),
         rule: judged.rule.clone(),
         timeout: terms.timeout,
         scope: terms.scope,

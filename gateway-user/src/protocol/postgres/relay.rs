@@ -297,6 +297,9 @@ where
                 Message::Query { sql } => {
                     let mut judged = judgements.get(ctx, &sql, false);
                     if judged.hold.is_some() {
+                        // What the agent sent before it goes upstream now; only this waits.
+                        durable(ctx, &mut unflushed).await?;
+                        flush(&mut upstream, &mut out, bytes_up).await?;
                         judged = match hold::wait(ctx, &judged, &sql, &mut agent, &mut buf).await? {
                             Held::Decided(j) => j,
                             Held::AgentLeft(j) => {
@@ -379,6 +382,8 @@ where
                         .unwrap_or_else(|| Arc::new(unknown_portal(&ctx.policy, &portal)));
                     if judged.hold.is_some() && judged.approval.is_none() {
                         let command = held_portals.get(&portal).cloned().unwrap_or_default();
+                        durable(ctx, &mut unflushed).await?;
+                        flush(&mut upstream, &mut out, bytes_up).await?;
                         judged =
                             match hold::wait(ctx, &judged, &command, &mut agent, &mut buf).await? {
                                 Held::Decided(j) => j,
@@ -439,12 +444,8 @@ where
                 }
             }
         }
-        if !out.is_empty() {
-            bytes_up.fetch_add(out.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            durable(ctx, &mut unflushed).await?;
-            upstream.write_all(&out).await?;
-            out.clear();
-        }
+        durable(ctx, &mut unflushed).await?;
+        flush(&mut upstream, &mut out, bytes_up).await?;
         if agent.read_buf(&mut buf).await? == 0 {
             // Gone without a Terminate: say it for the agent, so that the upstream answers
             // what is in flight and then closes, and the upstream side can audit the answers.
@@ -612,14 +613,15 @@ where
     }
 }
 
+/// Writes what is buffered for one side, counting it.
 async fn flush<W: AsyncWrite + Unpin>(
-    agent: &mut W,
+    to: &mut W,
     out: &mut BytesMut,
-    bytes_down: &std::sync::atomic::AtomicU64,
+    bytes: &std::sync::atomic::AtomicU64,
 ) -> std::io::Result<()> {
     if !out.is_empty() {
-        bytes_down.fetch_add(out.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        agent.write_all(out).await?;
+        bytes.fetch_add(out.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        to.write_all(out).await?;
         out.clear();
     }
     Ok(())
