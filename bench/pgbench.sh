@@ -221,13 +221,14 @@ PGB_VERSION=$(pgbouncer --version | awk 'NR==1{print $2}')
 log "start gatewayd (port $PORT, cgroup /$NAME)"
 printf '%s\n' "$APP_PW" >"$GW_DIR/pw"
 chmod 600 "$GW_DIR/pw"
-cat >"$GW_DIR/policies/pgbench.toml" <<EOF
-name = "pgbench"
-cgroup = "/$NAME"
+# pg_target NAME ADDRESS [EXTRA]: a postgres target that logs in as bench_app and allows every
+# kind pgbench uses; EXTRA goes into its [targets.postgres] table.
+pg_target() {
+    cat <<EOF
 
 [[targets]]
-name = "bench-db"
-address = "$PG_IP:$PG_PORT"
+name = "$1"
+address = "$2"
 protocol = "postgres"
 
 [targets.postgres]
@@ -235,38 +236,25 @@ user = "$APP_USER"
 database = "bench"
 password_file = "$GW_DIR/pw"
 tls = "disable"
+${3:-}
 
 [[targets.postgres.rules]]
 name = "pgbench"
 action = "allow"
 kinds = ["select", "insert", "update", "delete", "transaction", "create", "drop", "truncate", "set", "copy", "maintenance", "other"]
-
-# The same server on its third address, every statement flushed to the audit store before it
-# is forwarded (group commit across sessions).
-[[targets]]
-name = "bench-db-durable"
-address = "$PG_IP_DURABLE:$PG_PORT"
-protocol = "postgres"
-
-[targets.postgres]
-user = "$APP_USER"
-database = "bench"
-password_file = "$GW_DIR/pw"
-tls = "disable"
-durability = "before-forward"
-
-[[targets.postgres.rules]]
-name = "pgbench"
-action = "allow"
-kinds = ["select", "insert", "update", "delete", "transaction", "create", "drop", "truncate", "set", "copy", "maintenance", "other"]
-
-# The same server on its second address as a plain TCP relay (no protocol awareness): what
-# the relay alone costs, without parsing, judging and auditing statements.
-[[targets]]
-name = "bench-db-tcp"
-address = "$PG_IP_TCP:$PG_PORT"
-protocol = "tcp"
 EOF
+}
+{
+    printf 'name = "pgbench"\ncgroup = "/%s"\n' "$NAME"
+    pg_target bench-db "$PG_IP:$PG_PORT"
+    # The same server on its third address, every statement flushed to the audit store before
+    # it is forwarded (group commit across sessions).
+    pg_target bench-db-durable "$PG_IP_DURABLE:$PG_PORT" 'durability = "before-forward"'
+    # The same server on its second address as a plain TCP relay (no protocol awareness): what
+    # the relay alone costs, without parsing, judging and auditing statements.
+    printf '\n[[targets]]\nname = "bench-db-tcp"\naddress = "%s:%s"\nprotocol = "tcp"\n' \
+        "$PG_IP_TCP" "$PG_PORT"
+} >"$GW_DIR/policies/pgbench.toml"
 GATEWAYD_LOG=warn "$GATEWAYD" --policies "$GW_DIR/policies" --listen-port "$PORT" --pin-dir "$PIN_DIR" \
     --store "$GW_DIR/audit" --admin-socket "$GW_DIR/admin.sock" >"$GW_DIR/gatewayd.log" 2>&1 &
 GATEWAYD_PID=$!

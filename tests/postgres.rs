@@ -3,7 +3,9 @@
 
 use std::{path::Path, process::Command};
 
-use gateway_tests::{APP_PASSWORD, APP_ROLE, Gateway, PgServer, billing_target, bin, output_json};
+use gateway_tests::{
+    APP_PASSWORD, APP_ROLE, Gateway, PgServer, billing_target, bin, es256_key, output_json, run_ok,
+};
 use serde_json::Value;
 
 const SCHEMA: &str = "
@@ -166,6 +168,7 @@ fn psql_reads_and_writes_exactly_as_directly() {
     let sql = events[0]["sql"].as_str().unwrap();
     assert!(sql.contains('?') && !sql.contains("9)"), "{sql}");
     assert_eq!(events[0]["rule"], "app");
+    assert_eq!(f.gw.status()["audit_events_lost"], 0);
 }
 
 #[test]
@@ -453,32 +456,13 @@ fn tls_upstream_is_verified_against_the_configured_ca() {
 
 /// An ES256 key pair made with openssl: (private PKCS#8 PEM, public PEM path).
 fn es256_keys(dir: &Path) -> (Vec<u8>, std::path::PathBuf) {
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
+    let private = es256_key(dir, "jwt.key");
+    run_ok(
+        Command::new("openssl")
             .current_dir(dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    run(&[
-        "genpkey",
-        "-algorithm",
-        "EC",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-out",
-        "jwt.key",
-    ]);
-    run(&["pkey", "-in", "jwt.key", "-pubout", "-out", "jwt.pub"]);
-    (
-        std::fs::read(dir.join("jwt.key")).unwrap(),
-        dir.join("jwt.pub"),
-    )
+            .args(["pkey", "-in", "jwt.key", "-pubout", "-out", "jwt.pub"]),
+    );
+    (private, dir.join("jwt.pub"))
 }
 
 fn token(key: &[u8], aud: &str, sub: &str, groups: &[&str], exp_in: i64) -> String {

@@ -4,12 +4,11 @@
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
-    path::Path,
     process::{Command, Stdio},
 };
 
 use gateway_tests::{
-    APP_PASSWORD, APP_ROLE, Gateway, PgServer, billing_target, bin, output_json, run_ok,
+    APP_PASSWORD, APP_ROLE, Gateway, PgServer, billing_target, bin, es256_key, output_json,
 };
 use jsonwebtoken::{
     Algorithm, EncodingKey, Header,
@@ -330,24 +329,6 @@ fn statements_in_flight_when_a_session_ends_are_still_audited() {
         "forwarded but not audited:\n{}",
         missing.join("\n")
     );
-}
-
-/// An ES256 key pair made with openssl: the private key, PKCS#8 PEM.
-fn es256_key(dir: &Path, name: &str) -> Vec<u8> {
-    let path = dir.join(name);
-    run_ok(
-        Command::new("openssl")
-            .args([
-                "genpkey",
-                "-algorithm",
-                "EC",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-out",
-            ])
-            .arg(&path),
-    );
-    std::fs::read(path).unwrap()
 }
 
 /// The public half of `key` as a JWK named `kid`.

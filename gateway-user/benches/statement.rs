@@ -45,13 +45,13 @@ fn bench(c: &mut Criterion) {
     let mut cache = std::collections::HashMap::new();
     let tokens = tokenize(select).unwrap();
     cache.insert(
-        Shape::of(&tokens),
+        Shape::from_tokens(tokens),
         std::sync::Arc::new(judge("bench", &target, &who, select)),
     );
     c.bench_function("judge by shape (cache hit): simple SELECT", |b| {
         b.iter(|| {
             let tokens = tokenize(black_box(select)).unwrap();
-            cache.get(&Shape::of(&tokens)).map(|j| j.action)
+            cache.get(&Shape::from_tokens(tokens)).map(|j| j.action)
         })
     });
 
@@ -121,7 +121,7 @@ fn bench(c: &mut Criterion) {
     });
     judged_and_audited("judge by shape + audit event: simple SELECT", &|| {
         let tokens = tokenize(black_box(select)).unwrap();
-        cache.get(&Shape::of(&tokens)).unwrap().clone()
+        cache.get(&Shape::from_tokens(tokens)).unwrap().clone()
     });
 
     let rules: Vec<_> = target

@@ -25,7 +25,7 @@ use gateway_user::{
 use serde_json::Value;
 
 pub use cgroup::Cgroup;
-pub use postgres::{APP_PASSWORD, APP_ROLE, PgServer, billing_target, test_ca};
+pub use postgres::{APP_PASSWORD, APP_ROLE, PgServer, billing_target, es256_key, test_ca};
 pub use servers::{EchoServer, HttpServer, free_port, non_loopback_v4};
 
 /// A built binary of the workspace (`target/debug/NAME`, next to this test's own executable).

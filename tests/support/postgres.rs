@@ -366,3 +366,21 @@ impl PgServer {
         )
     }
 }
+
+/// A fresh ES256 (P-256) private key, PKCS#8 PEM, made with openssl at `dir/name`.
+pub fn es256_key(dir: &Path, name: &str) -> Vec<u8> {
+    let path = dir.join(name);
+    crate::run_ok(
+        Command::new("openssl")
+            .args([
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+            ])
+            .arg(&path),
+    );
+    std::fs::read(path).unwrap()
+}

@@ -213,6 +213,11 @@ impl AuditStore {
         Ok(())
     }
 
+    /// Events the writer could not store since this store was opened (it logs each loss too).
+    pub fn events_lost(&self) -> u64 {
+        self.writer.get().map_or(0, Writer::lost)
+    }
+
     /// Waits until every event appended before is in the store; with `flush`, on disk too.
     pub async fn settle(&self, flush: bool) -> Result<(), AuditError> {
         match self.writer.get() {

@@ -55,6 +55,8 @@ pub struct Status {
     pub policies: Vec<PolicyStatus>,
     pub last_reload_error: Option<String>,
     pub active_sessions: u64,
+    /// Statement events the audit writer could not store since the daemon started.
+    pub audit_events_lost: u64,
 }
 
 impl State {
@@ -127,6 +129,7 @@ impl State {
             active_sessions: self
                 .active_sessions
                 .load(std::sync::atomic::Ordering::Relaxed),
+            audit_events_lost: self.audit.events_lost(),
         }
     }
 }

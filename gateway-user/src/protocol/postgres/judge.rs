@@ -3,8 +3,6 @@
 
 use std::{sync::Arc, time::Duration};
 
-use sqlparser::tokenizer::TokenWithSpan;
-
 use crate::{approval::Scope, audit::ApprovalRecord};
 
 use super::{
@@ -12,8 +10,7 @@ use super::{
     config::{PostgresTarget, Unparsed},
     mask::Masker,
     rules::{Action, DEFAULT_HOLD_SECS, Who, decide_all},
-    shape,
-    sql::{ParseError, SQL_TEXT_FUNCTIONS, STRING_SYNTAX_SETTING, classify_tokens},
+    sql::{SQL_TEXT_FUNCTIONS, STRING_SYNTAX_SETTING, classify},
 };
 
 /// SQLSTATE for a policy refusal: insufficient_privilege, what PostgreSQL itself reports
@@ -57,18 +54,7 @@ impl Judged {
 }
 
 pub fn judge(policy: &str, target: &PostgresTarget, who: &Who, sql: &str) -> Judged {
-    judge_tokens(policy, target, who, sql, shape::tokenize(sql))
-}
-
-/// [`judge`] of text already tokenized, as the session's cache does to learn its shape.
-pub fn judge_tokens(
-    policy: &str,
-    target: &PostgresTarget,
-    who: &Who,
-    sql: &str,
-    tokens: Result<Vec<TokenWithSpan>, ParseError>,
-) -> Judged {
-    let stmts = match tokens.and_then(|t| classify_tokens(sql, t)) {
+    let stmts = match classify(sql) {
         Ok(s) => s,
         Err(e) => {
             let statements = vec![("unparsed".to_owned(), sql.to_owned())];

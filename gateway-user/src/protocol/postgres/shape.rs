@@ -33,19 +33,10 @@ pub fn tokenize(sql: &str) -> Result<Vec<TokenWithSpan>, ParseError> {
 pub struct Shape(Vec<Token>);
 
 impl Shape {
-    pub fn of(tokens: &[TokenWithSpan]) -> Shape {
-        Self::build(tokens.iter().map(|t| t.token.clone()))
-    }
-
-    /// [`Self::of`] taking the tokens: no copy of the words, for a session that only needs to
-    /// look the shape up.
+    /// Takes the tokens, so a session that only looks the shape up copies no word.
     pub fn from_tokens(tokens: Vec<TokenWithSpan>) -> Shape {
-        Self::build(tokens.into_iter().map(|t| t.token))
-    }
-
-    fn build(tokens: impl ExactSizeIterator<Item = Token>) -> Shape {
         let mut out: Vec<Token> = Vec::with_capacity(tokens.len());
-        for token in tokens {
+        for token in tokens.into_iter().map(|t| t.token) {
             let token = match token {
                 Token::Whitespace(
                     w @ (Whitespace::Space | Whitespace::Tab | Whitespace::Newline),
@@ -154,10 +145,7 @@ mod tests {
     use super::*;
 
     fn shape(sql: &str) -> Shape {
-        let tokens = tokenize(sql).unwrap();
-        let shape = Shape::of(&tokens);
-        assert_eq!(Shape::from_tokens(tokens), shape, "{sql}");
-        shape
+        Shape::from_tokens(tokenize(sql).unwrap())
     }
 
     #[test]
