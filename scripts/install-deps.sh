@@ -14,6 +14,8 @@ packages=(
     python3-psycopg2
     # bench/pgbench.sh compares the gateway with pgbouncer; openssl makes test certificates.
     pgbouncer openssl
+    # pg_query (PostgreSQL's own parser, libpg_query) generates its protobuf types with protoc.
+    protobuf-compiler
 )
 missing=()
 for p in "${packages[@]}"; do

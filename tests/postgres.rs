@@ -84,7 +84,21 @@ impl Fixture {
 
     /// psql inside the governed cgroup, reading `script` from stdin: (stdout, stderr, ok).
     fn psql(&self, args: &[&str], script: &str) -> (String, String, bool) {
+        self.psql_with(args, script, &[])
+    }
+
+    fn psql_env(&self, args: &[&str], env: &[(&str, &str)]) -> (String, String, bool) {
+        self.psql_with(args, "", env)
+    }
+
+    fn psql_with(
+        &self,
+        args: &[&str],
+        script: &str,
+        env: &[(&str, &str)],
+    ) -> (String, String, bool) {
         let mut cmd = Command::new("psql");
+        cmd.envs(env.iter().copied());
         let url = self.pg.agent_url();
         cmd.args([
             url.as_str(),
@@ -199,8 +213,8 @@ SELECT 'still usable';
     assert_eq!(f.pg.app_sql("SELECT count(*) FROM invoices"), "3\n");
     assert_eq!(f.pg.app_sql("SELECT count(*) FROM payouts"), "0\n");
 
-    // A statement the parser cannot read is refused, not guessed at.
-    let (_, err, ok) = f.psql(&["-c", "CLUSTER invoices"], "");
+    // A statement PostgreSQL's parser cannot read is refused, not guessed at.
+    let (_, err, ok) = f.psql(&["-c", "SELEC 1 FROM invoices"], "");
     assert!(
         !ok && err.contains("refuses a statement it cannot parse"),
         "{err}"
@@ -240,10 +254,11 @@ SELECT 'still usable';
     );
 }
 
-/// sqlparser reads '...' strings as PostgreSQL does while standard_conforming_strings is on;
+/// The judge reads '...' strings as PostgreSQL does while standard_conforming_strings is on;
 /// with it off a backslash would end the two's agreement on where a string ends, and
 /// `SELECT 'x\' , ' ; DELETE FROM invoices; --'` would be one harmless SELECT to the gateway
-/// and a DELETE to the server. So the agent may not turn it off, by any route.
+/// and a DELETE to the server. So the agent may not turn it off, by any route (nor change the
+/// client encoding, search_path or role, which the gateway pins the same way).
 #[test]
 fn the_agent_cannot_change_how_postgres_reads_strings() {
     let f = Fixture::start("pg-strings");
@@ -259,7 +274,11 @@ SELECT 'x\\' , ' ; DELETE FROM invoices; --';
         "ERROR:  42501: gatewayd: policy {} refuses changing standard_conforming_strings",
         f.gw.name
     );
-    assert_eq!(err.matches(&refusal).count(), 4, "{err}");
+    assert_eq!(err.matches(&refusal).count(), 3, "{err}");
+    assert!(
+        err.contains("refuses changing a setting named by an expression"),
+        "{err}"
+    );
     assert_eq!(out, "on\nx\\| ; DELETE FROM invoices; --\n");
     assert_eq!(f.pg.app_sql("SELECT count(*) FROM invoices"), "3\n");
     let rules: Vec<String> = f
@@ -267,7 +286,7 @@ SELECT 'x\\' , ' ; DELETE FROM invoices; --';
         .iter()
         .map(|e| e["rule"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(rules[..4], ["string-syntax"; 4]);
+    assert_eq!(rules[..4], ["pinned-setting"; 4]);
 
     // Functions that run SQL text would hide it from the judge.
     let (_, err, ok) = f.psql(
@@ -275,20 +294,56 @@ SELECT 'x\\' , ' ; DELETE FROM invoices; --';
         "",
     );
     assert!(
-        !ok && err.contains("refuses functions that run SQL text"),
+        !ok && err.contains("refuses running SQL given as text"),
         "{err}"
     );
 
-    // A server (or role) configured with it off is refused at login.
+    // A role configured with it off (or another encoding) still gets the gateway's settings:
+    // they are pinned at login, where the client's word outranks the role's.
     f.pg.superuser_sql(&format!(
         "ALTER ROLE {APP_ROLE} SET standard_conforming_strings = off"
     ));
-    let (out, err, ok) = f.psql(&["-c", "SELECT 1"], "");
-    assert!(!ok && out.is_empty(), "{out}");
+    f.pg.superuser_sql(&format!(
+        "ALTER ROLE {APP_ROLE} SET client_encoding = 'SJIS'"
+    ));
+    let (out, err, ok) = f.psql(
+        &["-A", "-t", "-f", "-"],
+        "SHOW standard_conforming_strings;
+SELECT current_setting('client_encoding');
+",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        out,
+        "on
+UTF8
+"
+    );
+    // Whatever the agent asks for at startup, too.
+    let (out, err, ok) = f.psql_env(
+        &[
+            "-A",
+            "-t",
+            "-c",
+            "SELECT current_setting('client_encoding')",
+        ],
+        &[("PGCLIENTENCODING", "GBK")],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        out,
+        "UTF8
+"
+    );
+    let (_, err, ok) = f.psql(&["-c", "SET client_encoding = 'SJIS'"], "");
     assert!(
-        err.contains("the upstream has standard_conforming_strings = off"),
+        !ok && err.contains("refuses changing client_encoding"),
         "{err}"
     );
+    let (_, err, ok) = f.psql(&["-c", "SET search_path = pg_temp, public"], "");
+    assert!(!ok && err.contains("refuses changing search_path"), "{err}");
+    let (_, err, ok) = f.psql(&["-c", "SET ROLE postgres"], "");
+    assert!(!ok && err.contains("refuses changing role"), "{err}");
 }
 
 #[test]

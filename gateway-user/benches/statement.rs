@@ -1,5 +1,6 @@
 //! What the gateway adds to each PostgreSQL statement before it is forwarded: parsing with
-//! sqlparser, the rule verdict, and the audit event; and what masking costs per value.
+//! PostgreSQL's own parser (libpg_query), the rule verdict, and the audit event; and what
+//! masking costs per value.
 //! `cargo bench -p gateway-user --bench statement`; figures in bench/RESULTS.md.
 
 use std::{hint::black_box, path::Path};
@@ -12,7 +13,7 @@ use gateway_user::{
         judge::{Judged, judge},
         mask::Masker,
         rules::Who,
-        shape::{Shape, tokenize},
+        shape::Shape,
     },
 };
 
@@ -25,13 +26,8 @@ fn bench(c: &mut Criterion) {
     let select = "SELECT id, customer_id, amount FROM invoices WHERE customer_id = 42";
     let pgbench = "UPDATE pgbench_accounts SET abalance = abalance + -4321 WHERE aid = 77123;";
 
-    c.bench_function("sqlparser alone: simple SELECT", |b| {
-        b.iter(|| {
-            sqlparser::parser::Parser::parse_sql(
-                &sqlparser::dialect::PostgreSqlDialect {},
-                black_box(select),
-            )
-        })
+    c.bench_function("pg_query scan alone: simple SELECT", |b| {
+        b.iter(|| pg_query::scan(black_box(select)))
     });
     c.bench_function("judge: simple SELECT (parse + decide)", |b| {
         b.iter(|| judge("bench", &target, &who, black_box(select)))
@@ -41,19 +37,45 @@ fn bench(c: &mut Criterion) {
     });
 
     // What a session does for a statement it has judged before with other literals (pgbench's
-    // `WHERE aid = 77123` with a new number each time): tokenize, shape, look up.
+    // `WHERE aid = 77123` with a new number each time): the shape, looked up.
     let mut cache = std::collections::HashMap::new();
-    let tokens = tokenize(select).unwrap();
     cache.insert(
-        Shape::from_tokens(tokens),
+        Shape::of(select).unwrap(),
         std::sync::Arc::new(judge("bench", &target, &who, select)),
+    );
+    cache.insert(
+        Shape::of(pgbench).unwrap(),
+        std::sync::Arc::new(judge("bench", &target, &who, pgbench)),
     );
     c.bench_function("judge by shape (cache hit): simple SELECT", |b| {
         b.iter(|| {
-            let tokens = tokenize(black_box(select)).unwrap();
-            cache.get(&Shape::from_tokens(tokens)).map(|j| j.action)
+            cache
+                .get(&Shape::of(black_box(select)).unwrap())
+                .map(|j| j.action)
         })
     });
+    c.bench_function("judge by shape (cache hit): pgbench UPDATE", |b| {
+        b.iter(|| {
+            cache
+                .get(&Shape::of(black_box(pgbench)).unwrap())
+                .map(|j| j.action)
+        })
+    });
+    let odd = "SELECT id /* hint */ FROM invoices WHERE note = E'x' AND amount > 1.5";
+    cache.insert(
+        Shape::of(odd).unwrap(),
+        std::sync::Arc::new(judge("bench", &target, &who, odd)),
+    );
+    c.bench_function(
+        "judge by shape (cache hit, server's lexer): comment, E'', 1.5",
+        |b| {
+            b.iter(|| {
+                cache
+                    .get(&Shape::of(black_box(odd)).unwrap())
+                    .map(|j| j.action)
+            })
+        },
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let store = AuditStore::open(dir.path()).unwrap();
@@ -120,8 +142,10 @@ fn bench(c: &mut Criterion) {
         std::sync::Arc::new(judge("bench", &target, &who, black_box(select)))
     });
     judged_and_audited("judge by shape + audit event: simple SELECT", &|| {
-        let tokens = tokenize(black_box(select)).unwrap();
-        cache.get(&Shape::from_tokens(tokens)).unwrap().clone()
+        cache
+            .get(&Shape::of(black_box(select)).unwrap())
+            .unwrap()
+            .clone()
     });
 
     let rules: Vec<_> = target

@@ -25,7 +25,15 @@ pub struct PostgresFile {
     /// checked against `ca_file`, name against the target's host).
     pub tls: TlsMode,
     pub ca_file: Option<PathBuf>,
-    /// A statement sqlparser cannot parse: `deny` (the default) or `allow`.
+    /// The schemas unqualified names resolve to, pinned upstream at login (default
+    /// `["public"]`): the judge resolves names as the server will, and nothing the agent sends
+    /// may change it.
+    pub search_path: Option<Vec<String>>,
+    /// A bound on each statement's run time, pinned upstream (`statement_timeout`) so that
+    /// `pg_sleep` and runaway queries end; e.g. "30s". Unset: the server's own setting.
+    #[serde(default, with = "humantime_serde_opt")]
+    pub statement_timeout: Option<std::time::Duration>,
+    /// A statement PostgreSQL's parser rejects: `deny` (the default) or `allow`.
     #[serde(default)]
     pub unparsed: Unparsed,
     /// Keep literal values in the audited SQL text (off: they are replaced by `?`).
@@ -70,6 +78,19 @@ pub enum Unparsed {
     Allow,
 }
 
+fn search_path(raw: Option<Vec<String>>) -> Result<Vec<String>, String> {
+    let path = raw.unwrap_or_else(|| {
+        crate::protocol::postgres::sql::DEFAULT_SEARCH_PATH
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect()
+    });
+    if path.is_empty() || path.iter().any(|s| s.is_empty() || s.contains('\0')) {
+        return Err("`search_path` needs at least one schema name, none empty".into());
+    }
+    Ok(path)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credential {
     None,
@@ -90,6 +111,42 @@ pub struct PostgresTarget {
     pub durability: Durability,
     pub jwt: Option<JwtVerifier>,
     pub rules: Vec<SqlRule>,
+    pub search_path: Vec<String>,
+    pub statement_timeout: Option<std::time::Duration>,
+}
+
+/// Settings the gateway pins upstream because they change how the server reads bytes
+/// (string syntax, encoding), resolves names (search_path) or who the session is (role):
+/// a statement that would change one is refused.
+pub const PINNED_SETTINGS: &[&str] = &[
+    "standard_conforming_strings",
+    "client_encoding",
+    "search_path",
+    "role",
+    "session_authorization",
+];
+
+/// Whether a setting the server reports (ParameterStatus) is one the judge can read
+/// statements under: string syntax standard and the client encoding UTF8. Should the server
+/// report otherwise, the session ends: bytes would no longer mean what the judge read.
+pub fn reported_setting_ok(name: &str, value: &str) -> bool {
+    match name {
+        "standard_conforming_strings" => value == "on",
+        "client_encoding" => value.eq_ignore_ascii_case("UTF8"),
+        _ => true,
+    }
+}
+
+mod humantime_serde_opt {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<std::time::Duration>, D::Error> {
+        let text = Option::<String>::deserialize(d)?;
+        text.map(|t| humantime::parse_duration(&t).map_err(serde::de::Error::custom))
+            .transpose()
+    }
 }
 
 impl PostgresTarget {
@@ -132,7 +189,37 @@ impl PostgresTarget {
             durability: raw.durability,
             jwt: raw.agent_jwt.map(JwtVerifier::load).transpose()?,
             rules: raw.rules,
+            search_path: search_path(raw.search_path)?,
+            statement_timeout: raw.statement_timeout,
         })
+    }
+
+    /// Whether a statement changing `setting` is refused: the pinned ones, a computed name
+    /// (`*`), and `statement_timeout` when the target pins one.
+    pub fn pins(&self, setting: &str) -> bool {
+        setting == "*"
+            || PINNED_SETTINGS.contains(&setting)
+            || (setting == "statement_timeout" && self.statement_timeout.is_some())
+    }
+
+    /// What the daemon sets at login, whatever the agent asked for.
+    pub fn pinned_parameters(&self) -> Vec<(&'static str, String)> {
+        let mut p = vec![
+            ("client_encoding", "UTF8".to_owned()),
+            ("standard_conforming_strings", "on".to_owned()),
+            (
+                "search_path",
+                self.search_path
+                    .iter()
+                    .map(|s| format!("\"{}\"", s.replace('"', "\"\"")))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
+        ];
+        if let Some(t) = self.statement_timeout {
+            p.push(("statement_timeout", t.as_millis().to_string()));
+        }
+        p
     }
 
     /// The upstream password. Never logged, never audited, never sent to the agent.

@@ -8,6 +8,7 @@ pub mod hold;
 pub mod judge;
 pub mod jwt;
 pub mod mask;
+pub(crate) mod names;
 pub mod relay;
 pub mod rules;
 pub mod session;

@@ -205,21 +205,56 @@ impl SqlRule {
         }
     }
 
-    /// True when every condition the rule sets holds; an unset condition
-    /// (empty list, `None`) places no constraint.
+    /// True when every condition the rule sets holds; an unset condition (empty list,
+    /// `None`) places no constraint.
+    ///
+    /// Relation conditions (`tables`, `reads`, `writes`) are read by what the rule does. A
+    /// rule that refuses, holds or masks applies when ANY relation matches, so naming one
+    /// sensitive table is enough to catch a statement. An `allow` grants, so it applies only
+    /// when the statement touches at least one relation of that condition and EVERY one of
+    /// them matches: `reads = ["public.*"]` does not let a join with `secret.keys` through.
+    /// A statement that reads values of relations it does not name (statistics views,
+    /// relation-by-name functions) matches every refusing condition and only an allow
+    /// condition of `*`.
     pub fn matches(&self, who: &Who, stmt: &StatementInfo) -> bool {
+        let grants = self.action == Action::Allow;
+        let everything = stmt.reads_everything;
+        let relations = |globs: &[Glob], names: &mut dyn Iterator<Item = &String>, reads: bool| {
+            if globs.is_empty() {
+                return true;
+            }
+            let hit = |n: &String| globs.iter().any(|g| g.matches_qualified(n));
+            if grants {
+                let star = globs.iter().any(|g| g.as_str() == "*");
+                let mut any = false;
+                let mut all = true;
+                for n in names {
+                    any = true;
+                    all &= hit(n);
+                }
+                all && (any || (reads && everything)) && (!(reads && everything) || star)
+            } else {
+                let mut any = reads && everything;
+                for n in names {
+                    any |= hit(n);
+                }
+                any
+            }
+        };
         let any = |globs: &[Glob], names: &[String]| {
             globs.is_empty()
                 || names
                     .iter()
                     .any(|n| globs.iter().any(|g| g.matches_qualified(n)))
         };
-        let touched = || stmt.reads.iter().chain(&stmt.writes);
         (self.kinds.is_empty() || self.kinds.contains(&stmt.kind))
-            && (self.tables.is_empty()
-                || touched().any(|n| self.tables.iter().any(|g| g.matches_qualified(n))))
-            && any(&self.reads, &stmt.reads)
-            && any(&self.writes, &stmt.writes)
+            && relations(
+                &self.tables,
+                &mut stmt.reads.iter().chain(&stmt.writes),
+                true,
+            )
+            && relations(&self.reads, &mut stmt.reads.iter(), true)
+            && relations(&self.writes, &mut stmt.writes.iter(), false)
             && any(&self.functions, &stmt.functions)
             && self.without_where.is_none_or(|w| w == stmt.without_where)
             && self.copy_program.is_none_or(|c| c == stmt.copy_program)
@@ -279,13 +314,29 @@ pub fn decide(rules: &[SqlRule], who: &Who, stmt: &StatementInfo) -> StatementVe
             masks.push(i);
         }
     }
-    let winner = first.iter().rev().flatten().next();
+    // Masking never grants: it narrows what an allowed (or held, then approved) statement
+    // returns. So the winner is the strictest of deny, hold and allow; a statement only a
+    // mask rule matches is refused by default.
+    let winner = [Action::Deny, Action::Hold, Action::Allow]
+        .into_iter()
+        .find_map(|a| first[usize::from(a.strictness())]);
     match winner {
-        Some(&i) => StatementVerdict {
-            action: rules[i].action,
-            rule: rules[i].name.clone(),
-            masks,
-        },
+        Some(i) => {
+            let action = match rules[i].action {
+                Action::Allow if !masks.is_empty() => Action::Mask,
+                a => a,
+            };
+            let rule = if action == Action::Mask {
+                rules[masks[0]].name.clone()
+            } else {
+                rules[i].name.clone()
+            };
+            StatementVerdict {
+                action,
+                rule,
+                masks,
+            }
+        }
         None => StatementVerdict {
             action: Action::Deny,
             rule: DEFAULT_RULE.to_string(),
@@ -319,7 +370,7 @@ pub fn decide_all(rules: &[SqlRule], who: &Who, stmts: &[StatementInfo]) -> Stat
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::postgres::sql::classify;
+    use crate::protocol::postgres::sql::classify_default as classify;
 
     #[derive(Debug, Deserialize)]
     struct File {

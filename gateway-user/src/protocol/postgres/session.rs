@@ -19,11 +19,10 @@ use super::{
         frame::next_startup,
         frontend::Startup,
     },
-    config::PostgresTarget,
+    config::{PostgresTarget, reported_setting_ok},
     judge::POLICY_DENIED,
     jwt::TokenIdentity,
     relay::{self, Ctx, RelayError},
-    sql::STRING_SYNTAX_SETTING,
     tls,
     upstream::{self, UpstreamError},
 };
@@ -168,17 +167,16 @@ async fn run(
         }
     };
 
-    if let Some((_, v)) = session
+    if let Some((k, v)) = session
         .parameters
         .iter()
-        .find(|(k, _)| k == STRING_SYNTAX_SETTING)
-        .filter(|(_, v)| v != "on")
+        .find(|(k, v)| !reported_setting_ok(k, v))
     {
-        let why = format!("the upstream has {STRING_SYNTAX_SETTING} = {v}");
+        let why = format!("the upstream has {k} = {v}");
         let _ = reply(
             &mut agent,
             ErrorFields::fatal(POLICY_DENIED, format!("gatewayd: {why}")).with_hint(
-                "The gateway reads string literals as PostgreSQL does only while it is on.",
+                "The gateway reads statements as PostgreSQL does only with standard_conforming_strings on and client_encoding UTF8.",
             ),
         )
         .await;
@@ -212,6 +210,8 @@ async fn run(
     }
 
     let ctx = Ctx {
+        texts: relay::text_masker(&p.target),
+        names: Default::default(),
         policy: p.policy,
         target_name: p.target_name,
         agent: p.agent,
@@ -267,7 +267,7 @@ async fn run(
         Ended::Upstream(Ok(())) => Outcome::Upstream("upstream closed the connection".into()),
         Ended::Upstream(Err(e)) => {
             let code = match e {
-                RelayError::StringSyntax => POLICY_DENIED,
+                RelayError::PinnedSetting(_) => POLICY_DENIED,
                 _ => "08006",
             };
             let fatal = ErrorFields::fatal(code, format!("gatewayd: {e}"));

@@ -1,143 +1,133 @@
-//! A statement's shape: its tokens with the literals' values taken out. Two texts of one
-//! shape parse to the same tree but for those values, so a session that judged one has judged
-//! the other (a loop of `... WHERE id = 17`, `... WHERE id = 18` is parsed once), and the
-//! audit keeps the shape's text, which holds no literal, instead of the agent's.
+//! A statement's shape: its tokens, as PostgreSQL's lexer reads them, with the literals' values
+//! taken out. Two texts of one shape parse to the same tree but for those values, so a session
+//! that judged one has judged the other (a loop of `... WHERE id = 17`, `... = 18` is parsed
+//! once), and the audit keeps the shape's text, which holds no literal.
 //!
-//! The key is the token sequence itself rather than a rendering of it, so no two different
-//! sequences can share one. What it keeps is what sqlparser's parser can branch on: token
-//! kinds, words as written, whether whitespace separates two tokens and whether it spans a line
-//! (PostgreSQL joins string literals across a newline), comments (pg_hint_plan hints), and of a
-//! number whether it is a plain integer that fits `u64` (`LIMIT 5` parses, `LIMIT 5.5` does not).
-//! A statement whose judgement reads a literal's value (`EXPLAIN (ANALYZE off)`) is not cached by
-//! shape: see [`super::sql::StatementInfo::reads_literals`].
+//! Two keys, never confused with each other:
+//! - **Plain**: for the common, simple text (ASCII words, integers of up to 9 digits, `'...'`
+//!   strings with no quote or backslash inside and no prefix letter, a few punctuation marks,
+//!   no comment, no `$`, no `"`), the text itself with each literal's value cut out, found in
+//!   one pass without the C lexer. In that subset the server's lexer can only read the same
+//!   tokens from two texts with equal keys, but for the literals' values: every other byte is
+//!   kept, a string cannot end early, and an integer of up to 9 digits is always an ICONST.
+//! - **Scanned**: anything else goes through the server's lexer: token kinds and their text,
+//!   literals by kind only.
+//!
+//! A statement whose judgement reads a literal's value (`EXPLAIN (ANALYZE 0)`, `set_config`)
+//! is not cached by shape: see [`super::sql::StatementInfo::reads_literals`]. A text with a
+//! `UESCAPE` clause has no shape: there a literal's value decides what an identifier is.
 
-use sqlparser::{
-    dialect::PostgreSqlDialect,
-    tokenizer::{Token, TokenWithSpan, Tokenizer, Whitespace},
-};
-
-use super::sql::ParseError;
-
-/// Tokenizes as sqlparser's own `Parser::parse_sql` does, so that parsing these tokens gives
-/// what parsing the text would.
-pub fn tokenize(sql: &str) -> Result<Vec<TokenWithSpan>, ParseError> {
-    Tokenizer::new(&PostgreSqlDialect {}, sql)
-        .with_unescape(true)
-        .tokenize_with_location()
-        .map_err(|e| ParseError {
-            message: e.to_string(),
-        })
-}
+use super::sql::scan;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Shape(Vec<Token>);
+pub enum Shape {
+    Plain(Box<str>),
+    Scanned(Box<[u8]>),
+}
+
+/// Marks a cut-out literal in a plain key; never part of the subset the plain key accepts.
+const CUT: char = '\u{1}';
 
 impl Shape {
-    /// Takes the tokens, so a session that only looks the shape up copies no word.
-    pub fn from_tokens(tokens: Vec<TokenWithSpan>) -> Shape {
-        let mut out: Vec<Token> = Vec::with_capacity(tokens.len());
-        for token in tokens.into_iter().map(|t| t.token) {
-            let token = match token {
-                Token::Whitespace(
-                    w @ (Whitespace::Space | Whitespace::Tab | Whitespace::Newline),
-                ) => {
-                    let newline = w == Whitespace::Newline;
-                    // A run of blanks is one separator; it remembers whether it spans a line.
-                    if let Some(Token::Whitespace(prev)) = out.last_mut()
-                        && matches!(prev, Whitespace::Space | Whitespace::Newline)
-                    {
-                        if newline {
-                            *prev = Whitespace::Newline;
-                        }
-                        continue;
+    pub fn of(sql: &str) -> Option<Shape> {
+        match plain(sql) {
+            Some(key) => Some(Shape::Plain(key.into_boxed_str())),
+            None => scanned(sql).map(|k| Shape::Scanned(k.into_boxed_slice())),
+        }
+    }
+}
+
+fn plain(sql: &str) -> Option<String> {
+    let b = sql.as_bytes();
+    let mut key = String::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            b'a'..=b'z' | b'A'..=b'Z' | b'_' => {
+                let start = i;
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
+                    i += 1;
+                }
+                // A word straight before a quote is a prefix (E'', B'', X'', N'', U&):
+                // outside the subset. So is `$` inside a word.
+                if i < b.len() && matches!(b[i], b'\'' | b'$' | b'&') {
+                    return None;
+                }
+                key.push_str(&sql[start..i]);
+            }
+            b'0'..=b'9' => {
+                let start = i;
+                while i < b.len() && b[i].is_ascii_digit() {
+                    i += 1;
+                }
+                // `1.5`, `1e5`, `0x1f`, `1_000` and ten or more digits (ICONST or FCONST by
+                // value) are left to the lexer.
+                if i - start > 9
+                    || (i < b.len()
+                        && (b[i].is_ascii_alphanumeric() || matches!(b[i], b'_' | b'.')))
+                {
+                    return None;
+                }
+                // A digit run glued to a word before it is part of that word (handled above).
+                key.push(CUT);
+                key.push('i');
+            }
+            b'\'' => {
+                i += 1;
+                while i < b.len() && b[i] != b'\'' {
+                    if b[i] == b'\\' || !b[i].is_ascii() || b[i] == 0 {
+                        return None;
                     }
-                    Token::Whitespace(if newline {
-                        Whitespace::Newline
-                    } else {
-                        Whitespace::Space
-                    })
+                    i += 1;
                 }
-                other => canonical(&other).unwrap_or(other),
-            };
-            out.push(token);
-        }
-        Shape(out)
-    }
-}
-
-/// The literal with its value taken out, or None for a token kept as it is.
-fn canonical(token: &Token) -> Option<Token> {
-    let empty = String::new;
-    Some(match token {
-        Token::Number(n, long) => {
-            if n.len() > 18 || !n.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
+                if i >= b.len() {
+                    return None;
+                }
+                i += 1;
+                // `'a''b'` (a doubled quote) is left to the lexer.
+                if i < b.len() && b[i] == b'\'' {
+                    return None;
+                }
+                key.push(CUT);
+                key.push('s');
             }
-            Token::Number("0".into(), *long)
-        }
-        Token::SingleQuotedString(_) => Token::SingleQuotedString(empty()),
-        Token::EscapedStringLiteral(_) => Token::EscapedStringLiteral(empty()),
-        Token::UnicodeStringLiteral(_) => Token::UnicodeStringLiteral(empty()),
-        Token::NationalStringLiteral(_) => Token::NationalStringLiteral(empty()),
-        Token::HexStringLiteral(_) => Token::HexStringLiteral(empty()),
-        Token::SingleQuotedByteStringLiteral(_) => Token::SingleQuotedByteStringLiteral(empty()),
-        Token::DollarQuotedString(d) => {
-            Token::DollarQuotedString(sqlparser::ast::DollarQuotedString {
-                value: empty(),
-                tag: d.tag.as_ref().map(|_| empty()),
-            })
-        }
-        _ => return None,
-    })
-}
-
-fn is_literal(token: &Token) -> bool {
-    matches!(
-        token,
-        Token::Number(..)
-            | Token::SingleQuotedString(_)
-            | Token::EscapedStringLiteral(_)
-            | Token::UnicodeStringLiteral(_)
-            | Token::NationalStringLiteral(_)
-            | Token::HexStringLiteral(_)
-            | Token::SingleQuotedByteStringLiteral(_)
-            | Token::DoubleQuotedByteStringLiteral(_)
-            | Token::DollarQuotedString(_)
-            | Token::TripleSingleQuotedString(_)
-            | Token::TripleDoubleQuotedString(_)
-            | Token::SingleQuotedRawStringLiteral(_)
-            | Token::DoubleQuotedRawStringLiteral(_)
-            | Token::QuoteDelimitedStringLiteral(_)
-            | Token::NationalQuoteDelimitedStringLiteral(_)
-    )
-}
-
-/// The statement as the audit keeps it when literals are not kept: the agent's words and
-/// operators, every literal as `?`, blanks and comments as one space, no trailing `;`.
-pub fn redacted_text(tokens: &[TokenWithSpan]) -> String {
-    let mut out = String::with_capacity(tokens.len() * 6);
-    let mut gap = false;
-    for t in tokens {
-        match &t.token {
-            Token::Whitespace(_) => gap = true,
-            Token::EOF => {}
-            token => {
-                if gap && !out.is_empty() {
-                    out.push(' ');
-                }
-                gap = false;
-                if is_literal(token) {
-                    out.push('?');
-                } else {
-                    use std::fmt::Write as _;
-                    let _ = write!(out, "{token}");
-                }
+            b' ' | b'\t' | b'\n' | b'\r' | b',' | b'(' | b')' | b';' | b'=' | b'*' => {
+                key.push(c as char);
+                i += 1;
             }
+            // `<`, `>`, `+`, `-`, `/`, `.`, `:` combine into operators, comments and casts:
+            // kept as they are, but `--` and `/*` start comments, left to the lexer.
+            b'<' | b'>' | b'+' | b'-' | b'/' | b'.' | b':' => {
+                if (c == b'-' && b.get(i + 1) == Some(&b'-'))
+                    || (c == b'/' && b.get(i + 1) == Some(&b'*'))
+                {
+                    return None;
+                }
+                key.push(c as char);
+                i += 1;
+            }
+            _ => return None,
         }
     }
-    let trimmed = out.trim_end_matches([';', ' ']).len();
-    out.truncate(trimmed);
-    out
+    Some(key)
+}
+
+fn scanned(sql: &str) -> Option<Vec<u8>> {
+    let tokens = scan::tokens(sql)?;
+    let mut key = Vec::with_capacity(sql.len() + tokens.len() * 4);
+    for t in &tokens {
+        if scan::value_dependent(t.token) {
+            return None;
+        }
+        key.extend_from_slice(&t.token.to_le_bytes());
+        if !scan::is_literal(t.token) {
+            let text = sql.get(t.start as usize..t.end as usize)?;
+            key.extend_from_slice(&(text.len() as u32).to_le_bytes());
+            key.extend_from_slice(text.as_bytes());
+        }
+    }
+    Some(key)
 }
 
 #[cfg(test)]
@@ -145,7 +135,7 @@ mod tests {
     use super::*;
 
     fn shape(sql: &str) -> Shape {
-        Shape::from_tokens(tokenize(sql).unwrap())
+        Shape::of(sql).unwrap_or_else(|| panic!("no shape: {sql}"))
     }
 
     #[test]
@@ -155,8 +145,11 @@ mod tests {
             ("SELECT * FROM t WHERE id = 17", "SELECT * FROM t WHERE id = 18"),
             ("SELECT 'a' , $$x$$", "SELECT 'bbb' , $$yy$$"),
             ("SELECT E'\\n', X'ff'", "SELECT E'q', X'00'"),
-            ("SELECT  1\t+ 2", "SELECT 3 + 4"),
-            ("select 1\n\n, 2", "select 1 \n , 2"),
+            ("SELECT 1.5 -- c\n", "SELECT 2.25 -- c\n"),
+            ("SELECT 'it''s'", "SELECT 'x''y'"),
+            // A dollar quote's tag is not part of the value the parser sees.
+            ("SELECT $$x$$", "SELECT $t$x$t$"),
+            ("SELECT abalance FROM pgbench_accounts WHERE aid = 5", "SELECT abalance FROM pgbench_accounts WHERE aid = 123456"),
         ];
         for (a, b) in same {
             assert_eq!(shape(a), shape(b), "{a} / {b}");
@@ -167,23 +160,20 @@ mod tests {
     fn anything_the_parser_can_branch_on_changes_the_shape() {
         #[rustfmt::skip]
         let differ = [
-            // Words as written, quoted or not.
             ("SELECT a FROM t", "SELECT b FROM t"),
             ("SELECT a FROM t", "SELECT \"a\" FROM t"),
-            // Literal kinds.
             ("SELECT 1", "SELECT '1'"),
             ("SELECT 'x'", "SELECT E'x'"),
-            ("SELECT $$x$$", "SELECT $t$x$t$"),
-            // An integer that fits u64, a decimal, one that does not fit.
+            // ICONST and FCONST by value.
             ("SELECT 1 LIMIT 5", "SELECT 1 LIMIT 5.5"),
-            ("SELECT 1 LIMIT 5", "SELECT 1 LIMIT 99999999999999999999"),
-            // Adjacency (`:name` placeholders) and newlines (string continuation).
-            ("SELECT :x", "SELECT : x"),
+            ("SELECT 1 LIMIT 5", "SELECT 1 LIMIT 99999999999"),
+            // String continuation across a newline, and adjacency of operator characters.
             ("SELECT 'a' 'b'", "SELECT 'a'\n'b'"),
-            // Comments, which may carry planner hints.
+            ("SELECT 1 -< 2", "SELECT 1 - < 2"),
             ("/*+ SeqScan(t) */ SELECT 1", "/*+ IndexScan(t) */ SELECT 1"),
-            // Operators.
             ("SELECT a ?| b", "SELECT a | b"),
+            // The plain and the scanned key of one text never meet.
+            ("SELECT 1", "SELECT 1 /* */"),
         ];
         for (a, b) in differ {
             assert_ne!(shape(a), shape(b), "{a} / {b}");
@@ -191,21 +181,30 @@ mod tests {
     }
 
     #[test]
-    fn redacted_text_keeps_words_and_hides_every_literal() {
-        #[rustfmt::skip]
-        let cases = [
-            ("SELECT * FROM t WHERE a = 'x' AND b = 42", "SELECT * FROM t WHERE a = ? AND b = ?"),
-            ("SELECT NULL, true, $1, -2.5", "SELECT NULL, true, $1, -?"),
-            ("INSERT INTO t VALUES ('secret', E'x', $$y$$)", "INSERT INTO t VALUES (?, ?, ?)"),
-            ("SELECT DATE '2020-01-01' LIMIT 5;", "SELECT DATE ? LIMIT ?"),
-            ("ALTER ROLE bob PASSWORD 'hunter2'", "ALTER ROLE bob PASSWORD ?"),
-            ("COPY t FROM PROGRAM 'curl -u me:pw x'", "COPY t FROM PROGRAM ?"),
-            ("NOTIFY ch, 'payload'", "NOTIFY ch, ?"),
-            ("select \"Odd \"\"name\"\"\" -- why\n from t", "select \"Odd \"\"name\"\"\" from t"),
-            ("CREATE FUNCTION f() RETURNS int AS $b$ SELECT 'k' $b$ LANGUAGE sql", "CREATE FUNCTION f() RETURNS int AS ? LANGUAGE sql"),
-        ];
-        for (sql, want) in cases {
-            assert_eq!(redacted_text(&tokenize(sql).unwrap()), want, "{sql}");
+    fn plain_subset_is_strict() {
+        for sql in [
+            "SELECT E'x'",
+            "SELECT 'a\\'",
+            "SELECT 'é'",
+            "SELECT 1.5",
+            "SELECT 0x1f",
+            "SELECT 1234567890",
+            "SELECT \"a\"",
+            "SELECT $1",
+            "SELECT 1 -- x",
+            "SELECT a$b",
+            "SELECT U&'x'",
+        ] {
+            assert_eq!(plain(sql), None, "{sql}");
         }
+        assert!(plain("SELECT a, b FROM t WHERE x = 'y' AND z < 3;").is_some());
+    }
+
+    #[test]
+    fn uescape_has_no_shape() {
+        assert_eq!(
+            Shape::of(r#"SELECT * FROM U&"!0073ecrets" UESCAPE '!'"#),
+            None
+        );
     }
 }

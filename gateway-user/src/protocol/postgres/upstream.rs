@@ -18,10 +18,10 @@ use super::{
 };
 
 /// Startup parameters an agent may pass on. Anything else (notably `options`, which can set
-/// `role` or `session_authorization`) stays with the gateway.
-const PASSED_PARAMS: [&str; 6] = [
+/// `role` or `session_authorization`, and `client_encoding`, which the gateway pins to UTF8
+/// so the server reads bytes as the judge does) stays with the gateway.
+const PASSED_PARAMS: [&str; 5] = [
     "application_name",
-    "client_encoding",
     "DateStyle",
     "TimeZone",
     "IntervalStyle",
@@ -65,10 +65,12 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     target: &PostgresTarget,
     agent_params: &[(String, String)],
 ) -> Result<Session, UpstreamError> {
+    let pinned = target.pinned_parameters();
     let mut params: Vec<(&str, &str)> = vec![
         ("user", target.user.as_str()),
         ("database", target.database.as_str()),
     ];
+    params.extend(pinned.iter().map(|(k, v)| (*k, v.as_str())));
     params.extend(
         agent_params
             .iter()

@@ -124,6 +124,9 @@ pub const COLUMN_REDACTION: &str = "[redacted]";
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Masker {
     columns: Vec<Glob>,
+    /// Output names that carry a masked column under an alias (exact, as the server reports
+    /// them in RowDescription).
+    names: Vec<String>,
     detectors: Vec<Detector>,
 }
 
@@ -152,6 +155,7 @@ impl Masker {
         }
         Masker {
             columns,
+            names: Vec::new(),
             detectors: unique,
         }
     }
@@ -160,8 +164,28 @@ impl Masker {
         self.columns.is_empty() && self.detectors.is_empty()
     }
 
+    /// Whether whole columns are masked (by name), not only fragments found by detectors.
+    pub fn has_columns(&self) -> bool {
+        !self.columns.is_empty()
+    }
+
+    /// Output names under which a masked column leaves (`SELECT ssn AS x`).
+    pub fn add_names(&mut self, names: impl IntoIterator<Item = String>) {
+        self.names.extend(names);
+    }
+
     pub fn masks_column(&self, column: &str) -> bool {
-        self.columns.iter().any(|g| g.matches(column))
+        self.columns.iter().any(|g| g.matches(column)) || self.names.iter().any(|n| n == column)
+    }
+
+    /// Masks the detectors' findings in any text the agent can receive (error and notice
+    /// fields, parameter values, notification payloads), bytes that are not UTF-8 included.
+    pub fn mask_any(&self, value: &[u8]) -> Option<String> {
+        if self.detectors.is_empty() {
+            return None;
+        }
+        let text = String::from_utf8_lossy(value);
+        self.mask_text("", &text).map(|(s, _)| s)
     }
 
     pub fn mask_text(&self, column: &str, value: &str) -> Option<(String, MaskReason)> {

@@ -1,10 +1,20 @@
 use super::*;
 use StatementKind as K;
 
+fn all(sql: &str) -> Vec<StatementInfo> {
+    classify_default(sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
 fn one(sql: &str) -> StatementInfo {
-    let mut all = classify(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let mut all = all(sql);
     assert_eq!(all.len(), 1, "{sql}");
     all.remove(0)
+}
+
+fn sorted(v: &[String]) -> Vec<&str> {
+    let mut v: Vec<&str> = v.iter().map(String::as_str).collect();
+    v.sort_unstable();
+    v
 }
 
 #[test]
@@ -13,6 +23,7 @@ fn kinds() {
     let cases = [
         ("SELECT 1", K::Select),
         ("VALUES (1)", K::Select),
+        ("TABLE t", K::Select),
         ("INSERT INTO t VALUES (1)", K::Insert),
         ("UPDATE t SET a = 1 WHERE id = 2", K::Update),
         ("DELETE FROM t WHERE id = 2", K::Delete),
@@ -23,43 +34,47 @@ fn kinds() {
         ("CREATE ROLE r LOGIN", K::Create),
         ("ALTER TABLE t ADD COLUMN b int", K::Alter),
         ("ALTER ROLE r PASSWORD 'x'", K::Alter),
+        ("ALTER SYSTEM SET work_mem = '1GB'", K::Alter),
         ("DROP TABLE t", K::Drop),
         ("DROP FUNCTION f", K::Drop),
         ("TRUNCATE t", K::Truncate),
         ("GRANT SELECT ON t TO r", K::Grant),
         ("GRANT admin TO r", K::Grant),
         ("REVOKE SELECT ON t FROM r", K::Revoke),
-        ("SET search_path = app", K::Set),
+        ("SET work_mem = '64MB'", K::Set),
         ("RESET ALL", K::Set),
+        ("DISCARD ALL", K::Set),
         ("SHOW search_path", K::Show),
         ("CALL p(1)", K::Call),
+        ("DO $$ BEGIN PERFORM 1; END $$", K::Do),
         ("BEGIN", K::Transaction),
         ("START TRANSACTION READ ONLY", K::Transaction),
         ("COMMIT", K::Transaction),
-        ("ROLLBACK", K::Transaction),
-        ("SAVEPOINT s", K::Transaction),
-        ("RELEASE SAVEPOINT s", K::Transaction),
         ("ROLLBACK TO SAVEPOINT s", K::Transaction),
-        ("PREPARE q AS SELECT 1", K::Prepare),
         ("EXECUTE q(1)", K::Execute),
         ("DEALLOCATE q", K::Deallocate),
         ("EXPLAIN SELECT 1", K::Explain),
         ("EXPLAIN DELETE FROM t", K::Explain),
         ("EXPLAIN (ANALYZE false) DELETE FROM t", K::Explain),
+        ("EXPLAIN (ANALYZE 0) DELETE FROM t", K::Explain),
+        ("EXPLAIN (ANALYZE f) DELETE FROM t", K::Delete),
         ("EXPLAIN ANALYZE DELETE FROM t", K::Delete),
+        ("EXPLAIN ANALYSE DELETE FROM t", K::Delete),
         ("EXPLAIN (ANALYZE, BUFFERS) UPDATE t SET a = 1", K::Update),
-        ("EXPLAIN ANALYZE SELECT 1", K::Select),
         ("VACUUM t", K::Maintenance),
-        ("ANALYZE t", K::Maintenance),
+        ("CLUSTER t", K::Maintenance),
+        ("CHECKPOINT", K::Maintenance),
         ("REFRESH MATERIALIZED VIEW mv", K::Maintenance),
         ("LOCK TABLE t IN ACCESS EXCLUSIVE MODE", K::Lock),
         ("LISTEN ch", K::Notify),
         ("NOTIFY ch, 'x'", K::Notify),
-        ("UNLISTEN ch", K::Notify),
         ("WITH x AS (SELECT 1) INSERT INTO t SELECT * FROM x", K::Insert),
         ("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d", K::Delete),
         ("SELECT * INTO t2 FROM t", K::Create),
-        ("DECLARE c CURSOR FOR SELECT 1", K::Other),
+        // Prepared statements and cursors are judged as what they run.
+        ("PREPARE q AS DELETE FROM t", K::Delete),
+        ("DECLARE c CURSOR FOR SELECT 1", K::Select),
+        ("FETCH 10 FROM c", K::Other),
         ("LOAD 'plugin'", K::Other),
     ];
     for (sql, kind) in cases {
@@ -72,16 +87,19 @@ fn reads_and_writes() {
     #[rustfmt::skip]
     let cases: &[(&str, &[&str], &[&str])] = &[
         ("SELECT * FROM a JOIN s.b ON a.id = b.id", &["public.a", "s.b"], &[]),
-        ("SELECT * FROM Users, \"Mixed\".\"Case\"", &["public.users", "Mixed.Case"], &[]),
-        ("SELECT (SELECT max(x) FROM m) FROM a WHERE id IN (SELECT id FROM b)", &["public.m", "public.a", "public.b"], &[]),
-        ("WITH c AS (SELECT * FROM t) SELECT * FROM c JOIN u ON true", &["public.t", "public.u"], &[]),
-        // Non-recursive CTEs cannot see themselves: the inner `t` is the table.
+        ("SELECT * FROM Users, \"Mixed\".\"Case\"", &["Mixed.Case", "public.users"], &[]),
+        ("SELECT (SELECT max(x) FROM m) FROM a WHERE id IN (SELECT id FROM b)", &["public.a", "public.b", "public.m"], &[]),
+        // A CTE's name counts as a relation too: the judge does not guess scoping.
         ("WITH t AS (SELECT * FROM t) SELECT * FROM t", &["public.t"], &[]),
-        ("WITH b AS (SELECT * FROM a), a AS (SELECT 1) SELECT * FROM b", &["public.a"], &[]),
-        ("WITH RECURSIVE r AS (SELECT 1 UNION ALL SELECT 1 FROM r) SELECT * FROM r", &[], &[]),
         ("SELECT * FROM x.c", &["x.c"], &[]),
+        // The catalog part of a three-part name can only be the current database.
+        ("SELECT * FROM billing.public.secrets", &["public.secrets"], &[]),
+        // Unqualified catalog names resolve to pg_catalog first.
+        ("SELECT * FROM pg_authid", &["pg_catalog.pg_authid", "public.pg_authid"], &[]),
+        ("TABLE secrets", &["public.secrets"], &[]),
+        ("SELECT * FROM (TABLE secrets) s", &["public.secrets"], &[]),
+        ("SELECT * FROM U&\"\\0073ecrets\"", &["public.secrets"], &[]),
         ("INSERT INTO t SELECT * FROM src", &["public.src"], &["public.t"]),
-        ("INSERT INTO t SELECT * FROM t", &["public.t"], &["public.t"]),
         ("UPDATE t SET a = u.a FROM u WHERE t.id = u.id", &["public.u"], &["public.t"]),
         ("UPDATE t SET a = 1 WHERE id = 1 RETURNING a", &["public.t"], &["public.t"]),
         ("DELETE FROM t USING u WHERE t.id = u.id", &["public.u"], &["public.t"]),
@@ -89,209 +107,276 @@ fn reads_and_writes() {
         ("COPY t TO STDOUT", &["public.t"], &[]),
         ("COPY t FROM STDIN", &[], &["public.t"]),
         ("COPY (SELECT * FROM s.x) TO STDOUT", &["s.x"], &[]),
-        ("COPY t FROM PROGRAM 'cat /etc/passwd'", &[], &["public.t"]),
         ("TRUNCATE a, s.b", &[], &["public.a", "s.b"]),
         ("DROP TABLE a, s.b", &[], &["public.a", "s.b"]),
         ("DROP SCHEMA s", &[], &[]),
         ("ALTER TABLE t ADD COLUMN b int", &[], &["public.t"]),
         ("CREATE TABLE t2 AS SELECT * FROM t", &["public.t"], &["public.t2"]),
         ("CREATE VIEW v AS SELECT * FROM t", &["public.t"], &["public.v"]),
-        ("CREATE INDEX i ON t (a)", &[], &["public.t"]),
         ("SELECT * INTO t2 FROM t", &["public.t"], &["public.t2"]),
-        ("WITH d AS (DELETE FROM t RETURNING *) INSERT INTO arch SELECT * FROM d", &["public.t"], &["public.t", "public.arch"]),
+        ("WITH d AS (DELETE FROM t RETURNING *) INSERT INTO arch SELECT * FROM d", &["public.d", "public.t"], &["public.arch", "public.t"]),
         ("EXPLAIN DELETE FROM t", &["public.t"], &[]),
         ("EXPLAIN ANALYZE DELETE FROM t", &[], &["public.t"]),
         ("GRANT SELECT ON t TO r", &["public.t"], &[]),
         ("LOCK TABLE t", &["public.t"], &[]),
-        ("SELECT * FROM generate_series(1, 3) g, pg_read_file('x')", &[], &[]),
-        ("PREPARE q AS DELETE FROM t", &[], &["public.t"]),
+        ("PREPARE q AS DELETE FROM t WHERE id = $1", &[], &["public.t"]),
+        ("DECLARE c CURSOR FOR SELECT * FROM secrets", &["public.secrets"], &[]),
     ];
     for (sql, reads, writes) in cases {
         let info = one(sql);
-        assert_eq!(info.reads, *reads, "reads of {sql}");
-        assert_eq!(info.writes, *writes, "writes of {sql}");
+        assert_eq!(sorted(&info.reads), *reads, "reads of {sql}");
+        assert_eq!(sorted(&info.writes), *writes, "writes of {sql}");
     }
 }
 
 #[test]
-fn functions() {
+fn functions_and_what_they_hide() {
     #[rustfmt::skip]
     let cases: &[(&str, &[&str])] = &[
-        ("SELECT upper(lower(name)) FROM t", &["upper", "lower"]),
-        ("SELECT 1 WHERE length(md5('x')) > 3", &["length", "md5"]),
-        ("SELECT * FROM generate_series(1, 3)", &["generate_series"]),
+        ("SELECT upper(lower(name)) FROM t", &["lower", "upper"]),
         ("SELECT * FROM pg_catalog.pg_read_file('/etc/passwd')", &["pg_read_file"]),
         ("SELECT PG_CATALOG.PG_SLEEP(1)", &["pg_sleep"]),
-        ("SELECT * FROM a, LATERAL f(a.x)", &["f"]),
-        ("SELECT * FROM unnest(ARRAY[1])", &["unnest"]),
         ("CALL app.do_it(now())", &["app.do_it", "now"]),
         ("CREATE TABLE t (ts timestamptz DEFAULT now())", &["now"]),
-        ("INSERT INTO t VALUES (dblink_exec('x'))", &["dblink_exec"]),
-        ("UPDATE t SET a = 1 WHERE b = lo_import('/x')", &["lo_import"]),
         ("SELECT count(*) FROM t GROUP BY 1 HAVING sum(a) > 0", &["count", "sum"]),
     ];
     for (sql, functions) in cases {
-        assert_eq!(one(sql).functions, *functions, "{sql}");
+        assert_eq!(sorted(&one(sql).functions), *functions, "{sql}");
     }
-}
-
-#[test]
-fn flags() {
-    // (sql, without_where, copy_program)
-    #[rustfmt::skip]
-    let cases = [
-        ("UPDATE t SET a = 1", true, false),
-        ("UPDATE t SET a = 1 WHERE true", false, false),
-        ("DELETE FROM t", true, false),
-        ("DELETE FROM t WHERE id = 1", false, false),
-        ("WITH d AS (DELETE FROM t) SELECT 1", true, false),
-        ("EXPLAIN DELETE FROM t", false, false),
-        ("EXPLAIN ANALYZE DELETE FROM t", true, false),
-        ("SELECT * FROM t", false, false),
-        ("COPY t FROM PROGRAM 'curl x'", false, true),
-        ("COPY (SELECT 1) TO PROGRAM 'gzip > /tmp/x'", false, true),
-        ("COPY t TO '/tmp/x'", false, false),
-    ];
-    for (sql, without_where, copy_program) in cases {
-        let info = one(sql);
-        assert_eq!(info.without_where, without_where, "{sql}");
-        assert_eq!(info.copy_program, copy_program, "{sql}");
-    }
-}
-
-#[test]
-fn multi_statement_and_empty() {
-    let infos = classify("SELECT 1; DELETE FROM t; ; BEGIN").unwrap();
-    let kinds: Vec<_> = infos.iter().map(|i| i.kind).collect();
-    assert_eq!(kinds, [K::Select, K::Delete, K::Transaction]);
-    assert_eq!(infos[1].text, "DELETE FROM t");
-    for sql in ["", ";", " ; ;\n", "-- just a comment"] {
-        assert_eq!(classify(sql).unwrap(), vec![], "{sql:?}");
-    }
-}
-
-#[test]
-fn redaction() {
-    // One statement: its tokens with literals hidden (shape.rs has the cases).
-    let info = one("ALTER ROLE bob PASSWORD 'hunter2';");
-    assert_eq!(info.redacted, "ALTER ROLE bob PASSWORD ?");
-    assert_eq!(info.text, "ALTER ROLE bob PASSWORD 'hunter2'");
-    // Several: each rendered from its tree, literals as `?` (or '?' where the AST keeps a
-    // plain string).
-    #[rustfmt::skip]
-    let cases = [
-        ("SELECT * FROM t WHERE a = 'x' AND b = 42", "SELECT * FROM t WHERE a = ? AND b = ?"),
-        ("SELECT NULL, true, $1, -2.5", "SELECT NULL, true, $1, -?"),
-        ("INSERT INTO t VALUES ('secret', E'x', $$y$$)", "INSERT INTO t VALUES (?, ?, ?)"),
-        ("SELECT DATE '2020-01-01' LIMIT 5", "SELECT DATE ? LIMIT ?"),
-        ("ALTER ROLE bob PASSWORD 'hunter2'", "ALTER ROLE bob WITH PASSWORD ?"),
-        ("COPY t FROM PROGRAM 'curl -u me:pw x'", "COPY t FROM PROGRAM '?'"),
-        ("NOTIFY ch, 'payload'", "NOTIFY ch, '?'"),
-    ];
-    for (sql, redacted) in cases {
-        let two = classify(&format!("SELECT 0; {sql}")).unwrap();
-        assert_eq!(two[1].redacted, redacted, "{sql}");
-        assert_ne!(two[1].text, two[1].redacted, "{sql}");
-    }
-    // One statement keeps the agent's own text; several are rendered one by one.
-    let info = one("select a from t where id = 1;");
-    assert_eq!(info.text, "select a from t where id = 1");
-    let two = classify("select 1; select 'x'").unwrap();
-    assert_eq!(
-        (two[0].text.as_str(), two[1].text.as_str()),
-        ("SELECT 1", "SELECT 'x'")
-    );
-}
-
-#[test]
-fn what_may_turn_standard_conforming_strings_off() {
-    #[rustfmt::skip]
-    let cases = [
-        ("SET standard_conforming_strings = off", true),
-        ("SET LOCAL standard_conforming_strings TO 'off'", true),
-        ("set \"standard_conforming_strings\" = on", true),
-        ("RESET standard_conforming_strings", true),
-        ("ALTER ROLE app SET standard_conforming_strings = off", true),
-        ("SELECT set_config('standard_conforming_strings', 'off', false)", true),
-        ("SELECT set_config(' Standard_Conforming_Strings ', 'off', false)", true),
-        ("SELECT set_config('standard_' || 'conforming_strings', 'off', false)", true),
-        ("SELECT set_config(name, 'off', false) FROM pg_settings", true),
-        ("SELECT * FROM set_config('standard_conforming_strings', 'off', false)", true),
-        ("SELECT * FROM set_config('app.user_id', '1', false)", true),
-        ("SELECT set_config('app.user_id', '42', false)", false),
-        ("SHOW standard_conforming_strings", false),
-        ("SELECT current_setting('standard_conforming_strings')", false),
-        ("SET search_path = app", false),
-    ];
-    for (sql, expected) in cases {
-        assert_eq!(one(sql).sets_string_syntax, expected, "{sql}");
-    }
-    assert!(one("SELECT set_config('app.user_id', '42', false)").reads_literals);
-}
-
-#[test]
-fn functions_that_run_sql_text_are_flagged() {
     for sql in [
         "SELECT query_to_xml('DELETE FROM t RETURNING *', true, false, '')",
-        "SELECT * FROM dblink('host=x', 'DROP TABLE t') AS r(a int)",
+        "SELECT * FROM ts_stat('SELECT body FROM secrets')",
         "SELECT dblink_exec('DROP TABLE t')",
+        "DO $$ BEGIN DELETE FROM t; END $$",
     ] {
         assert!(one(sql).runs_sql_text, "{sql}");
+    }
+    for sql in [
+        "SELECT table_to_xml('secrets', true, false, '')",
+        "SELECT * FROM pg_stats WHERE tablename = 'customers'",
+        "SELECT most_common_vals FROM pg_catalog.pg_stats",
+        "GRANT SELECT ON ALL TABLES IN SCHEMA public TO r",
+    ] {
+        assert!(one(sql).reads_everything, "{sql}");
     }
     assert!(!one("SELECT xmlconcat(a, b) FROM t").runs_sql_text);
 }
 
 #[test]
-fn only_explain_options_make_a_description_read_literals() {
-    assert!(one("EXPLAIN (ANALYZE off) DELETE FROM t").reads_literals);
-    assert!(!one("EXPLAIN DELETE FROM t").reads_literals);
-    assert!(!one("SELECT * FROM t WHERE a = 'x' LIMIT 3").reads_literals);
+fn settings_as_postgresql_resolves_them() {
+    #[rustfmt::skip]
+    let cases: &[(&str, &[&str])] = &[
+        ("SET standard_conforming_strings = off", &["standard_conforming_strings"]),
+        ("set \"standard_conforming_strings\" = on", &["standard_conforming_strings"]),
+        ("RESET standard_conforming_strings", &["standard_conforming_strings"]),
+        ("SET client_encoding = 'SJIS'", &["client_encoding"]),
+        ("SET NAMES 'GBK'", &["client_encoding"]),
+        ("SET CLIENT_ENCODING TO 'GB18030'", &["client_encoding"]),
+        ("SET search_path = secret, public", &["search_path"]),
+        ("SET ROLE admin", &["role"]),
+        ("SET SESSION AUTHORIZATION admin", &["session_authorization"]),
+        ("ALTER ROLE app SET standard_conforming_strings = off", &["standard_conforming_strings"]),
+        ("SELECT set_config(' Client_Encoding ', 'SJIS', false)", &["client_encoding"]),
+        ("SELECT pg_catalog.set_config('search_path', 'x', false)", &["search_path"]),
+        ("SELECT \"set_config\"('search_path', 'x', false)", &["search_path"]),
+        ("SELECT U&\"\\0073et_config\"('role', 'x', false)", &["role"]),
+        ("SELECT * FROM set_config('client_encoding', 'SJIS', false)", &["client_encoding"]),
+        ("SELECT set_config('client_' || 'encoding', 'SJIS', false)", &["*"]),
+        ("SELECT set_config(name, 'off', false) FROM pg_settings", &["*"]),
+        ("SELECT set_config('app.user_id', '42', false)", &["app.user_id"]),
+        ("RESET ALL", &[]),
+        ("SHOW client_encoding", &[]),
+        ("SELECT current_setting('search_path')", &[]),
+    ];
+    for (sql, settings) in cases {
+        assert_eq!(sorted(&one(sql).settings), *settings, "{sql}");
+    }
+    assert!(one("SELECT set_config('app.user_id', '42', false)").reads_literals);
 }
 
 #[test]
-fn unparseable_is_an_error() {
+fn parser_differentials_are_read_as_the_server_reads_them() {
+    // Each of these once passed a judge with another grammar as one harmless statement.
+    let kinds = |sql: &str| all(sql).iter().map(|s| s.kind).collect::<Vec<_>>();
+    assert_eq!(kinds("SELECT 1 END; DROP TABLE x"), [K::Select, K::Drop]);
+    assert_eq!(
+        kinds("SELECT $€$ x $€$; DELETE FROM t"),
+        [K::Select, K::Delete]
+    );
+    assert_eq!(
+        kinds("SELECT $a$ $b$ ; $a$, 1; TRUNCATE t"),
+        [K::Select, K::Truncate]
+    );
+    assert_eq!(kinds("SELECT X'5c'; DELETE FROM t"), [K::Select, K::Delete]);
+    assert_eq!(
+        kinds("SELECT 'a'\n'b'; UPDATE t SET a = 1"),
+        [K::Select, K::Update]
+    );
+    assert_eq!(
+        kinds("SELECT 1 /* /* nested */ ; DELETE FROM t */; SELECT 2"),
+        [K::Select, K::Select]
+    );
+    assert_eq!(
+        kinds("COPY t FROM STDIN; DELETE FROM t"),
+        [K::Copy, K::Delete]
+    );
+    // What a statement looks like inside a string or a comment is not a statement.
+    assert_eq!(
+        kinds("SELECT 'DROP TABLE t; --' -- ; DELETE\n"),
+        [K::Select]
+    );
+}
+
+#[test]
+fn flags() {
+    // (sql, without_where, copy_program, copy_out)
     #[rustfmt::skip]
     let cases = [
-        "SELEC 1",
-        "SELECT 'unterminated",
-        "DO $$ BEGIN PERFORM 1; END $$",
-        "SELECT 1; DO $$ BEGIN END $$",
-        "CLUSTER t",
-        "REINDEX TABLE t",
-        "CHECKPOINT",
-        "TABLE t",
-        "EXPLAIN ANALYSE DELETE FROM t",
-        "ALTER SYSTEM SET work_mem = '1GB'",
+        ("UPDATE t SET a = 1", true, false, false),
+        ("UPDATE t SET a = 1 WHERE true", true, false, false),
+        ("DELETE FROM t WHERE 1 = 1", true, false, false),
+        ("DELETE FROM t WHERE id = 1", false, false, false),
+        ("DELETE FROM t WHERE CURRENT OF c", false, false, false),
+        ("WITH d AS (DELETE FROM t) SELECT 1", true, false, false),
+        ("EXPLAIN DELETE FROM t", false, false, false),
+        ("EXPLAIN ANALYZE DELETE FROM t", true, false, false),
+        ("COPY t FROM PROGRAM 'curl x'", false, true, false),
+        ("COPY (SELECT 1) TO PROGRAM 'gzip > /tmp/x'", false, true, true),
+        ("COPY t TO STDOUT", false, false, true),
     ];
-    for sql in cases {
-        let err = classify(sql).expect_err(sql);
-        assert!(!err.message.is_empty(), "{sql}");
+    for (sql, without_where, copy_program, copy_out) in cases {
+        let info = one(sql);
+        assert_eq!(info.without_where, without_where, "{sql}");
+        assert_eq!(info.copy_program, copy_program, "{sql}");
+        assert_eq!(info.copy_out, copy_out, "{sql}");
     }
-    // sqlparser's recursion limit turns absurd nesting into an error too.
-    let deep = format!("SELECT {}1{}", "(".repeat(300), ")".repeat(300));
-    assert!(classify(&deep).is_err());
 }
 
 #[test]
-fn kind_serde_is_snake_case() {
+fn where_columns_are_used() {
+    let c = one("SELECT id, c.email AS e, * FROM customers c WHERE ssn LIKE '1%'").columns;
     assert_eq!(
-        serde_json::to_string(&K::Maintenance).unwrap(),
-        "\"maintenance\""
+        c.outputs,
+        [
+            Output {
+                column: Some("id".into()),
+                alias: None
+            },
+            Output {
+                column: Some("email".into()),
+                alias: Some("e".into())
+            },
+            Output {
+                column: None,
+                alias: None
+            },
+        ]
     );
-    let k: StatementKind = serde_json::from_str("\"deallocate\"").unwrap();
-    assert_eq!(k, K::Deallocate);
-    let info = serde_json::to_value(one("SELECT 1")).unwrap();
-    assert_eq!(info["kind"], "select");
+    assert_eq!(c.elsewhere, ["ssn"]);
+    assert!(!c.whole_rows && !c.renamed && !c.set_operation);
+    #[rustfmt::skip]
+    let cases: &[(&str, &[&str], bool, bool, bool)] = &[
+        ("SELECT reverse(email) FROM customers", &["email"], false, false, false),
+        ("SELECT email::bytea FROM customers", &["email"], false, false, false),
+        ("SELECT row_to_json(c) FROM customers c", &["c"], true, false, false),
+        ("SELECT c FROM customers c", &[], true, false, false),
+        ("SELECT (c).email FROM customers c", &["c"], true, false, false),
+        ("SELECT * FROM (SELECT * FROM customers) s", &[], true, false, false),
+        ("SELECT * FROM customers AS c(a, b, x)", &[], false, true, false),
+        ("SELECT name FROM t UNION SELECT email FROM customers", &["email", "name"], false, false, true),
+        ("INSERT INTO t SELECT email FROM customers", &["email"], false, false, false),
+        ("UPDATE customers SET note = email WHERE id = 1 RETURNING ssn", &["email", "id"], false, false, false),
+        ("SELECT set_config('x.y', email, false) FROM customers", &["email"], false, false, false),
+    ];
+    for (sql, elsewhere, whole, renamed, setop) in cases {
+        let c = one(sql).columns;
+        assert_eq!(sorted(&c.elsewhere), *elsewhere, "{sql}");
+        assert_eq!(
+            (c.whole_rows, c.renamed, c.set_operation),
+            (*whole, *renamed, *setop),
+            "{sql}"
+        );
+    }
+    let returning = one("UPDATE customers SET name = 'x' WHERE id = 1 RETURNING ssn AS s").columns;
+    assert_eq!(returning.outputs[0].alias.as_deref(), Some("s"));
+}
+
+#[test]
+fn session_operations() {
+    #[rustfmt::skip]
+    let cases = [
+        ("PREPARE p AS SELECT 1", SessionOp::Prepare { name: "p".into() }),
+        ("DECLARE c CURSOR WITH HOLD FOR SELECT 1", SessionOp::Declare { name: "c".into(), holdable: true }),
+        ("DECLARE c CURSOR FOR SELECT 1", SessionOp::Declare { name: "c".into(), holdable: false }),
+        ("EXECUTE p(1)", SessionOp::Execute { name: "p".into() }),
+        ("FETCH ALL IN c", SessionOp::Fetch { name: "c".into() }),
+        ("MOVE 5 IN c", SessionOp::Fetch { name: "c".into() }),
+        ("CLOSE c", SessionOp::ClosePortal { name: Some("c".into()) }),
+        ("CLOSE ALL", SessionOp::ClosePortal { name: None }),
+        ("DEALLOCATE p", SessionOp::Deallocate { name: Some("p".into()) }),
+        ("DEALLOCATE ALL", SessionOp::Deallocate { name: None }),
+        ("DISCARD ALL", SessionOp::DiscardAll),
+    ];
+    for (sql, op) in cases {
+        assert_eq!(one(sql).session, Some(op), "{sql}");
+    }
+}
+
+#[test]
+fn multi_statement_text_and_redaction() {
+    let infos = all("SELECT 1; DELETE FROM t WHERE a = 'x'; ; BEGIN");
+    let kinds: Vec<_> = infos.iter().map(|i| i.kind).collect();
+    assert_eq!(kinds, [K::Select, K::Delete, K::Transaction]);
+    assert_eq!(infos[1].text, "DELETE FROM t WHERE a = 'x'");
+    assert_eq!(infos[1].redacted, "DELETE FROM t WHERE a = ?");
+    for sql in ["", ";", " ; ;\n", "-- just a comment"] {
+        assert_eq!(classify_default(sql).unwrap(), vec![], "{sql:?}");
+    }
+    #[rustfmt::skip]
+    let cases = [
+        ("SELECT * FROM t WHERE a = 'x' AND b = 42", "SELECT * FROM t WHERE a = ? AND b = ?"),
+        ("INSERT INTO t VALUES ('secret', E'x', $$y$$, B'1', X'ff', 1.5)", "INSERT INTO t VALUES (?, ?, ?, ?, ?, ?)"),
+        ("ALTER ROLE bob PASSWORD 'hunter2';", "ALTER ROLE bob PASSWORD ?"),
+        ("COPY t FROM PROGRAM 'curl -u me:pw x'", "COPY t FROM PROGRAM ?"),
+        ("select \"Odd \"\"name\"\"\" -- why\n from t", "select \"Odd \"\"name\"\"\" from t"),
+    ];
+    for (sql, redacted) in cases {
+        assert_eq!(one(sql).redacted, redacted, "{sql}");
+    }
+}
+
+#[test]
+fn unparseable_or_unknown_is_an_error() {
+    for sql in ["SELEC 1", "SELECT 'unterminated", "SELECT 1 FROM"] {
+        let err = classify_default(sql).expect_err(sql);
+        assert!(!err.message.is_empty(), "{sql}");
+    }
+}
+
+#[test]
+fn absurd_nesting_is_an_error_not_a_crash() {
+    // On a big stack, as the judge pool runs it: deep trees are refused, not overflowed.
+    let deep = std::thread::Builder::new()
+        .stack_size(256 << 20)
+        .spawn(|| {
+            let chain = format!("SELECT 1{}", " || 1".repeat(25_000));
+            let subqueries = format!("SELECT {}1{}", "(SELECT ".repeat(3_000), ")".repeat(3_000));
+            (
+                classify_default(&chain).is_err(),
+                classify_default(&subqueries).is_err(),
+            )
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(deep, (true, true));
 }
 
 #[test]
 fn kind_names_are_the_serde_names() {
-    for k in [
-        StatementKind::Select,
-        StatementKind::Transaction,
-        StatementKind::Maintenance,
-        StatementKind::Other,
-    ] {
+    for k in [K::Select, K::Transaction, K::Maintenance, K::Do, K::Other] {
         assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
     }
+    let k: StatementKind = serde_json::from_str("\"deallocate\"").unwrap();
+    assert_eq!(k, K::Deallocate);
 }

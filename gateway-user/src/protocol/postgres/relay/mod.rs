@@ -23,21 +23,22 @@ use super::{
     codec::{
         Frame, FrameError,
         backend::{self, Column, ErrorFields},
-        frame::{MAX_AGENT_MESSAGE, MAX_UPSTREAM_MESSAGE, next_frame},
-        frontend::{Kind, Message},
+        frame::{MAX_UPSTREAM_MESSAGE, next_frame},
     },
-    config::{Durability, PostgresTarget},
-    hold::{self, Held},
-    judge::{Judged, POLICY_DENIED, judge},
+    config::{PostgresTarget, reported_setting_ok},
+    judge::{Judged, MAX_STATEMENT, POLICY_DENIED, judge},
     mask::Masker,
+    names::{SharedNames, Ticket},
     rules::Who,
-    shape::{self, Shape},
-    sql::STRING_SYNTAX_SETTING,
+    shape::Shape,
 };
+
+mod agent;
 use crate::{
     approval::Broker,
     audit::{Agent, AuditStore, StatementEvent, now_ms},
 };
+pub use agent::agent_side;
 
 /// Fails in PostgreSQL's raw parser, before anything runs: the stand-in for a refused
 /// statement.
@@ -59,6 +60,62 @@ pub struct Ctx {
     pub seq: AtomicU64,
     /// The agent's CancelRequests, for a statement held by the gateway rather than running.
     pub cancelled: Arc<tokio::sync::Notify>,
+    /// The target's detectors, run on every text the agent receives besides rows: error and
+    /// notice fields, parameter values, notification payloads.
+    pub texts: Option<Arc<Masker>>,
+    /// The session's prepared statements and portals, as the server has confirmed them.
+    pub(crate) names: SharedNames<Arc<Judged>>,
+}
+
+/// Every detector any mask rule of the target names, for [`Ctx::texts`].
+pub fn text_masker(target: &PostgresTarget) -> Option<Arc<Masker>> {
+    let detectors: Vec<_> = target
+        .rules
+        .iter()
+        .filter(|r| r.action == super::rules::Action::Mask)
+        .flat_map(|r| r.detectors.iter().copied())
+        .collect();
+    (!detectors.is_empty()).then(|| Arc::new(Masker::new(Vec::new(), detectors)))
+}
+
+/// The frame with the detectors' findings masked in its texts, or None if nothing was found
+/// (or the frame is not one with free text).
+fn mask_texts(frame: &Frame, masker: &Masker) -> Option<Frame> {
+    let body = &frame.body[..];
+    let (head, typed) = match frame.tag {
+        b'E' | b'N' => (0, true),
+        b'S' => (0, false),
+        b'A' => (4, false),
+        _ => return None,
+    };
+    let rest = body.get(head..)?;
+    let mut out = BytesMut::with_capacity(body.len() + 16);
+    out.extend_from_slice(&body[..head]);
+    let mut changed = false;
+    let mut i = 0;
+    while i < rest.len() {
+        if typed {
+            out.extend_from_slice(&rest[i..=i]);
+            i += 1;
+            if rest[i - 1] == 0 {
+                break;
+            }
+        }
+        let end = i + rest.get(i..)?.iter().position(|&b| b == 0)?;
+        match masker.mask_any(&rest[i..end]) {
+            Some(masked) => {
+                out.extend_from_slice(masked.replace('\0', "").as_bytes());
+                changed = true;
+            }
+            None => out.extend_from_slice(&rest[i..end]),
+        }
+        out.extend_from_slice(&[0]);
+        i = end + 1;
+    }
+    changed.then(|| Frame {
+        tag: frame.tag,
+        body: out.freeze(),
+    })
 }
 
 impl Ctx {
@@ -102,10 +159,10 @@ pub enum RelayError {
     Io(#[from] std::io::Error),
     #[error("audit: {0}")]
     Audit(String),
-    #[error(
-        "the upstream turned {STRING_SYNTAX_SETTING} off; the gateway cannot read string literals as PostgreSQL now would"
-    )]
-    StringSyntax,
+    #[error("session limit: {0}")]
+    Limit(String),
+    #[error("the upstream changed {0}; the gateway cannot read statements as PostgreSQL now would")]
+    PinnedSetting(String),
 }
 
 /// A statement in flight and what its audit event will say.
@@ -115,6 +172,8 @@ struct Pending {
     rows: Option<u64>,
     masked: u64,
     error: Option<String>,
+    /// What the statement does to the session's names, resolved by the server's answer.
+    ticket: Option<Ticket>,
 }
 
 impl Pending {
@@ -125,6 +184,7 @@ impl Pending {
             rows: None,
             masked: 0,
             error: None,
+            ticket: None,
         }
     }
 }
@@ -172,13 +232,20 @@ impl ExpectRx {
 enum Expect {
     /// A simple query (or a refused function call): answers until ReadyForQuery.
     Simple(Pending),
-    Parse(Option<Pending>),
-    Bind(Option<Pending>),
+    /// `refused`: what the agent hears instead; `ticket`: the name it defines, when forwarded.
+    Parse {
+        refused: Option<Pending>,
+        ticket: Option<Ticket>,
+    },
+    Bind {
+        refused: Option<Pending>,
+        ticket: Option<Ticket>,
+    },
     Describe(Option<Arc<Judged>>),
     /// A Describe the gateway added to learn a masked portal's columns; not forwarded.
     HiddenDescribe,
     Execute(Pending),
-    Close,
+    Close(Option<Ticket>),
     Sync,
 }
 
@@ -186,8 +253,21 @@ impl Expect {
     fn refusal(&self) -> Option<&ErrorFields> {
         match self {
             Expect::Simple(p) | Expect::Execute(p) => p.judged.refusal.as_ref(),
-            Expect::Parse(p) | Expect::Bind(p) => p.as_ref()?.judged.refusal.as_ref(),
+            Expect::Parse { refused, .. } | Expect::Bind { refused, .. } => {
+                refused.as_ref()?.judged.refusal.as_ref()
+            }
             Expect::Describe(j) => j.as_ref()?.refusal.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// The names change this message makes, taken to be resolved by the server's answer.
+    fn ticket(&mut self) -> Option<Ticket> {
+        match self {
+            Expect::Simple(p) | Expect::Execute(p) => p.ticket.take(),
+            Expect::Parse { ticket, .. } | Expect::Bind { ticket, .. } | Expect::Close(ticket) => {
+                ticket.take()
+            }
             _ => None,
         }
     }
@@ -202,7 +282,7 @@ impl Expect {
     fn pending(&mut self) -> Option<&mut Pending> {
         match self {
             Expect::Simple(p) | Expect::Execute(p) => Some(p),
-            Expect::Parse(p) | Expect::Bind(p) => p.as_mut(),
+            Expect::Parse { refused, .. } | Expect::Bind { refused, .. } => refused.as_mut(),
             _ => None,
         }
     }
@@ -221,27 +301,63 @@ struct Judgements {
 
 impl Judgements {
     const MAX: usize = 256;
+    /// Statements up to this size are parsed on the session's own worker: PostgreSQL's
+    /// parser reads them in well under a millisecond (a few ms for the worst nesting that
+    /// fits). Anything larger goes to the judge pool, so no agent's statement holds up the
+    /// sessions sharing a worker.
+    const INLINE: usize = 2048;
 
     /// `repeats`: the text is likely to come again verbatim (a Parse: drivers re-parse the
     /// same statement text with new parameters), so it is worth keeping by text as well.
-    fn get(&mut self, ctx: &Ctx, sql: &str, repeats: bool) -> Arc<Judged> {
+    async fn get(&mut self, ctx: &Ctx, sql: &str, repeats: bool) -> Arc<Judged> {
         if let Some(j) = self.by_text.get(sql) {
             return j.clone();
         }
-        // A shape is looked up from tokens the lookup consumes; a miss (rare: once per shape
-        // and session) tokenizes again for the parser.
-        let tokens = (!ctx.target.audit_literals).then(|| shape::tokenize(sql).ok());
-        let shape = match tokens.flatten() {
-            Some(tokens) => {
-                let shape = Shape::from_tokens(tokens);
-                if let Some(j) = self.by_shape.get(&shape) {
-                    return j.clone();
-                }
-                Some(shape)
+        let by_shape = !ctx.target.audit_literals;
+        let (shape, j) = if sql.len() <= Self::INLINE {
+            let shape = by_shape.then(|| Shape::of(sql)).flatten();
+            if let Some(j) = shape.as_ref().and_then(|s| self.by_shape.get(s)) {
+                return j.clone();
             }
-            None => None,
+            (
+                shape,
+                Arc::new(judge(&ctx.policy, &ctx.target, &ctx.who, sql)),
+            )
+        } else {
+            let (policy, target, who) = (ctx.policy.clone(), ctx.target.clone(), ctx.who.clone());
+            let text = sql.to_owned();
+            let judged = crate::offload::judges()
+                .run(move || {
+                    let shape = (by_shape && text.len() <= MAX_STATEMENT)
+                        .then(|| Shape::of(&text))
+                        .flatten();
+                    (shape, judge(&policy, &target, &who, &text))
+                })
+                .await;
+            match judged {
+                Ok((shape, j)) => {
+                    if let Some(hit) = shape.as_ref().and_then(|s| self.by_shape.get(s)) {
+                        return hit.clone();
+                    }
+                    (shape, Arc::new(j))
+                }
+                Err(e) => {
+                    tracing::error!(session.id = ctx.session_id, error = %e, "judging failed");
+                    return Arc::new(Judged::refused(
+                        "internal",
+                        "unparsed",
+                        format!("({} bytes, not kept)", sql.len()),
+                        ErrorFields::error(
+                            "XX000",
+                            format!(
+                                "gatewayd: policy {} could not judge this statement",
+                                ctx.policy
+                            ),
+                        ),
+                    ));
+                }
+            }
         };
-        let j = Arc::new(judge(&ctx.policy, &ctx.target, &ctx.who, sql));
         if self.by_text.len() + self.by_shape.len() >= Self::MAX {
             self.by_text.clear();
             self.by_shape.clear();
@@ -261,231 +377,6 @@ impl Judgements {
     }
 }
 
-/// Agent to upstream. Returns when the agent terminates or closes.
-pub async fn agent_side<R, W>(
-    ctx: &Ctx,
-    mut agent: R,
-    mut buf: BytesMut,
-    mut upstream: W,
-    expect: ExpectTx,
-    bytes_up: &std::sync::atomic::AtomicU64,
-) -> Result<(), RelayError>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut judgements = Judgements::default();
-    // Held prepared statements' text by statement name, and by portal with its parameters.
-    let mut held_sql: HashMap<String, String> = HashMap::new();
-    let mut held_portals: HashMap<String, String> = HashMap::new();
-    let mut statements: HashMap<String, Arc<Judged>> = HashMap::new();
-    let mut portals: HashMap<String, Arc<Judged>> = HashMap::new();
-    let mut out = BytesMut::with_capacity(16 * 1024);
-    let before_forward = ctx.target.durability == Durability::BeforeForward;
-    // `sent` events appended since `out` was last written: flushed before it is.
-    let mut unflushed = false;
-    let push = |e: Expect| {
-        // The upstream side only goes away when the session is ending anyway.
-        let _ = expect.0.send(e);
-    };
-    loop {
-        while let Some(frame) =
-            next_frame(&mut buf, MAX_AGENT_MESSAGE).map_err(RelayError::Agent)?
-        {
-            let msg = Message::decode(frame.tag, &frame.body).map_err(RelayError::Agent)?;
-            match msg {
-                Message::Query { sql } => {
-                    let mut judged = judgements.get(ctx, &sql, false);
-                    if judged.hold.is_some() {
-                        // What the agent sent before it goes upstream now; only this waits.
-                        durable(ctx, &mut unflushed).await?;
-                        flush(&mut upstream, &mut out, bytes_up).await?;
-                        judged = match hold::wait(ctx, &judged, &sql, &mut agent, &mut buf).await? {
-                            Held::Decided(j) => j,
-                            Held::AgentLeft(j) => {
-                                let p = Expect::Simple(Pending::new(j));
-                                return left_while_held(ctx, p, &expect, upstream).await;
-                            }
-                        };
-                    }
-                    let refused = judged.refusal.is_some();
-                    if before_forward && !refused {
-                        ctx.sent("query", &judged)?;
-                        unflushed = true;
-                    }
-                    push(Expect::Simple(Pending::new(judged)));
-                    if refused {
-                        stand_in_query(&mut out);
-                    } else {
-                        frame.encode(&mut out);
-                    }
-                }
-                Message::FunctionCall => {
-                    let judged = Arc::new(refused_function_call(&ctx.policy));
-                    push(Expect::Simple(Pending::new(judged)));
-                    stand_in_query(&mut out);
-                }
-                Message::Parse { name, sql } => {
-                    // A held statement is parsed and bound as usual (neither runs anything);
-                    // it waits at each Execute, where the approver sees its parameters.
-                    let judged = judgements.get(ctx, &sql, true);
-                    if judged.hold.is_some() {
-                        held_sql.insert(name.clone(), sql);
-                    }
-                    statements.insert(name.clone(), judged.clone());
-                    if refused_now(&judged) {
-                        push(Expect::Parse(Some(Pending::new(judged))));
-                        stand_in_parse(&name, &mut out);
-                    } else {
-                        push(Expect::Parse(None));
-                        frame.encode(&mut out);
-                    }
-                }
-                Message::Bind { portal, statement } => {
-                    let judged = statements.get(&statement).cloned();
-                    match judged.filter(|j| refused_now(j)) {
-                        Some(j) => {
-                            push(Expect::Bind(Some(Pending::new(j))));
-                            stand_in_bind(&frame, &statement, &mut out);
-                        }
-                        None => {
-                            if let Some(j) = statements.get(&statement) {
-                                portals.insert(portal.clone(), j.clone());
-                                if let Some(sql) = held_sql.get(&statement) {
-                                    held_portals
-                                        .insert(portal, hold::with_parameters(sql, &frame.body));
-                                }
-                            }
-                            push(Expect::Bind(None));
-                            frame.encode(&mut out);
-                        }
-                    }
-                }
-                Message::Describe { kind, name } => {
-                    let judged = match kind {
-                        Kind::Statement => statements.get(&name),
-                        Kind::Portal => portals.get(&name),
-                    }
-                    .filter(|j| refused_now(j))
-                    .cloned();
-                    if judged.is_some() && kind == Kind::Statement {
-                        describe(b'S', STAND_IN_NAME, &mut out);
-                    } else {
-                        frame.encode(&mut out);
-                    }
-                    push(Expect::Describe(judged));
-                }
-                Message::Execute { portal, .. } => {
-                    let mut judged = portals
-                        .get(&portal)
-                        .cloned()
-                        .unwrap_or_else(|| Arc::new(unknown_portal(&ctx.policy, &portal)));
-                    if judged.hold.is_some() && judged.approval.is_none() {
-                        let command = held_portals.get(&portal).cloned().unwrap_or_default();
-                        durable(ctx, &mut unflushed).await?;
-                        flush(&mut upstream, &mut out, bytes_up).await?;
-                        judged =
-                            match hold::wait(ctx, &judged, &command, &mut agent, &mut buf).await? {
-                                Held::Decided(j) => j,
-                                Held::AgentLeft(j) => {
-                                    let p = Expect::Execute(Pending::new(j));
-                                    return left_while_held(ctx, p, &expect, upstream).await;
-                                }
-                            };
-                    }
-                    if judged.refusal.is_some() {
-                        // Fails upstream like the statement's own error would: PostgreSQL
-                        // skips to Sync and aborts the transaction.
-                        push(Expect::Execute(Pending::new(judged)));
-                        stand_in_execute(&mut out);
-                        continue;
-                    }
-                    if judged.masker.is_some() {
-                        push(Expect::HiddenDescribe);
-                        describe(b'P', &portal, &mut out);
-                    }
-                    if before_forward {
-                        ctx.sent("execute", &judged)?;
-                        unflushed = true;
-                    }
-                    push(Expect::Execute(Pending::new(judged)));
-                    frame.encode(&mut out);
-                }
-                Message::Close { kind, name } => {
-                    match kind {
-                        Kind::Statement => statements.remove(&name),
-                        Kind::Portal => portals.remove(&name),
-                    };
-                    push(Expect::Close);
-                    frame.encode(&mut out);
-                }
-                Message::Sync => {
-                    // The unnamed portal does not outlive a transaction; dropping it here
-                    // is what keeps a later Execute from using a stale judgement.
-                    portals.remove("");
-                    push(Expect::Sync);
-                    frame.encode(&mut out);
-                }
-                Message::Flush | Message::CopyData | Message::CopyDone | Message::CopyFail => {
-                    frame.encode(&mut out);
-                }
-                Message::Terminate => {
-                    frame.encode(&mut out);
-                    bytes_up.fetch_add(out.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                    durable(ctx, &mut unflushed).await?;
-                    upstream.write_all(&out).await?;
-                    return Ok(());
-                }
-                Message::Password(_) => {
-                    return Err(RelayError::Agent(FrameError::Malformed {
-                        what: "PasswordMessage",
-                        why: "not expected after authentication",
-                    }));
-                }
-            }
-        }
-        durable(ctx, &mut unflushed).await?;
-        flush(&mut upstream, &mut out, bytes_up).await?;
-        if agent.read_buf(&mut buf).await? == 0 {
-            // Gone without a Terminate: say it for the agent, so that the upstream answers
-            // what is in flight and then closes, and the upstream side can audit the answers.
-            let _ = upstream.write_all(&[b'X', 0, 0, 0, 4]).await;
-            return Ok(());
-        }
-    }
-}
-
-/// Makes the `sent` events appended so far durable before what they describe goes upstream.
-async fn durable(ctx: &Ctx, unflushed: &mut bool) -> Result<(), RelayError> {
-    if std::mem::take(unflushed) {
-        ctx.audit
-            .settle(true)
-            .await
-            .map_err(|e| RelayError::Audit(e.to_string()))?;
-    }
-    Ok(())
-}
-
-/// The agent left while a statement waited for approval: the statement is audited as
-/// withdrawn (it never reached the upstream), and the upstream is told goodbye.
-async fn left_while_held<W: AsyncWrite + Unpin>(
-    ctx: &Ctx,
-    mut held: Expect,
-    expect: &ExpectTx,
-    mut upstream: W,
-) -> Result<(), RelayError> {
-    tracing::info!(
-        session.id = ctx.session_id,
-        "agent left while its statement was held"
-    );
-    if let Some(p) = held.pending() {
-        p.error = Some("withdrawn: the agent left while the statement waited for approval".into());
-    }
-    let _ = expect.0.send(held);
-    let _ = upstream.write_all(&[b'X', 0, 0, 0, 4]).await;
-    Ok(())
-}
-
 /// Upstream to agent. Returns when the upstream closes.
 pub async fn upstream_side<R, W>(
     ctx: &Ctx,
@@ -501,6 +392,10 @@ where
 {
     let ExpectRx { rx, queue } = expect;
     let mut columns: Option<Vec<Column>> = None;
+    // Since the last ReadyForQuery: an error or a ROLLBACK (the transaction, if it ends, was
+    // rolled back); and the status that ReadyForQuery reported.
+    let mut rolled_back = false;
+    let mut last_status = b'I';
     let mut out = BytesMut::with_capacity(64 * 1024);
     loop {
         while let Some(frame) =
@@ -513,7 +408,10 @@ where
             }
             match frame.tag {
                 b'1' | b'2' | b'3' => {
-                    if let Some(e) = queue.pop_front() {
+                    if let Some(mut e) = queue.pop_front() {
+                        if let Some(t) = e.ticket() {
+                            ctx.names.confirm(t);
+                        }
                         finish(ctx, e);
                     }
                     frame.encode(&mut out);
@@ -550,12 +448,23 @@ where
                     let rows = (frame.tag == b'C')
                         .then(|| backend::command_rows(&frame.body))
                         .flatten();
+                    if frame.tag == b'C' && frame.body.starts_with(b"ROLLBACK") {
+                        rolled_back = true;
+                    }
                     match queue.front_mut() {
                         Some(Expect::Simple(p)) => {
                             p.rows = Some(p.rows.unwrap_or(0) + rows.unwrap_or(0));
+                            if frame.tag == b'C'
+                                && let Some(t) = p.ticket.take()
+                            {
+                                ctx.names.confirm(t);
+                            }
                         }
                         Some(Expect::Execute(p)) => {
                             p.rows = rows;
+                            if let Some(t) = p.ticket.take() {
+                                ctx.names.confirm(t);
+                            }
                             let e = queue.pop_front().expect("front");
                             finish(ctx, e);
                         }
@@ -566,10 +475,14 @@ where
                 b'E' => {
                     let error =
                         backend::ErrorFields::decode(&frame.body).map_err(RelayError::Upstream)?;
+                    rolled_back = true;
+                    if let Some(t) = queue.front_mut().and_then(Expect::ticket) {
+                        ctx.names.fail(t);
+                    }
                     let front = queue.front_mut();
                     match front.as_ref().and_then(|e| e.refusal()) {
                         Some(refusal) => refusal.encode(&mut out),
-                        None => frame.encode(&mut out),
+                        None => encode_masked(ctx, &frame, &mut out),
                     }
                     if let Some(p) = front.and_then(Expect::pending) {
                         p.error = Some(if p.judged.refusal.is_some() {
@@ -587,6 +500,17 @@ where
                     }
                 }
                 b'Z' => {
+                    // The transaction status: back to idle ends a transaction, and every
+                    // portal but the holdable ones with it.
+                    match frame.body.first() {
+                        Some(b'I') if rolled_back || last_status == b'E' => {
+                            ctx.names.transaction_aborted()
+                        }
+                        Some(b'I') => ctx.names.transaction_ended(),
+                        _ => {}
+                    }
+                    last_status = frame.body.first().copied().unwrap_or(b'I');
+                    rolled_back = false;
                     while let Some(e) = queue.pop_front() {
                         let last = matches!(e, Expect::Simple(_) | Expect::Sync);
                         finish(ctx, e);
@@ -599,7 +523,13 @@ where
                 }
                 // Defence in depth: the judge refuses whatever could turn the setting off, but
                 // should the server report it off anyway, the session ends here.
-                b'S' if !string_syntax_on(&frame.body) => return Err(RelayError::StringSyntax),
+                b'S' if !parameter_ok(&frame.body) => {
+                    let name = frame.body.split(|&b| b == 0).next().unwrap_or_default();
+                    return Err(RelayError::PinnedSetting(
+                        String::from_utf8_lossy(name).into_owned(),
+                    ));
+                }
+                b'S' | b'N' | b'A' => encode_masked(ctx, &frame, &mut out),
                 _ => frame.encode(&mut out),
             }
             if out.len() >= 64 * 1024 {
@@ -610,6 +540,14 @@ where
         if upstream.read_buf(&mut buf).await? == 0 {
             return Ok(());
         }
+    }
+}
+
+/// Forwards a frame with free text, its detectors' findings masked.
+fn encode_masked(ctx: &Ctx, frame: &Frame, out: &mut BytesMut) {
+    match ctx.texts.as_deref().and_then(|m| mask_texts(frame, m)) {
+        Some(masked) => masked.encode(out),
+        None => frame.encode(out),
     }
 }
 
@@ -627,21 +565,31 @@ async fn flush<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// False if this ParameterStatus body reports [`STRING_SYNTAX_SETTING`] as anything but on.
-pub fn string_syntax_on(body: &[u8]) -> bool {
+/// False if this ParameterStatus body reports a pinned setting changed
+/// ([`reported_setting_ok`]).
+pub fn parameter_ok(body: &[u8]) -> bool {
     let mut parts = body.split(|&b| b == 0);
-    let name = parts.next().unwrap_or_default();
-    let value = parts.next().unwrap_or_default();
-    name != STRING_SYNTAX_SETTING.as_bytes() || value == b"on"
+    let name = String::from_utf8_lossy(parts.next().unwrap_or_default());
+    let value = String::from_utf8_lossy(parts.next().unwrap_or_default());
+    reported_setting_ok(&name, &value)
 }
 
 /// Writes the audit events of a completed expectation.
-fn finish(ctx: &Ctx, e: Expect) {
+fn finish(ctx: &Ctx, mut e: Expect) {
+    // A names change still unresolved here never ran: skipped after an error, or the
+    // session ended first.
+    if let Some(t) = e.ticket() {
+        ctx.names.skipped(t);
+    }
     let (step, p) = match e {
         Expect::Simple(p) => ("query", p),
         Expect::Execute(p) => ("execute", p),
-        Expect::Parse(Some(p)) => ("parse", p),
-        Expect::Bind(Some(p)) => ("bind", p),
+        Expect::Parse {
+            refused: Some(p), ..
+        } => ("parse", p),
+        Expect::Bind {
+            refused: Some(p), ..
+        } => ("bind", p),
         _ => return,
     };
     let duration_us = p.started.elapsed().as_micros() as u64;
@@ -685,12 +633,10 @@ fn mask_row(
         let new = match v {
             None => None,
             Some(raw) => {
-                let text = std::str::from_utf8(raw).ok();
-                let hit = match text {
-                    Some(t) => masker.mask_text(name, t).map(|(s, _)| s),
-                    None if masker.masks_column(name) => Some(String::new()),
-                    None => None,
-                };
+                // A value that is not UTF-8 is read as the detectors can (lossily), so it is
+                // masked, never skipped.
+                let text = String::from_utf8_lossy(raw);
+                let hit = masker.mask_text(name, &text).map(|(s, _)| s);
                 match hit {
                     // Binary values cannot carry a redaction marker and stay valid: NULL.
                     Some(_) if binary => {
@@ -775,28 +721,42 @@ fn refused_function_call(policy: &str) -> Judged {
         by_shape: false,
         hold: None,
         approval: None,
+        session: None,
     }
 }
 
-/// An Execute of a portal the gateway did not bind (a cursor declared in SQL): what it would
-/// run was never judged here, so it is refused; `FETCH` is the SQL way, and it is judged.
-fn unknown_portal(policy: &str, portal: &str) -> Judged {
-    Judged {
-        action: super::rules::Action::Deny,
-        rule: "unknown-portal".into(),
-        refusal: Some(
-            ErrorFields::error(
-                POLICY_DENIED,
-                format!(
-                    "gatewayd: policy {policy} refuses executing portal {portal:?}: it was not bound through the gateway"
-                ),
-            )
-            .with_hint("Use FETCH to read a cursor declared in SQL."),
-        ),
-        masker: None,
-        statements: vec![("execute".into(), String::new())],
-        by_shape: false,
-        hold: None,
-        approval: None,
+/// A use of a prepared statement, portal or cursor the gateway holds no judgement for (a
+/// name never defined through it, or one the server may not have accepted): what it would run
+/// was never judged here, so it is refused.
+fn unknown_name(policy: &str, what: &str, name: &str) -> Judged {
+    Judged::refused(
+        "unknown-name",
+        "execute",
+        String::new(),
+        ErrorFields::error(
+            POLICY_DENIED,
+            format!("gatewayd: policy {policy} refuses {what} {name:?}: it was not defined through the gateway"),
+        )
+        .with_hint("Prepare statements and declare cursors through the gateway, in SQL or with Parse and Bind."),
+    )
+}
+
+/// The agent left while a statement waited for approval: the statement is audited as
+/// withdrawn (it never reached the upstream), and the upstream is told goodbye.
+async fn left_while_held<W: AsyncWrite + Unpin>(
+    ctx: &Ctx,
+    mut held: Expect,
+    expect: &ExpectTx,
+    mut upstream: W,
+) -> Result<(), RelayError> {
+    tracing::info!(
+        session.id = ctx.session_id,
+        "agent left while its statement was held"
+    );
+    if let Some(p) = held.pending() {
+        p.error = Some("withdrawn: the agent left while the statement waited for approval".into());
     }
+    let _ = expect.0.send(held);
+    let _ = upstream.write_all(&[b'X', 0, 0, 0, 4]).await;
+    Ok(())
 }
