@@ -705,3 +705,61 @@ fn pgbench_runs_as_a_workload_through_the_gateway() {
     let sessions = f.gw.ended_sessions(8);
     assert!(sessions.iter().all(|s| s.rule == "targets.billing-db"));
 }
+
+/// One agent's worst statements (deep 25,000-term chains, one past the size bound) cost the
+/// other sessions little: they are parsed on the judge pool, not on the workers every session
+/// shares, and refused without taking the daemon down.
+#[test]
+fn hostile_statements_cost_other_sessions_little() {
+    let f = Fixture::start("pg-hostile");
+    let url = f.pg.agent_url();
+    let healthy = {
+        let mut cmd = Command::new(bin("pg-agent"));
+        cmd.args(["latency", &url, "8"])
+            .stdout(std::process::Stdio::piped());
+        f.gw.cgroup.command(cmd).spawn().unwrap()
+    };
+    let mut cmd = Command::new(bin("pg-agent"));
+    cmd.args(["hostile", &url, "12"]);
+    let hostile = output_json(&mut f.gw.cgroup.command(cmd));
+    let latency: Value =
+        serde_json::from_slice(&healthy.wait_with_output().unwrap().stdout).unwrap();
+    eprintln!("healthy session beside a hostile one: {latency}; hostile answers: {hostile}");
+    // Every hostile statement was answered (refused or run), none crashed anything.
+    let codes = hostile["codes"].as_array().unwrap();
+    assert_eq!(codes.len(), 12, "{hostile}");
+    assert!(codes.iter().all(|c| c != "none"), "{hostile}");
+    assert_eq!(codes[3], "42501", "over the size bound: {hostile}");
+    assert!(latency["count"].as_u64().unwrap() > 100, "{latency}");
+    // A few milliseconds, with room for a loaded 2-core machine running a debug build.
+    assert!(latency["p99_ms"].as_f64().unwrap() < 25.0, "{latency}");
+    let (out, err, ok) = f.psql(&["-c", "SELECT 'alive'"], "");
+    assert!(ok && out == "alive\n", "{err}");
+}
+
+/// A target's statement_timeout is pinned upstream: `pg_sleep` and runaway queries end with
+/// PostgreSQL's own 57014, and the agent cannot lift it.
+#[test]
+fn statement_timeout_is_pinned_and_ends_long_statements() {
+    let pg = PgServer::start("127.10.0.5");
+    pg.app_sql(SCHEMA);
+    let body = billing_target(&pg) + "statement_timeout = \"1s\"\n" + RULES;
+    let f = Fixture {
+        gw: Gateway::start("pg-timeout", &body),
+        pg,
+    };
+    let start = std::time::Instant::now();
+    let (_, err, ok) = f.psql(&["-c", "SELECT pg_sleep(5)"], "");
+    assert!(!ok && err.contains("57014"), "{err}");
+    assert!(start.elapsed() < std::time::Duration::from_secs(4));
+    for lift in [
+        "SET statement_timeout = 0",
+        "SELECT set_config('statement_timeout', '0', false)",
+    ] {
+        let (_, err, ok) = f.psql(&["-c", lift], "");
+        assert!(
+            !ok && err.contains("refuses changing statement_timeout"),
+            "{lift}: {err}"
+        );
+    }
+}

@@ -93,12 +93,13 @@ impl Pool {
     }
 }
 
-/// The pool that parses and judges large statements: one thread per core, 256 MiB stacks
-/// (reserved, not committed), 1024 jobs waiting at most.
+/// The pool that parses and judges large statements: one thread per core but one (the
+/// sessions' workers keep a core however much is queued here), 256 MiB stacks (reserved, not
+/// committed), 1024 jobs waiting at most.
 pub fn judges() -> &'static Pool {
     static POOL: OnceLock<Pool> = OnceLock::new();
     POOL.get_or_init(|| {
-        let threads = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().max(2) - 1);
         Pool::new("judge", threads, 256 << 20, 1024).expect("spawn the judge threads")
     })
 }

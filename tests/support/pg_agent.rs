@@ -9,6 +9,11 @@
 //! pg-agent malformed ADDR        a broken message after startup
 //! pg-agent restart ADDR          one session across an upstream restart: prints `ready`,
 //!                                waits for a line on stdin (the restart), then reports
+//! pg-agent script FILE           raw messages from a JSON script, one simple Query each, and
+//!                                what came back for each (see `script`)
+//! pg-agent latency URL SECS       `SELECT 1` round trips for SECS seconds: count, p50, max
+//! pg-agent hostile URL N          N statements built to cost the judge most (25,000-term
+//!                                chains, a statement over the size bound): what came back
 //! ```
 
 use std::{
@@ -28,6 +33,7 @@ fn main() {
         "wire" => wire(&args[1], &args[2..]),
         "malformed" => malformed(&args[1]),
         "restart" => restart(&args[1]),
+        "script" => script(&args[1]),
         cmd => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -38,6 +44,8 @@ fn main() {
                     "extended" => extended(&args[1]).await,
                     "cancel" => cancel(&args[1]).await,
                     "execute" => execute(&args[1], &args[2], &args[3..]).await,
+                    "latency" => latency(&args[1], args[2].parse().unwrap()).await,
+                    "hostile" => hostile(&args[1], args[2].parse().unwrap()).await,
                     _ => panic!("unknown scenario {cmd}"),
                 }
             })
@@ -295,4 +303,352 @@ async fn execute(url: &str, sql: &str, values: &[String]) -> Value {
         });
     }
     json!({ "runs": runs })
+}
+
+/// `pg-agent script FILE`: sessions of raw messages, each sent as one simple Query (any bytes,
+/// so also text that is not UTF-8), and for each message what came back. FILE is JSON:
+///
+/// ```text
+/// {"addr": "IP:PORT", "watch": "TEXT", "timeout_ms": N, "first_conn": 1,
+///  "sessions": [{"name": "...", "params": [["client_encoding", "SJIS"], ...],
+///                "cases": [{"id": 7, "hex": "53454c4543542031"}, ...]}, ...]}
+/// ```
+///
+/// Each connection logs in as `agent` (application_name `pginv` and the session's startup
+/// parameters), then sends `SELECT 'pginv-conn-C'` (C counts connections from 1). After each
+/// case it sends `ROLLBACK` if the transaction is left failed, then `SELECT 'pginv-mark-C-K'`
+/// (K counts the connection's cases), so that whoever reads the record can cut the server's
+/// log and the gateway's audit into messages. A CopyInResponse is answered with CopyDone (what
+/// follows the COPY in the same message runs). A connection that ends is replaced by a new one
+/// for the session's next case. Prints `{"records": [...]}`, one record per message sent.
+fn script(path: &str) -> Value {
+    let plan: Value =
+        serde_json::from_slice(&std::fs::read(path).expect("script file")).expect("script JSON");
+    let addr = plan["addr"].as_str().expect("addr").to_owned();
+    let watch = plan["watch"].as_str().unwrap_or("").as_bytes().to_vec();
+    let timeout = Duration::from_millis(plan["timeout_ms"].as_u64().unwrap_or(120_000));
+    let mut records = Vec::new();
+    // Connections are numbered on from `first_conn` (default 1), so runs can follow each other.
+    let mut conns = plan["first_conn"].as_u64().unwrap_or(1).saturating_sub(1);
+    for session in plan["sessions"].as_array().expect("sessions") {
+        let name = session["name"].as_str().unwrap_or("").to_owned();
+        let params: Vec<(String, String)> = session["params"]
+            .as_array()
+            .map(|ps| {
+                ps.iter()
+                    .map(|p| {
+                        (
+                            p[0].as_str().unwrap().to_owned(),
+                            p[1].as_str().unwrap().to_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut conn: Option<ScriptConn> = None;
+        for case in session["cases"].as_array().expect("cases") {
+            let id = case["id"].as_u64().expect("case id");
+            let bytes = from_hex(case["hex"].as_str().expect("case hex"));
+            if conn.is_none() {
+                conns += 1;
+                conn =
+                    ScriptConn::open(&addr, conns, &name, &params, timeout, &watch, &mut records);
+            }
+            let Some(c) = conn.as_mut() else {
+                records.push(json!({
+                    "conn": null, "session": name, "role": "case", "case": id,
+                    "outcome": "not_sent",
+                }));
+                continue;
+            };
+            c.cases += 1;
+            let answer = c.send(&bytes);
+            let mut alive = answer.alive();
+            let failed = answer.status == Some('E');
+            records.push(c.record("case", Some(id), None, &answer));
+            if alive && failed {
+                let a = c.send(b"ROLLBACK");
+                alive = a.alive();
+                records.push(c.record("rollback", None, Some("ROLLBACK"), &a));
+            }
+            if alive {
+                let mark = format!("SELECT 'pginv-mark-{}-{}'", c.id, c.cases);
+                let a = c.send(mark.as_bytes());
+                alive = a.alive();
+                records.push(c.record("mark", None, Some(&mark), &a));
+            }
+            if !alive {
+                conn = None;
+            }
+        }
+        if let Some(mut c) = conn {
+            // Terminate: the gateway's session ends cleanly.
+            let _ = c.stream.write_all(b"X\0\0\0\x04");
+        }
+    }
+    json!({ "records": records })
+}
+
+fn from_hex(s: &str) -> Vec<u8> {
+    (0..s.len() / 2)
+        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).expect("hex"))
+        .collect()
+}
+
+/// One connection of a script.
+struct ScriptConn {
+    stream: TcpStream,
+    id: u64,
+    session: String,
+    /// Cases sent on this connection so far.
+    cases: u64,
+    /// The client_encoding the server last reported: what the next message's bytes mean to it.
+    encoding: String,
+    watch: Vec<u8>,
+}
+
+/// What came back for one message.
+#[derive(Default)]
+struct ScriptAnswer {
+    /// `answered` (ReadyForQuery), `refused` (answered, with the gateway's policy refusal),
+    /// `closed` or `timeout` (no ReadyForQuery).
+    outcome: &'static str,
+    errors: Vec<Value>,
+    /// CommandComplete tags: one per statement the server completed.
+    tags: Vec<String>,
+    empty: bool,
+    rows: u64,
+    first: Option<String>,
+    /// Whether any row or COPY data carried the watched text.
+    watched: bool,
+    status: Option<char>,
+    /// The client_encoding in force when the message was sent.
+    encoding: String,
+}
+
+impl ScriptAnswer {
+    fn alive(&self) -> bool {
+        self.status.is_some()
+    }
+}
+
+impl ScriptConn {
+    fn open(
+        addr: &str,
+        id: u64,
+        session: &str,
+        params: &[(String, String)],
+        timeout: Duration,
+        watch: &[u8],
+        records: &mut Vec<Value>,
+    ) -> Option<ScriptConn> {
+        let failed = |records: &mut Vec<Value>, why: String| {
+            records.push(json!({
+                "conn": id, "session": session, "role": "login", "outcome": "login_failed",
+                "errors": [{ "code": null, "message": why }],
+            }));
+        };
+        let stream = match TcpStream::connect(addr) {
+            Ok(s) => s,
+            Err(e) => {
+                failed(records, format!("connect: {e}"));
+                return None;
+            }
+        };
+        stream.set_read_timeout(Some(timeout)).unwrap();
+        let mut c = ScriptConn {
+            stream,
+            id,
+            session: session.to_owned(),
+            cases: 0,
+            encoding: "UTF8".into(),
+            watch: watch.to_vec(),
+        };
+        let mut startup: Vec<(&str, &str)> = vec![
+            ("user", "agent"),
+            ("database", "anything"),
+            ("application_name", "pginv"),
+        ];
+        startup.extend(params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        if let Some((_, enc)) = params.iter().find(|(k, _)| k == "client_encoding") {
+            c.encoding = enc.to_uppercase();
+        }
+        let mut out = BytesMut::new();
+        frontend::startup_message(startup, &mut out).unwrap();
+        if let Err(e) = c.stream.write_all(&out) {
+            failed(records, format!("startup: {e}"));
+            return None;
+        }
+        let login = c.read_answer();
+        if !login.alive() || !login.errors.is_empty() {
+            failed(records, format!("login: {:?}", login.errors));
+            return None;
+        }
+        let hello = format!("SELECT 'pginv-conn-{id}'");
+        let a = c.send(hello.as_bytes());
+        records.push(c.record("hello", None, Some(&hello), &a));
+        a.alive().then_some(c)
+    }
+
+    fn record(&self, role: &str, case: Option<u64>, text: Option<&str>, a: &ScriptAnswer) -> Value {
+        json!({
+            "conn": self.id,
+            "session": self.session,
+            "role": role,
+            "case": case,
+            "text": text,
+            "encoding": a.encoding,
+            "outcome": a.outcome,
+            "errors": a.errors,
+            "tags": a.tags,
+            "empty": a.empty,
+            "rows": a.rows,
+            "first": a.first,
+            "watched": a.watched,
+            "status": a.status.map(String::from),
+        })
+    }
+
+    /// Sends `sql` as one Query message and reads what comes back, to ReadyForQuery.
+    fn send(&mut self, sql: &[u8]) -> ScriptAnswer {
+        let encoding = self.encoding.clone();
+        let mut msg = Vec::with_capacity(sql.len() + 6);
+        msg.push(b'Q');
+        msg.extend_from_slice(&(sql.len() as i32 + 5).to_be_bytes());
+        msg.extend_from_slice(sql);
+        msg.push(0);
+        let mut a = if self.stream.write_all(&msg).is_err() {
+            // The peer may have answered and closed while the message was being written.
+            let mut a = self.read_answer();
+            if a.outcome == "timeout" {
+                a.outcome = "closed";
+            }
+            a
+        } else {
+            self.read_answer()
+        };
+        a.encoding = encoding;
+        a
+    }
+
+    fn read_answer(&mut self) -> ScriptAnswer {
+        let mut a = ScriptAnswer {
+            outcome: "closed",
+            ..Default::default()
+        };
+        loop {
+            let mut head = [0u8; 5];
+            if let Err(e) = self.stream.read_exact(&mut head) {
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) {
+                    a.outcome = "timeout";
+                }
+                return a;
+            }
+            let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]);
+            let mut body = vec![0u8; (len.max(4) - 4) as usize];
+            if self.stream.read_exact(&mut body).is_err() {
+                return a;
+            }
+            match head[0] {
+                b'E' => {
+                    let field = |t: u8| {
+                        body.split(|&b| b == 0)
+                            .find_map(|f| f.strip_prefix(&[t]))
+                            .map(|v| String::from_utf8_lossy(v).into_owned())
+                    };
+                    a.errors.push(json!({
+                        "severity": field(b'V').or_else(|| field(b'S')),
+                        "code": field(b'C'),
+                        "message": field(b'M'),
+                    }));
+                }
+                b'C' => a
+                    .tags
+                    .push(String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(&body)).into()),
+                b'I' => a.empty = true,
+                b'D' => {
+                    a.rows += 1;
+                    a.watched |= contains(&body, &self.watch);
+                    if a.first.is_none() && body.len() >= 6 {
+                        let n = i32::from_be_bytes([body[2], body[3], body[4], body[5]]);
+                        if n >= 0 {
+                            let v = body.get(6..6 + n as usize).unwrap_or(&[]);
+                            a.first = Some(String::from_utf8_lossy(v).into_owned());
+                        }
+                    }
+                }
+                b'd' => a.watched |= contains(&body, &self.watch),
+                b'S' => {
+                    let mut parts = body.split(|&b| b == 0);
+                    if parts.next() == Some(b"client_encoding")
+                        && let Some(v) = parts.next()
+                    {
+                        self.encoding = String::from_utf8_lossy(v).to_uppercase();
+                    }
+                }
+                // CopyIn (or CopyBoth): end the data at once (CopyDone).
+                b'G' | b'W' if self.stream.write_all(b"c\0\0\0\x04").is_err() => return a,
+                b'Z' => {
+                    a.status = body.first().map(|&b| b as char);
+                    let refused = a.errors.iter().any(|e| {
+                        e["code"] == "42501"
+                            && e["message"]
+                                .as_str()
+                                .is_some_and(|m| m.starts_with("gatewayd: policy"))
+                    });
+                    a.outcome = if refused { "refused" } else { "answered" };
+                    return a;
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Round trips of a trivial statement for `secs` seconds, as a healthy agent beside a hostile one
+/// sees them.
+async fn latency(url: &str, secs: u64) -> Value {
+    let client = connect(url).await;
+    let mut times = Vec::new();
+    let end = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < end {
+        let start = Instant::now();
+        client.simple_query("SELECT 1").await.expect("SELECT 1");
+        times.push(start.elapsed().as_secs_f64() * 1000.0);
+    }
+    times.sort_by(f64::total_cmp);
+    json!({
+        "count": times.len(),
+        "p50_ms": times[times.len() / 2],
+        "p99_ms": times[times.len() * 99 / 100],
+        "max_ms": times[times.len() - 1],
+    })
+}
+
+/// Statements built to cost the judge most: deep operator chains (each term a tree level) and
+/// one over the size bound. Reports the SQLSTATE each got.
+async fn hostile(url: &str, rounds: usize) -> Value {
+    let client = connect(url).await;
+    let mut codes = Vec::new();
+    for i in 0..rounds {
+        let sql = match i % 4 {
+            0 => format!("SELECT 1{}", " || 1".repeat(25_000)),
+            1 => format!("SELECT 1 WHERE {}", "1 = 1 OR ".repeat(25_000) + "true"),
+            2 => format!("SELECT 1{}", "::text".repeat(25_000)),
+            _ => format!("SELECT '{}'", "x".repeat(1_100_000)),
+        };
+        let code = match client.simple_query(&sql).await {
+            Ok(_) => "ok".to_owned(),
+            Err(e) => error_json(&e)["code"].as_str().unwrap_or("none").to_owned(),
+        };
+        codes.push(code);
+    }
+    json!({ "codes": codes })
 }

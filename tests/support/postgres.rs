@@ -61,6 +61,35 @@ impl PgServer {
         Self::start_with(ip, true)
     }
 
+    /// A server that records every statement it receives (`log_statement = 'all'`) and the
+    /// parse tree of each statement it goes on to analyze (`debug_print_parse`), as one JSON
+    /// object a line in [`Self::statement_log`], for tests that hold the gateway's record
+    /// against the server's own.
+    pub fn start_logging(ip: &str) -> PgServer {
+        let mut server = Self::start_with(ip, false);
+        let dir = server.dir.path().join("log");
+        for setting in [
+            "logging_collector=on".to_owned(),
+            "log_destination=jsonlog".to_owned(),
+            format!("log_directory={}", dir.display()),
+            "log_filename=postgresql.log".to_owned(),
+            "log_rotation_age=0".to_owned(),
+            "log_rotation_size=0".to_owned(),
+            "log_statement=all".to_owned(),
+            "debug_print_parse=on".to_owned(),
+            "debug_pretty_print=off".to_owned(),
+        ] {
+            server.extra.extend(["-c".to_owned(), setting]);
+        }
+        server.restart();
+        server
+    }
+
+    /// The JSON log of a server from [`Self::start_logging`].
+    pub fn statement_log(&self) -> PathBuf {
+        self.dir.path().join("log/postgresql.json")
+    }
+
     fn start_with(ip: &str, tls: bool) -> PgServer {
         let dir = tempfile::Builder::new()
             .prefix("gwtest-pg")

@@ -239,7 +239,7 @@ pub fn judge(policy: &str, target: &PostgresTarget, who: &Who, sql: &str) -> Jud
         verdict.action = Action::Deny;
     }
     let by_shape = !target.audit_literals && !stmts.iter().any(|s| s.reads_literals);
-    let statements = stmts
+    let mut statements: Vec<(String, String)> = stmts
         .iter()
         .map(|s| {
             let text = if target.audit_literals {
@@ -250,6 +250,11 @@ pub fn judge(policy: &str, target: &PostgresTarget, who: &Who, sql: &str) -> Jud
             (s.kind.as_str().to_owned(), text)
         })
         .collect();
+    if statements.is_empty() {
+        // An empty message (blanks, comments, `;`) runs nothing, but it went upstream: the
+        // audit still says so.
+        statements.push(("empty".into(), String::new()));
+    }
     let refusal = refusal.or(match verdict.action {
         Action::Deny => Some(denied(
             policy,

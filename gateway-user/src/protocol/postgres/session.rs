@@ -268,6 +268,8 @@ async fn run(
         Ended::Upstream(Err(e)) => {
             let code = match e {
                 RelayError::PinnedSetting(_) => POLICY_DENIED,
+                // query_canceled, as the server's own statement_timeout reports it.
+                RelayError::StatementBound(_) => "57014",
                 _ => "08006",
             };
             let fatal = ErrorFields::fatal(code, format!("gatewayd: {e}"));

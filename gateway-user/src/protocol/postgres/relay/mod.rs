@@ -40,6 +40,9 @@ use crate::{
 };
 pub use agent::agent_side;
 
+/// How much longer than the target's statement_timeout the gateway waits for an answer.
+const STATEMENT_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Fails in PostgreSQL's raw parser, before anything runs: the stand-in for a refused
 /// statement.
 const STAND_IN_SQL: &str = "GATEWAYD POLICY REFUSAL";
@@ -161,6 +164,10 @@ pub enum RelayError {
     Audit(String),
     #[error("session limit: {0}")]
     Limit(String),
+    #[error(
+        "the upstream gave no answer for {0:?}, past the target's statement_timeout: the session is ended"
+    )]
+    StatementBound(std::time::Duration),
     #[error("the upstream changed {0}; the gateway cannot read statements as PostgreSQL now would")]
     PinnedSetting(String),
 }
@@ -396,6 +403,11 @@ where
     // rolled back); and the status that ReadyForQuery reported.
     let mut rolled_back = false;
     let mut last_status = b'I';
+    // The gateway's own bound on a statement, should the server's statement_timeout not end
+    // it (a server that stopped answering): silence this long while an answer is owed ends
+    // the session. Not while the server waits for the agent's COPY data.
+    let bound = ctx.target.statement_timeout.map(|t| t + STATEMENT_GRACE);
+    let mut copy_in = false;
     let mut out = BytesMut::with_capacity(64 * 1024);
     loop {
         while let Some(frame) =
@@ -532,12 +544,25 @@ where
                 b'S' | b'N' | b'A' => encode_masked(ctx, &frame, &mut out),
                 _ => frame.encode(&mut out),
             }
+            match frame.tag {
+                b'G' => copy_in = true,
+                b'C' | b'E' | b'Z' => copy_in = false,
+                _ => {}
+            }
             if out.len() >= 64 * 1024 {
                 flush(&mut agent, &mut out, bytes_down).await?;
             }
         }
         flush(&mut agent, &mut out, bytes_down).await?;
-        if upstream.read_buf(&mut buf).await? == 0 {
+        let read = upstream.read_buf(&mut buf);
+        let owed = !queue.is_empty() || !rx.is_empty();
+        let n = match bound {
+            Some(bound) if owed && !copy_in => tokio::time::timeout(bound, read)
+                .await
+                .map_err(|_| RelayError::StatementBound(bound))??,
+            _ => read.await?,
+        };
+        if n == 0 {
             return Ok(());
         }
     }
