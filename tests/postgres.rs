@@ -763,3 +763,47 @@ fn statement_timeout_is_pinned_and_ends_long_statements() {
         );
     }
 }
+
+/// Bytes that are not UTF-8 in a Query get PostgreSQL's own answer (22021) and the session goes
+/// on, as it would directly.
+#[test]
+fn a_query_that_is_not_utf8_is_answered_and_the_session_goes_on() {
+    let f = Fixture::start("pg-not-utf8");
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("script.json");
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    std::fs::write(
+        &script,
+        serde_json::json!({
+            "addr": f.pg.addr.to_string(),
+            "watch": "never-there",
+            "timeout_ms": 5000,
+            "sessions": [{"name": "s", "params": [], "cases": [
+                {"id": 1, "hex": hex(b"SELECT '\xff\xfe'")},
+                {"id": 2, "hex": hex(b"SELECT 'after'")},
+            ]}],
+        })
+        .to_string(),
+    )
+    .unwrap();
+    // The agent is unprivileged enough to read its script.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let mut cmd = Command::new(bin("pg-agent"));
+    cmd.arg("script").arg(&script);
+    let out = output_json(&mut f.gw.cgroup.command(cmd));
+    let cases: Vec<&Value> = out["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["role"] == "case")
+        .collect();
+    assert_eq!(cases.len(), 2, "{out}");
+    assert!(cases[0]["errors"].to_string().contains("22021"), "{out}");
+    assert_eq!(cases[1]["outcome"], "answered", "{out}");
+    assert_eq!(cases[0]["conn"], cases[1]["conn"], "one session: {out}");
+}

@@ -150,9 +150,14 @@ async fn run(
             tracing::warn!(session.id = p.session_id, error = %e, "upstream login failed");
             // The upstream's own words may name the daemon's role; the agent learns only
             // that the gateway could not log in.
+            // Neither the agent nor the audit gets the role name or the credential's path:
+            // those are in the daemon's log only.
             let msg = match &e {
                 UpstreamError::Refused(f) => {
                     format!("upstream refused the gateway's login ({})", f.code)
+                }
+                UpstreamError::Credential(_) | UpstreamError::NoCredential => {
+                    "the gateway's credential for this target is not available".to_owned()
                 }
                 other => other.to_string(),
             };
@@ -163,7 +168,7 @@ async fn run(
                 ),
             )
             .await;
-            return Outcome::UpstreamLogin(e.to_string());
+            return Outcome::UpstreamLogin(msg);
         }
     };
 

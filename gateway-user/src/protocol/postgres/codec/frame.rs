@@ -110,12 +110,18 @@ impl<'a> Reader<'a> {
     }
 
     pub fn cstr(&mut self) -> Result<&'a str, FrameError> {
+        let bytes = self.cstr_bytes()?;
+        std::str::from_utf8(bytes).map_err(|_| self.malformed("not UTF-8"))
+    }
+
+    /// A NUL-terminated string as bytes, whatever their encoding.
+    pub fn cstr_bytes(&mut self) -> Result<&'a [u8], FrameError> {
         let end = self
             .buf
             .iter()
             .position(|&b| b == 0)
             .ok_or_else(|| self.malformed("unterminated string"))?;
-        let s = std::str::from_utf8(&self.buf[..end]).map_err(|_| self.malformed("not UTF-8"))?;
+        let s = &self.buf[..end];
         self.buf = &self.buf[end + 1..];
         Ok(s)
     }

@@ -62,6 +62,12 @@ pub enum Message {
     Query {
         sql: String,
     },
+    /// A Query (`parse: None`) or a Parse of that statement name whose text is not UTF-8:
+    /// well framed, so the session goes on, but no statement the server would run (it answers
+    /// 22021 in UTF8), so nothing to judge.
+    NotUtf8 {
+        parse: Option<String>,
+    },
     Parse {
         name: String,
         sql: String,
@@ -132,14 +138,19 @@ impl Message {
         match tag {
             b'Q' => {
                 let mut r = Reader::new("Query", body);
-                let sql = r.cstr()?.to_owned();
+                let sql = r.cstr_bytes()?;
                 r.finish()?;
-                Ok(Message::Query { sql })
+                Ok(match std::str::from_utf8(sql) {
+                    Ok(sql) => Message::Query {
+                        sql: sql.to_owned(),
+                    },
+                    Err(_) => Message::NotUtf8 { parse: None },
+                })
             }
             b'P' => {
                 let mut r = Reader::new("Parse", body);
                 let name = r.cstr()?.to_owned();
-                let sql = r.cstr()?.to_owned();
+                let sql = std::str::from_utf8(r.cstr_bytes()?).map(str::to_owned);
                 let n = r.i16()?;
                 if n < 0 {
                     return Err(FrameError::Malformed {
@@ -149,7 +160,10 @@ impl Message {
                 }
                 r.bytes(n as usize * 4)?;
                 r.finish()?;
-                Ok(Message::Parse { name, sql })
+                Ok(match sql {
+                    Ok(sql) => Message::Parse { name, sql },
+                    Err(_) => Message::NotUtf8 { parse: Some(name) },
+                })
             }
             b'B' => {
                 let mut r = Reader::new("Bind", body);

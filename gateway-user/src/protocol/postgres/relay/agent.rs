@@ -15,6 +15,7 @@ use super::{
 use crate::protocol::postgres::{
     codec::{
         FrameError,
+        backend::ErrorFields,
         frame::{MAX_AGENT_MESSAGE, next_frame},
         frontend::{Kind, Message},
     },
@@ -138,6 +139,32 @@ where
                         stand_in_query(&mut out);
                     } else {
                         frame.encode(&mut out);
+                    }
+                }
+                Message::NotUtf8 { parse } => {
+                    // What PostgreSQL answers for bytes that are not UTF-8 in a UTF8 session.
+                    let judged = Arc::new(Judged::refused(
+                        "encoding",
+                        "unparsed",
+                        String::new(),
+                        ErrorFields::error(
+                            "22021",
+                            "invalid byte sequence for encoding \"UTF8\" (refused by gatewayd)",
+                        ),
+                    ));
+                    match parse {
+                        None => {
+                            push(Expect::Simple(Pending::new(judged)));
+                            ctx.names.sync();
+                            stand_in_query(&mut out);
+                        }
+                        Some(name) => {
+                            push(Expect::Parse {
+                                refused: Some(Pending::new(judged)),
+                                ticket: None,
+                            });
+                            stand_in_parse(&name, &mut out);
+                        }
                     }
                 }
                 Message::FunctionCall => {
