@@ -807,3 +807,39 @@ fn a_query_that_is_not_utf8_is_answered_and_the_session_goes_on() {
     assert_eq!(cases[1]["outcome"], "answered", "{out}");
     assert_eq!(cases[0]["conn"], cases[1]["conn"], "one session: {out}");
 }
+
+/// Agents that connect and say nothing hold no server backend: the upstream connection is
+/// opened only once the agent's startup is complete (and each handshake step is bounded).
+#[test]
+fn silent_agents_hold_no_upstream_connection() {
+    let f = Fixture::start("pg-silent");
+    let backends = || {
+        // Every client backend, authenticated or not: a connection that has not logged in
+        // has no user yet, and it still holds a backend.
+        f.pg.superuser_sql(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'",
+        )
+    };
+    let before = backends();
+    let code = format!(
+        "import socket, time\nconns = [socket.create_connection(('{}', {})) for _ in range(30)]\nprint('open', flush=True)\ntime.sleep(4)",
+        f.pg.addr.ip(),
+        f.pg.addr.port()
+    );
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", &code]).stdout(std::process::Stdio::piped());
+    let mut silent = f.gw.cgroup.command(cmd).spawn().unwrap();
+    let mut line = String::new();
+    use std::io::BufRead as _;
+    std::io::BufReader::new(silent.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "open");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(backends(), before, "30 silent agents opened backends");
+    // A real agent beside them is served.
+    let (out, err, ok) = f.psql(&["-c", "SELECT 'served'"], "");
+    assert!(ok && out == "served\n", "{err}");
+    silent.kill().unwrap();
+    silent.wait().unwrap();
+}

@@ -115,23 +115,6 @@ async fn serve(state: &State, agent: TcpStream, peer: SocketAddr) -> SessionReco
         return record;
     }
     let timeout = state.config.upstream_connect_timeout();
-    let upstream = match tokio::time::timeout(timeout, TcpStream::connect(dst)).await {
-        Ok(Ok(s)) => Ok(s),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no answer within {timeout:?}")),
-    };
-    let upstream = match upstream {
-        Ok(s) => s,
-        Err(why) if protocol == Protocol::Postgres => {
-            postgres::unreachable(agent, target, &why).await;
-            record.end = Some(SessionEnd::UpstreamUnreachable(why));
-            record.ended_at_ms = Some(now_ms());
-            return record;
-        }
-        Err(why) => return unreachable(record, &agent, why),
-    };
-    let _ = agent.set_nodelay(true);
-    let _ = upstream.set_nodelay(true);
     match protocol {
         Protocol::Postgres => {
             let Some((pg, host)) = policy
@@ -158,11 +141,14 @@ async fn serve(state: &State, agent: TcpStream, peer: SocketAddr) -> SessionReco
                 cancels: &state.pg_cancels,
                 governed_cgroup_id: origin.governed_cgroup_id,
                 upstream_addr: dst,
+                connect_timeout: timeout,
                 server_name,
                 bytes_up: &up,
                 bytes_down: &down,
             };
-            let served = postgres::serve(params, agent, upstream).await;
+            let _ = agent.set_nodelay(true);
+            // PostgreSQL connects upstream itself, once the agent's startup is complete.
+            let served = postgres::serve(params, agent).await;
             record.token = served.token;
             let outcome = served.outcome;
             record.bytes_up = up.load(Ordering::Relaxed);
@@ -171,11 +157,22 @@ async fn serve(state: &State, agent: TcpStream, peer: SocketAddr) -> SessionReco
                 postgres::Outcome::Closed | postgres::Outcome::Cancel => SessionEnd::Closed,
                 postgres::Outcome::Agent(e) => SessionEnd::AgentError(e),
                 postgres::Outcome::Upstream(e) => SessionEnd::UpstreamError(e),
-                postgres::Outcome::UpstreamLogin(e) => SessionEnd::UpstreamUnreachable(e),
+                postgres::Outcome::UpstreamLogin(e) | postgres::Outcome::UpstreamUnreachable(e) => {
+                    SessionEnd::UpstreamUnreachable(e)
+                }
                 postgres::Outcome::Audit(e) => SessionEnd::AuditUnavailable(e),
             });
         }
         Protocol::Tcp => {
+            let upstream = match tokio::time::timeout(timeout, TcpStream::connect(dst)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return unreachable(record, &agent, e.to_string()),
+                Err(_) => {
+                    return unreachable(record, &agent, format!("no answer within {timeout:?}"));
+                }
+            };
+            let _ = agent.set_nodelay(true);
+            let _ = upstream.set_nodelay(true);
             let out = tcp::relay(agent, upstream).await;
             record.bytes_up = out.bytes_up;
             record.bytes_down = out.bytes_down;

@@ -4,6 +4,7 @@
 use std::{
     net::SocketAddr,
     sync::{Arc, atomic::AtomicU64},
+    time::Duration,
 };
 
 use bytes::BytesMut;
@@ -33,7 +34,7 @@ use crate::{
 
 /// How the session ended, for the session record.
 /// How long a session whose agent has left waits for the upstream to answer what is in flight.
-const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
 
@@ -44,6 +45,8 @@ pub enum Outcome {
     Agent(String),
     Upstream(String),
     UpstreamLogin(String),
+    /// The upstream could not be reached.
+    UpstreamUnreachable(String),
     /// The audit store failed under a `before-forward` target.
     Audit(String),
 }
@@ -60,6 +63,9 @@ pub struct Params<'a> {
     /// The agent's governed cgroup: a cancel key only works from where it was handed out.
     pub governed_cgroup_id: u64,
     pub upstream_addr: SocketAddr,
+    /// How long connecting upstream may take; each step of the agent's startup and of the
+    /// upstream login is bounded by [`HANDSHAKE_STEP`].
+    pub connect_timeout: Duration,
     /// The target's host as the policy names it, for certificate checks.
     pub server_name: String,
     pub bytes_up: &'a AtomicU64,
@@ -72,28 +78,52 @@ pub struct Served {
     pub token: Option<TokenIdentity>,
 }
 
-pub async fn serve(p: Params<'_>, agent: TcpStream, upstream: TcpStream) -> Served {
+/// The longest the agent's startup, its token, or the upstream login may take: an agent that
+/// says nothing holds nothing (no upstream connection is opened before its startup is
+/// complete), and a stalled server does not hold the agent forever.
+pub const HANDSHAKE_STEP: Duration = Duration::from_secs(10);
+
+pub async fn serve(p: Params<'_>, agent: TcpStream) -> Served {
     let mut token = None;
-    let outcome = run(p, agent, upstream, &mut token).await;
+    let outcome = run(p, agent, &mut token).await;
     Served { outcome, token }
 }
 
-async fn run(
-    p: Params<'_>,
-    mut agent: TcpStream,
-    mut upstream: TcpStream,
-    token: &mut Option<TokenIdentity>,
-) -> Outcome {
+/// The upstream connection, opened only once the agent has said who it is and what it wants.
+async fn connect(p: &Params<'_>) -> Result<TcpStream, String> {
+    match tokio::time::timeout(p.connect_timeout, TcpStream::connect(p.upstream_addr)).await {
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {:?}", p.connect_timeout)),
+    }
+}
+
+fn too_slow(what: &'static str) -> super::codec::FrameError {
+    super::codec::FrameError::Malformed {
+        what,
+        why: "not complete within the handshake bound",
+    }
+}
+
+async fn run(p: Params<'_>, mut agent: TcpStream, token: &mut Option<TokenIdentity>) -> Outcome {
     let mut abuf = BytesMut::with_capacity(8 * 1024);
-    let params = match agent_startup(&mut agent, &mut abuf).await {
+    let startup = tokio::time::timeout(HANDSHAKE_STEP, agent_startup(&mut agent, &mut abuf))
+        .await
+        .unwrap_or_else(|_| Err(too_slow("startup")));
+    let params = match startup {
         Ok(AgentStart::Start(params)) => params,
         Ok(AgentStart::Cancel {
             process_id,
             secret_key,
         }) => {
-            p.cancels
-                .cancel(process_id, secret_key, p.governed_cgroup_id, &mut upstream)
-                .await;
+            if let Ok(mut upstream) = connect(&p).await {
+                p.cancels
+                    .cancel(process_id, secret_key, p.governed_cgroup_id, &mut upstream)
+                    .await;
+            }
             return Outcome::Cancel;
         }
         Err(e) => {
@@ -107,7 +137,10 @@ async fn run(
     };
 
     if let Some(verifier) = &p.target.jwt {
-        match agent_token(&mut agent, &mut abuf).await {
+        let raw = tokio::time::timeout(HANDSHAKE_STEP, agent_token(&mut agent, &mut abuf))
+            .await
+            .unwrap_or_else(|_| Err(too_slow("password message")));
+        match raw {
             Ok(raw) => match verifier.verify(&raw) {
                 Ok(id) => *token = Some(id),
                 Err(e) => {
@@ -131,6 +164,17 @@ async fn run(
         }
     }
 
+    let upstream = match connect(&p).await {
+        Ok(s) => s,
+        Err(why) => {
+            let e = ErrorFields::fatal(
+                "08001",
+                format!("gatewayd: upstream {} is unreachable: {why}", p.target_name),
+            );
+            let _ = reply(&mut agent, e).await;
+            return Outcome::UpstreamUnreachable(why);
+        }
+    };
     let mut ubuf = BytesMut::with_capacity(8 * 1024);
     let login = async {
         let mut io = tls::negotiate(
@@ -142,8 +186,14 @@ async fn run(
         .await?;
         let s = upstream::login(&mut io, &mut ubuf, &p.target, &params).await?;
         Ok::<_, UpstreamError>((io, s))
-    }
-    .await;
+    };
+    let login = tokio::time::timeout(HANDSHAKE_STEP, login)
+        .await
+        .unwrap_or_else(|_| {
+            Err(UpstreamError::Protocol(format!(
+                "login not complete within {HANDSHAKE_STEP:?}"
+            )))
+        });
     let (upstream, session) = match login {
         Ok(s) => s,
         Err(e) => {
@@ -291,19 +341,6 @@ async fn run(
     ctx.approvals.session_ended(ctx.session_id);
     drop(registered);
     outcome
-}
-
-/// The upstream could not be reached: the agent still gets a PostgreSQL error, after its
-/// startup packet, rather than a bare reset.
-pub async fn unreachable(mut agent: TcpStream, target: &str, why: &str) {
-    let mut buf = BytesMut::new();
-    if let Ok(AgentStart::Start(_)) = agent_startup(&mut agent, &mut buf).await {
-        let e = ErrorFields::fatal(
-            "08001",
-            format!("gatewayd: upstream {target} is unreachable: {why}"),
-        );
-        let _ = reply(&mut agent, e).await;
-    }
 }
 
 enum AgentStart {
