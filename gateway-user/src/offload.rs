@@ -93,14 +93,14 @@ impl Pool {
     }
 }
 
-/// The pool that parses and judges large statements: one thread per core but one (the
-/// sessions' workers keep a core however much is queued here), 256 MiB stacks (reserved, not
-/// committed), 1024 jobs waiting at most.
-pub fn judges() -> &'static Pool {
+/// The pool for CPU-heavy work (parsing and judging large statements, upstream SCRAM): one
+/// thread per core but one (the sessions' workers keep a core however much is queued here),
+/// 256 MiB stacks (reserved, not committed), 1024 jobs waiting at most.
+pub fn cpu() -> &'static Pool {
     static POOL: OnceLock<Pool> = OnceLock::new();
     POOL.get_or_init(|| {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get().max(2) - 1);
-        Pool::new("judge", threads, 256 << 20, 1024).expect("spawn the judge threads")
+        Pool::new("cpu", threads, 256 << 20, 1024).expect("spawn the CPU pool threads")
     })
 }
 

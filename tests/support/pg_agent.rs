@@ -593,11 +593,12 @@ impl ScriptConn {
                 b'G' | b'W' if self.stream.write_all(b"c\0\0\0\x04").is_err() => return a,
                 b'Z' => {
                     a.status = body.first().map(|&b| b as char);
+                    // A gateway refusal names its policy (42501, or 22021 for bytes that are
+                    // not UTF-8, as PostgreSQL would answer them).
                     let refused = a.errors.iter().any(|e| {
-                        e["code"] == "42501"
-                            && e["message"]
-                                .as_str()
-                                .is_some_and(|m| m.starts_with("gatewayd: policy"))
+                        e["message"]
+                            .as_str()
+                            .is_some_and(|m| m.starts_with("gatewayd: policy"))
                     });
                     a.outcome = if refused { "refused" } else { "answered" };
                     return a;

@@ -58,6 +58,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let hierarchy = Hierarchy::discover()?;
     let set = PolicySet::load_dir(&config.policies)?;
     refuse_self_governance(&set)?;
+    // The CPU pool's threads start now: a host that cannot spawn them fails here, not in the
+    // first session that needs one.
+    crate::offload::cpu();
     let audit = AuditStore::open(&config.store)?;
     // Listen before the programs attach, so redirected agents find a listener at once.
     let listeners = [
@@ -86,9 +89,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     state.apply(set)?;
     log_policies(&state);
 
-    for listener in listeners {
-        tokio::spawn(accept_loop(listener, state.clone()));
-    }
+    let accepting: Vec<_> = listeners
+        .into_iter()
+        .map(|listener| tokio::spawn(accept_loop(listener, state.clone())))
+        .collect();
     tokio::spawn(crate::admin::serve(admin, state.clone()));
     tokio::spawn(resolve::run(state.clone()));
     if let Some(r) = &state.config.retention {
@@ -115,10 +119,37 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     tracing::info!(
         "stopping; programs stay pinned, governed agents are refused until a daemon serves again"
     );
+    // No new sessions; the live ones get a bounded time to finish and write their records,
+    // then everything appended is flushed.
+    for task in &accepting {
+        task.abort();
+    }
+    let deadline = tokio::time::Instant::now() + DRAIN;
+    while state
+        .active_sessions
+        .load(std::sync::atomic::Ordering::Relaxed)
+        > 0
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let left = state
+        .active_sessions
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if left > 0 {
+        tracing::warn!(
+            sessions = left,
+            "stopping with sessions still live: they stay open in the audit"
+        );
+    }
     state.audit.settle(true).await?;
     let _ = std::fs::remove_file(&state.config.admin_socket);
     Ok(())
 }
+
+/// How long a stopping daemon waits for live sessions to end (systemd's TimeoutStopSec is 90 s
+/// by default): their records are written before it exits.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Re-reads the policy directory. A set with any error is rejected whole and the last good
 /// one stays in force; live sessions are never dropped.

@@ -103,6 +103,15 @@ fn forced_refusal(
             ),
         ));
     }
+    if let Some(why) = stmts.iter().find_map(|s| s.unsupported) {
+        return Some((
+            "unsupported",
+            denied(
+                policy,
+                format_args!("refuses a form it does not follow: {why}"),
+            ),
+        ));
+    }
     if stmts.iter().any(|s| s.runs_sql_text) {
         return Some((
             "sql-text",
@@ -152,6 +161,10 @@ fn unmaskable(stmts: &[StatementInfo], masker: &Masker) -> Option<String> {
             "columns renamed by an alias list"
         } else if c.set_operation {
             "a set operation (UNION, INTERSECT, EXCEPT)"
+        } else if c.positional {
+            "ORDER BY, GROUP BY or DISTINCT ON an output position"
+        } else if c.natural_join {
+            "a NATURAL JOIN (it compares columns it does not name)"
         } else if s.reads_everything {
             "values of relations it does not name (statistics views, relation-by-name functions)"
         } else {

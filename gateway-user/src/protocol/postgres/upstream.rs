@@ -125,11 +125,21 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
                         scram = Some(s);
                     }
                     Auth::SaslContinue(data) => {
-                        let s = scram.as_mut().ok_or_else(|| {
+                        let mut s = scram.take().ok_or_else(|| {
                             UpstreamError::Protocol("SASL continue before start".into())
                         })?;
-                        s.update(&data)?;
+                        // The salted password takes thousands of PBKDF2 rounds: on the CPU
+                        // pool, so a login storm does not stall the sessions on the workers.
+                        let (s, done) = crate::offload::cpu()
+                            .run(move || {
+                                let done = s.update(&data);
+                                (s, done)
+                            })
+                            .await
+                            .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+                        done?;
                         frontend::sasl_response(s.message(), &mut out)?;
+                        scram = Some(s);
                     }
                     Auth::SaslFinal(data) => {
                         scram

@@ -3,9 +3,20 @@
 
 use bytes::{Buf as _, Bytes, BytesMut};
 
-/// The largest message an agent may send. PostgreSQL's own limit is 1 GiB; a gateway that
-/// buffers whole messages to judge them refuses long before that.
-pub const MAX_AGENT_MESSAGE: usize = 64 * 1024 * 1024;
+/// The largest message an agent may send: a Bind's parameters or a CopyData chunk.
+/// PostgreSQL's own limit is 1 GiB; a gateway that buffers whole messages refuses long before.
+pub const MAX_AGENT_MESSAGE: usize = 16 * 1024 * 1024;
+/// The largest Query or Parse: the judge refuses statements over 1 MiB anyway
+/// (`judge::MAX_STATEMENT`), so more is refused before it is buffered.
+pub const MAX_AGENT_STATEMENT_MESSAGE: usize = (1 << 20) + 64 * 1024;
+
+/// What an agent's message of type `tag` may weigh.
+pub fn agent_limit(tag: u8) -> usize {
+    match tag {
+        b'Q' | b'P' => MAX_AGENT_STATEMENT_MESSAGE,
+        _ => MAX_AGENT_MESSAGE,
+    }
+}
 /// Upstream messages are relayed as they are, but still framed whole (DataRow masking).
 pub const MAX_UPSTREAM_MESSAGE: usize = 1024 * 1024 * 1024;
 /// Startup packets are small; PostgreSQL caps them at 10000 bytes.
@@ -47,6 +58,15 @@ impl Frame {
 
 /// Takes one typed message off the front of `buf`, if it is all there.
 pub fn next_frame(buf: &mut BytesMut, limit: usize) -> Result<Option<Frame>, FrameError> {
+    next_frame_by(buf, |_| limit)
+}
+
+/// [`next_frame`] with a limit by message type, checked on the header, before the body is
+/// buffered.
+pub fn next_frame_by(
+    buf: &mut BytesMut,
+    limit: impl Fn(u8) -> usize,
+) -> Result<Option<Frame>, FrameError> {
     if buf.len() < 5 {
         return Ok(None);
     }
@@ -55,11 +75,15 @@ pub fn next_frame(buf: &mut BytesMut, limit: usize) -> Result<Option<Frame>, Fra
         return Err(FrameError::BadLength(len.into()));
     }
     let len = len as usize;
+    let limit = limit(buf[0]);
     if len > limit {
         return Err(FrameError::TooLong { len, limit });
     }
     if buf.len() < len + 1 {
-        buf.reserve(len + 1 - buf.len());
+        // Room for what is likely to arrive next, not for what the header claims: memory
+        // follows the bytes actually received, so a large declared length costs nothing
+        // until it is sent.
+        buf.reserve((len + 1 - buf.len()).min(64 * 1024));
         return Ok(None);
     }
     let tag = buf[0];
@@ -226,5 +250,40 @@ mod tests {
             r.cstr(),
             Err(FrameError::Malformed { what: "Bind", .. })
         ));
+    }
+}
+
+#[cfg(test)]
+mod bound_tests {
+    use super::*;
+
+    fn header(tag: u8, len: usize) -> BytesMut {
+        let mut b = BytesMut::new();
+        b.extend_from_slice(&[tag]);
+        b.extend_from_slice(&(len as i32).to_be_bytes());
+        b
+    }
+
+    #[test]
+    fn statements_past_the_judges_bound_are_refused_on_their_header() {
+        let mut b = header(b'Q', 4 << 20);
+        assert_eq!(
+            next_frame_by(&mut b, agent_limit),
+            Err(FrameError::TooLong {
+                len: 4 << 20,
+                limit: MAX_AGENT_STATEMENT_MESSAGE
+            })
+        );
+        // A Bind may be larger, up to the message limit.
+        let mut b = header(b'B', 4 << 20);
+        assert_eq!(next_frame_by(&mut b, agent_limit), Ok(None));
+    }
+
+    #[test]
+    fn memory_follows_the_bytes_received_not_the_length_declared() {
+        let mut b = header(b'B', MAX_AGENT_MESSAGE);
+        b.extend_from_slice(&[0; 100]);
+        assert_eq!(next_frame_by(&mut b, agent_limit), Ok(None));
+        assert!(b.capacity() < 256 * 1024, "{}", b.capacity());
     }
 }

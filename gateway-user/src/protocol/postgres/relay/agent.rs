@@ -16,7 +16,7 @@ use crate::protocol::postgres::{
     codec::{
         FrameError,
         backend::ErrorFields,
-        frame::{MAX_AGENT_MESSAGE, next_frame},
+        frame::{agent_limit, next_frame_by},
         frontend::{Kind, Message},
     },
     config::Durability,
@@ -65,9 +65,7 @@ where
             .map_err(|e| RelayError::Limit(e.to_string()))
     };
     loop {
-        while let Some(frame) =
-            next_frame(&mut buf, MAX_AGENT_MESSAGE).map_err(RelayError::Agent)?
-        {
+        while let Some(frame) = next_frame_by(&mut buf, agent_limit).map_err(RelayError::Agent)? {
             let msg = Message::decode(frame.tag, &frame.body).map_err(RelayError::Agent)?;
             // What a name holds for a message sent now; an earlier batch the server has not
             // answered may decide it, so what was forwarded goes out before waiting for that.
@@ -149,7 +147,10 @@ where
                         String::new(),
                         ErrorFields::error(
                             "22021",
-                            "invalid byte sequence for encoding \"UTF8\" (refused by gatewayd)",
+                            format!(
+                                "gatewayd: policy {} refuses bytes that are not UTF-8: invalid byte sequence for encoding \"UTF8\"",
+                                ctx.policy
+                            ),
                         ),
                     ));
                     match parse {

@@ -333,7 +333,7 @@ impl Judgements {
         } else {
             let (policy, target, who) = (ctx.policy.clone(), ctx.target.clone(), ctx.who.clone());
             let text = sql.to_owned();
-            let judged = crate::offload::judges()
+            let judged = crate::offload::cpu()
                 .run(move || {
                     let shape = (by_shape && text.len() <= MAX_STATEMENT)
                         .then(|| Shape::of(&text))

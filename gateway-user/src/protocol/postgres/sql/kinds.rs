@@ -64,7 +64,9 @@ pub(crate) fn statement(node: &str) -> Option<(K, Role)> {
         | "RenameStmt" | "ReplicaIdentityStmt" | "ReassignOwnedStmt" | "CommentStmt"
         | "SecLabelStmt" => (K::Alter, W),
         // Cursors and everything else a rule must name as `other` to allow.
-        "DeclareCursorStmt" | "FetchStmt" | "ClosePortalStmt" | "LoadStmt" => (K::Other, R),
+        "DeclareCursorStmt" | "FetchStmt" | "ClosePortalStmt" => (K::Other, R),
+        // Loads a shared library into the backend: not to be allowed with `other`.
+        "LoadStmt" => (K::Load, W),
         // PL/pgSQL-only nodes (PLAssignStmt, ReturnStmt) and anything newer: not a statement
         // the gateway knows.
         _ => return None,

@@ -43,6 +43,7 @@ pub enum StatementKind {
     Maintenance,
     Lock,
     Notify,
+    Load,
     Other,
 }
 
@@ -76,6 +77,7 @@ impl StatementKind {
             K::Maintenance => "maintenance",
             K::Lock => "lock",
             K::Notify => "notify",
+            K::Load => "load",
             K::Other => "other",
         }
     }
@@ -103,6 +105,10 @@ pub struct ColumnUse {
     pub renamed: bool,
     /// UNION / INTERSECT / EXCEPT at the top: output names come from one branch only.
     pub set_operation: bool,
+    /// ORDER BY / GROUP BY / DISTINCT ON by output position (`ORDER BY 1`).
+    pub positional: bool,
+    /// NATURAL JOIN: compares every column two relations share.
+    pub natural_join: bool,
 }
 
 /// What a statement does to the session's prepared statements and portals (cursors), which
@@ -154,6 +160,8 @@ pub struct StatementInfo {
     pub settings: Vec<String>,
     /// Whether it runs SQL text the gateway cannot judge ([`SQL_TEXT_FUNCTIONS`], `DO`).
     pub runs_sql_text: bool,
+    /// A form the gateway does not follow, with why (`CREATE TABLE ... AS EXECUTE`).
+    pub unsupported: Option<&'static str>,
     pub columns: ColumnUse,
     pub session: Option<SessionOp>,
     /// The statement as the agent wrote it (without a trailing `;`).
@@ -236,6 +244,7 @@ fn describe(stmt: &Value, text: &str, search_path: &[String]) -> Result<Statemen
         reads_literals: false,
         settings: Vec::new(),
         runs_sql_text: false,
+        unsupported: None,
         columns: ColumnUse::default(),
         session: None,
         text: text.to_owned(),
@@ -258,6 +267,8 @@ fn describe(stmt: &Value, text: &str, search_path: &[String]) -> Result<Statemen
         whole_rows: f.whole_rows,
         renamed: f.renamed,
         set_operation: f.set_operation,
+        positional: f.positional,
+        natural_join: f.natural_join,
     };
     Ok(info)
 }
@@ -443,6 +454,12 @@ fn statement(
             if revoke { K::Revoke } else { K::Grant }
         }
         "CreateTableAsStmt" => {
+            if matches!(field("query").and_then(node), Some(("ExecuteStmt", _))) {
+                // It would run a prepared statement whose judgement the classifier (pure,
+                // without the session's names) does not have, and copy its rows.
+                info.unsupported =
+                    Some("CREATE TABLE ... AS EXECUTE runs a prepared statement unseen");
+            }
             if let Some(Value::Object(into)) = field("into")
                 && let Some(rel) = into.get("rel")
             {

@@ -71,11 +71,14 @@ fn kinds() {
         ("WITH x AS (SELECT 1) INSERT INTO t SELECT * FROM x", K::Insert),
         ("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d", K::Delete),
         ("SELECT * INTO t2 FROM t", K::Create),
+        // INTO in a set operation's branch still creates the table.
+        ("SELECT 1 AS a INTO t2 UNION SELECT 2", K::Create),
+        ("(SELECT 1 AS a INTO t2) UNION SELECT 2", K::Create),
         // Prepared statements and cursors are judged as what they run.
         ("PREPARE q AS DELETE FROM t", K::Delete),
         ("DECLARE c CURSOR FOR SELECT 1", K::Select),
         ("FETCH 10 FROM c", K::Other),
-        ("LOAD 'plugin'", K::Other),
+        ("LOAD 'plugin'", K::Load),
     ];
     for (sql, kind) in cases {
         assert_eq!(one(sql).kind, kind, "{sql}");
@@ -131,6 +134,7 @@ fn reads_and_writes() {
 
 #[test]
 fn functions_and_what_they_hide() {
+    // Bare names; each unqualified call also stands for the schemas it may resolve to.
     #[rustfmt::skip]
     let cases: &[(&str, &[&str])] = &[
         ("SELECT upper(lower(name)) FROM t", &["lower", "upper"]),
@@ -138,11 +142,28 @@ fn functions_and_what_they_hide() {
         ("SELECT PG_CATALOG.PG_SLEEP(1)", &["pg_sleep"]),
         ("CALL app.do_it(now())", &["app.do_it", "now"]),
         ("CREATE TABLE t (ts timestamptz DEFAULT now())", &["now"]),
-        ("SELECT count(*) FROM t GROUP BY 1 HAVING sum(a) > 0", &["count", "sum"]),
+        ("SELECT count(*) FROM t GROUP BY a HAVING sum(a) > 0", &["count", "sum"]),
+        // Attribute notation: `c.row_to_json` is row_to_json(c).
+        ("SELECT c.row_to_json FROM customers c", &["row_to_json"]),
     ];
     for (sql, functions) in cases {
-        assert_eq!(sorted(&one(sql).functions), *functions, "{sql}");
+        let info = one(sql);
+        let bare: Vec<String> = info
+            .functions
+            .iter()
+            .filter(|f| !f.starts_with("pg_catalog.") && !f.starts_with("public."))
+            .cloned()
+            .collect();
+        assert_eq!(sorted(&bare), *functions, "{sql}");
     }
+    assert_eq!(
+        sorted(&one("SELECT f(1)").functions),
+        ["f", "pg_catalog.f", "public.f"]
+    );
+    assert_eq!(
+        sorted(&one("SELECT pg_catalog.pg_read_file('x')").functions),
+        ["pg_catalog.pg_read_file", "pg_read_file"]
+    );
     for sql in [
         "SELECT query_to_xml('DELETE FROM t RETURNING *', true, false, '')",
         "SELECT * FROM ts_stat('SELECT body FROM secrets')",
@@ -287,6 +308,10 @@ fn where_columns_are_used() {
         ("INSERT INTO t SELECT email FROM customers", &["email"], false, false, false),
         ("UPDATE customers SET note = email WHERE id = 1 RETURNING ssn", &["email", "id"], false, false, false),
         ("SELECT set_config('x.y', email, false) FROM customers", &["email"], false, false, false),
+        // Found by review: JOIN ... USING, ON CONFLICT targets, attribute notation.
+        ("SELECT c.id FROM customers c JOIN g USING (email)", &["email"], false, false, false),
+        ("INSERT INTO customers (id) VALUES (1) ON CONFLICT (email) DO NOTHING", &["email"], false, false, false),
+        ("SELECT c.to_jsonb FROM customers c", &[], true, false, false),
     ];
     for (sql, elsewhere, whole, renamed, setop) in cases {
         let c = one(sql).columns;
@@ -297,6 +322,28 @@ fn where_columns_are_used() {
             "{sql}"
         );
     }
+    let c = one("SELECT email, id FROM customers ORDER BY 1").columns;
+    assert!(c.positional);
+    assert!(
+        one("SELECT email FROM customers GROUP BY 1")
+            .columns
+            .positional
+    );
+    assert!(
+        one("SELECT DISTINCT ON (1) email FROM customers")
+            .columns
+            .positional
+    );
+    assert!(
+        !one("SELECT DISTINCT email FROM customers ORDER BY email")
+            .columns
+            .positional
+    );
+    assert!(
+        one("SELECT id FROM customers NATURAL JOIN g")
+            .columns
+            .natural_join
+    );
     let returning = one("UPDATE customers SET name = 'x' WHERE id = 1 RETURNING ssn AS s").columns;
     assert_eq!(returning.outputs[0].alias.as_deref(), Some("s"));
 }
@@ -343,6 +390,21 @@ fn multi_statement_text_and_redaction() {
     for (sql, redacted) in cases {
         assert_eq!(one(sql).redacted, redacted, "{sql}");
     }
+}
+
+#[test]
+fn forms_the_gateway_does_not_follow_are_flagged() {
+    assert!(one("CREATE TABLE leak AS EXECUTE p").unsupported.is_some());
+    assert!(
+        one("EXPLAIN ANALYZE CREATE TABLE leak AS EXECUTE p")
+            .unsupported
+            .is_some()
+    );
+    assert_eq!(
+        sorted(&one("SELECT 1 AS a INTO t2 UNION SELECT 2").writes),
+        ["public.t2"]
+    );
+    assert!(one("SELECT * FROM pg_stat_get_activity(NULL)").reads_everything);
 }
 
 #[test]

@@ -42,6 +42,26 @@ pub(crate) const RELATION_BY_NAME_FUNCTIONS: &[&str] = &[
     "database_to_xml_and_xmlschema",
     "cursor_to_xml",
     "cursor_to_xmlschema",
+    // The function forms of the activity and statistics views: other sessions' statements.
+    "pg_stat_get_activity",
+    "pg_stat_get_backend_activity",
+    "pg_stat_statements",
+    "pg_cursor",
+    "pg_prepared_statement",
+];
+
+/// Functions of a whole row: PostgreSQL reads `rel.f` as `f(rel)` (attribute notation), so a
+/// qualified "column" of one of these names is a whole-row value, and masking by column
+/// cannot follow it.
+pub(crate) const ROW_FUNCTIONS: &[&str] = &[
+    "row_to_json",
+    "to_json",
+    "to_jsonb",
+    "record_out",
+    "record_send",
+    "hstore",
+    "jsonb_populate_record",
+    "json_populate_record",
 ];
 
 /// Functions that run SQL given to them as text (here or on another server): the statement
@@ -76,6 +96,10 @@ pub(crate) struct Found {
     pub whole_rows: bool,
     pub renamed: bool,
     pub set_operation: bool,
+    /// ORDER BY / GROUP BY / DISTINCT ON by output position: a use of that column.
+    pub positional: bool,
+    /// NATURAL JOIN: joins on every column two relations share, named nowhere.
+    pub natural_join: bool,
     single_names: Vec<String>,
     range_names: Vec<String>,
 }
@@ -139,6 +163,9 @@ impl<'a> Walker<'a> {
                     self.range_var(o, role);
                 } else if o.contains_key("funcname") && o.contains_key("funcformat") {
                     self.func_call(o);
+                } else if o.contains_key("limitOption") && o.contains_key("op") {
+                    // A SelectStmt in a typed field (a set operation's branches).
+                    self.select(o, false);
                 } else if o
                     .get("kind")
                     .and_then(Value::as_str)
@@ -180,6 +207,22 @@ impl<'a> Walker<'a> {
             }
             // A constant holds no relation, call or column.
             "A_Const" => {}
+            // ON CONFLICT (col), index columns: uses of those columns.
+            "IndexElem" => {
+                if let Some(name) = get(body, "name").and_then(Value::as_str) {
+                    self.found.elsewhere.push(name.to_owned());
+                }
+                self.visit_fields(body, role, &[]);
+            }
+            "JoinExpr" => {
+                self.found.natural_join |=
+                    body.get("isNatural").and_then(Value::as_bool) == Some(true);
+                // JOIN ... USING (col): the join compares those columns.
+                for name in dotted(get(body, "usingClause")) {
+                    self.found.elsewhere.push(name.to_owned());
+                }
+                self.visit_fields(body, role, &[]);
+            }
             _ => self.visit_fields(body, role, &[]),
         }
     }
@@ -239,9 +282,18 @@ impl<'a> Walker<'a> {
 
     fn func_call(&mut self, o: &Map<String, Value>) {
         let parts = dotted(get(o, "funcname"));
-        let name = match parts.as_slice() {
-            ["pg_catalog", f] => (*f).to_owned(),
-            _ => parts.join("."),
+        // The bare name, and each schema it may resolve to (pg_catalog first, then the pinned
+        // search_path), so rules may name a function either way.
+        let (name, qualified) = match parts.as_slice() {
+            ["pg_catalog", f] => ((*f).to_owned(), vec![format!("pg_catalog.{f}")]),
+            [f] => (
+                (*f).to_owned(),
+                std::iter::once("pg_catalog")
+                    .chain(self.search_path.iter().map(String::as_str))
+                    .map(|s| format!("{s}.{f}"))
+                    .collect(),
+            ),
+            _ => (parts.join("."), Vec::new()),
         };
         if name == "set_config" {
             self.set_config(o);
@@ -249,6 +301,7 @@ impl<'a> Walker<'a> {
         self.found.runs_sql_text |= SQL_TEXT_FUNCTIONS.contains(&name.as_str());
         self.found.reads_everything |= RELATION_BY_NAME_FUNCTIONS.contains(&name.as_str());
         self.found.functions.push(name);
+        self.found.functions.extend(qualified);
         self.visit_fields(o, Role::Read, &["funcname"]);
     }
 
@@ -295,6 +348,14 @@ impl<'a> Walker<'a> {
                 }
             }
         }
+        // `rel.f` may be `f(rel)`: a call of a function of the whole row.
+        if fields.is_some_and(|f| f.len() > 1)
+            && let Some(c) = &column
+            && ROW_FUNCTIONS.contains(&c.as_str())
+        {
+            self.found.whole_rows = true;
+            self.found.functions.push(c.clone());
+        }
         if fields.is_some_and(|f| f.len() == 1)
             && let Some(c) = column
         {
@@ -339,6 +400,20 @@ impl<'a> Walker<'a> {
             }
         }
         self.targets(get(o, "targetList"), top && into.is_none());
+        let positional = |v: Option<&Value>| {
+            v.and_then(Value::as_array).is_some_and(|items| {
+                items.iter().any(|i| {
+                    let i = match node(i) {
+                        Some(("SortBy", sb)) => get(sb, "node"),
+                        _ => Some(i),
+                    };
+                    matches!(i.and_then(node), Some(("A_Const", _)))
+                })
+            })
+        };
+        self.found.positional |= positional(get(o, "sortClause"))
+            || positional(get(o, "groupClause"))
+            || positional(get(o, "distinctClause"));
         self.visit_fields(o, Role::Read, &["targetList", "intoClause"]);
     }
 
