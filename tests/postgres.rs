@@ -342,8 +342,24 @@ UTF8
     );
     let (_, err, ok) = f.psql(&["-c", "SET search_path = pg_temp, public"], "");
     assert!(!ok && err.contains("refuses changing search_path"), "{err}");
+    // Who the session is is its own kind (`role`), which this policy does not allow; and no
+    // set_config may do it either.
     let (_, err, ok) = f.psql(&["-c", "SET ROLE postgres"], "");
+    assert!(
+        !ok && err.contains("denies this statement (rule default)"),
+        "{err}"
+    );
+    let (_, err, ok) = f.psql(&["-c", "SELECT set_config('role', 'postgres', false)"], "");
     assert!(!ok && err.contains("refuses changing role"), "{err}");
+    // Setting a pinned setting to its pinned value changes nothing and is let through.
+    let (out, err, ok) = f.psql(
+        &["-f", "-"],
+        "SET standard_conforming_strings = on;
+SET client_encoding = 'UTF8';
+SELECT 'same';
+",
+    );
+    assert!(ok && out == "same\n", "{err}");
 }
 
 #[test]

@@ -44,6 +44,9 @@ pub enum StatementKind {
     Lock,
     Notify,
     Load,
+    /// `SET ROLE`, `SET SESSION AUTHORIZATION` and their RESETs: who the session is, for a
+    /// rule to allow by name (not a `set`).
+    Role,
     Other,
 }
 
@@ -78,6 +81,7 @@ impl StatementKind {
             K::Lock => "lock",
             K::Notify => "notify",
             K::Load => "load",
+            K::Role => "role",
             K::Other => "other",
         }
     }
@@ -400,6 +404,46 @@ fn statement(
             info.runs_sql_text = true;
             kind
         }
+        "VariableSetStmt" => {
+            w.visit(stmt, role);
+            let name = body.get("name").and_then(Value::as_str).unwrap_or("");
+            let name = name.to_ascii_lowercase();
+            let setting_kind = body.get("kind").and_then(Value::as_str).unwrap_or("");
+            if matches!(name.as_str(), "role" | "session_authorization") {
+                // Who the session is: its own kind, for rules to allow or not.
+                w.found.settings.retain(|s| *s != name);
+                K::Role
+            } else {
+                // Setting a pinned setting to the value the gateway pins (or back to the
+                // session's default, which is the pinned value) changes nothing.
+                let args = body.get("args").and_then(Value::as_array);
+                let value = match args.map(Vec::as_slice) {
+                    Some([one]) => constant_text(one),
+                    _ => None,
+                };
+                if let Some(v) = &value {
+                    info.reads_literals = true;
+                    let v = v.to_ascii_lowercase();
+                    let keeps = match name.as_str() {
+                        "standard_conforming_strings" => matches!(v.as_str(), "on" | "true"),
+                        "client_encoding" => matches!(v.as_str(), "utf8" | "utf-8"),
+                        _ => false,
+                    };
+                    if keeps {
+                        w.found.settings.retain(|s| *s != name);
+                    }
+                }
+                if setting_kind == "VAR_RESET"
+                    && matches!(
+                        name.as_str(),
+                        "standard_conforming_strings" | "client_encoding"
+                    )
+                {
+                    w.found.settings.retain(|s| *s != name);
+                }
+                kind
+            }
+        }
         "DropStmt" => {
             let relation_objects = matches!(
                 body.get("removeType").and_then(Value::as_str),
@@ -473,6 +517,20 @@ fn statement(
             kind
         }
     })
+}
+
+/// The text of a string constant or a bare word (`on`, `'UTF8'`), as SET's value.
+fn constant_text(v: &Value) -> Option<String> {
+    match node(v)? {
+        ("A_Const", c) => c
+            .get("sval")
+            .and_then(Value::as_object)
+            .and_then(|s| s.get("sval"))
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        ("String", s) => s.get("sval").and_then(Value::as_str).map(str::to_owned),
+        _ => None,
+    }
 }
 
 /// Only an explicit false turns an EXPLAIN option off (the values PostgreSQL's parse_bool
