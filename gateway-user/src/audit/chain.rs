@@ -100,6 +100,9 @@ pub struct Chains {
     /// current and a seal needs no wait for the writer.
     pub appended: AtomicU64,
     pub written: AtomicU64,
+    /// Sessions some of whose events the writer could not store: they must not forward
+    /// another statement (what they run would go unrecorded). Cleared at the seal.
+    pub lost: Mutex<std::collections::HashSet<u64>>,
 }
 
 pub fn sha256(bytes: &[u8]) -> Hash {

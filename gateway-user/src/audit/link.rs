@@ -44,6 +44,7 @@ impl AuditStore {
         // Only now: until the sealed record is in, pruning must see the session as in use.
         if seal.is_some() {
             lock(&self.chains.tails).remove(&record.id);
+            lock(&self.chains.lost).remove(&record.id);
         }
         Ok(())
     }

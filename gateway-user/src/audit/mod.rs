@@ -213,6 +213,12 @@ impl AuditStore {
         Ok(())
     }
 
+    /// Whether some of this session's events could not be stored: it must not forward another
+    /// statement.
+    pub fn session_lost_events(&self, session_id: u64) -> bool {
+        self.events_lost() > 0 && writer::lock(&self.chains.lost).contains(&session_id)
+    }
+
     /// Events the writer could not store since this store was opened (it logs each loss too).
     pub fn events_lost(&self) -> u64 {
         self.writer.get().map_or(0, Writer::lost)

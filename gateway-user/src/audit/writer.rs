@@ -218,6 +218,7 @@ fn write(
         }
     }
     let count: u64 = chunks.values().map(|c| c.count).sum();
+    let sessions: Vec<u64> = chunks.keys().copied().collect();
     let mut sled_batch = sled::Batch::default();
     let mut tails = Vec::with_capacity(chunks.len());
     for (session, chunk) in chunks {
@@ -232,6 +233,7 @@ fn write(
     let mut result = events.apply_batch(sled_batch).map_err(|e| e.to_string());
     if result.is_err() {
         lost.fetch_add(count, Ordering::Relaxed);
+        lock(&chains.lost).extend(sessions);
         tracing::error!(events = count, error = ?result, "audit events lost");
     }
     // The tails move on even when the write failed: the seal then counts the lost events, and

@@ -109,7 +109,11 @@ async fn serve(state: &State, agent: TcpStream, peer: SocketAddr) -> SessionReco
         tracing::error!(session.id = id, error = %e, "audit unavailable; refusing");
         // The verdict and rule stay as the opening record (which may have reached the store)
         // has them: they are under its hash. How it ended says why it did not run.
-        refuse(&agent);
+        if protocol == Protocol::Postgres {
+            postgres::refuse_unrecorded(agent, &e.to_string()).await;
+        } else {
+            refuse(&agent);
+        }
         record.end = Some(SessionEnd::AuditUnavailable(e.to_string()));
         record.ended_at_ms = Some(now_ms());
         return record;

@@ -20,4 +20,4 @@ pub mod upstream;
 pub use cancel::CancelRegistry;
 pub use config::{PostgresFile, PostgresTarget};
 pub use jwt::TokenIdentity;
-pub use session::{Outcome, Params, Served, serve};
+pub use session::{Outcome, Params, Served, refuse_unrecorded, serve};

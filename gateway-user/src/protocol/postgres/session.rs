@@ -343,6 +343,21 @@ async fn run(p: Params<'_>, mut agent: TcpStream, token: &mut Option<TokenIdenti
     outcome
 }
 
+/// A session the audit could not open: the agent still hears why, in PostgreSQL's words, after
+/// its startup packet, rather than a bare reset.
+pub async fn refuse_unrecorded(mut agent: TcpStream, why: &str) {
+    let mut buf = BytesMut::new();
+    let startup = tokio::time::timeout(HANDSHAKE_STEP, agent_startup(&mut agent, &mut buf)).await;
+    if let Ok(Ok(AgentStart::Start(_))) = startup {
+        let e = ErrorFields::fatal(
+            "58000",
+            "gatewayd: the audit store cannot record this session, so it does not run",
+        )
+        .with_detail(why.to_owned());
+        let _ = reply(&mut agent, e).await;
+    }
+}
+
 enum AgentStart {
     Start(Vec<(String, String)>),
     Cancel { process_id: i32, secret_key: i32 },

@@ -67,6 +67,13 @@ where
     loop {
         while let Some(frame) = next_frame_by(&mut buf, agent_limit).map_err(RelayError::Agent)? {
             let msg = Message::decode(frame.tag, &frame.body).map_err(RelayError::Agent)?;
+            // The audit is the product: once an event of this session could not be stored,
+            // nothing more of it goes upstream (the agent gets FATAL 58000).
+            if ctx.audit.session_lost_events(ctx.session_id) {
+                return Err(RelayError::Audit(
+                    "events of this session could not be stored".into(),
+                ));
+            }
             // What a name holds for a message sent now; an earlier batch the server has not
             // answered may decide it, so what was forwarded goes out before waiting for that.
             macro_rules! lookup {
