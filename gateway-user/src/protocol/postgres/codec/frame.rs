@@ -251,11 +251,6 @@ mod tests {
             Err(FrameError::Malformed { what: "Bind", .. })
         ));
     }
-}
-
-#[cfg(test)]
-mod bound_tests {
-    use super::*;
 
     fn header(tag: u8, len: usize) -> BytesMut {
         let mut b = BytesMut::new();
