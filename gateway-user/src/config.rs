@@ -44,7 +44,8 @@ pub struct Retention {
 }
 
 /// `Option<Duration>` from a humantime string such as `"30d"`.
-mod humantime_serde_opt {
+/// `"30s"`, `"15m"`: an optional duration as people write it (policies use it too).
+pub(crate) mod humantime_serde_opt {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer};

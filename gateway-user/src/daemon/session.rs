@@ -168,15 +168,11 @@ async fn serve(state: &State, agent: TcpStream, peer: SocketAddr) -> SessionReco
             });
         }
         Protocol::Tcp => {
-            let upstream = match tokio::time::timeout(timeout, TcpStream::connect(dst)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return unreachable(record, &agent, e.to_string()),
-                Err(_) => {
-                    return unreachable(record, &agent, format!("no answer within {timeout:?}"));
-                }
+            let upstream = match crate::protocol::connect_upstream(dst, timeout).await {
+                Ok(s) => s,
+                Err(why) => return unreachable(record, &agent, why),
             };
             let _ = agent.set_nodelay(true);
-            let _ = upstream.set_nodelay(true);
             let out = tcp::relay(agent, upstream).await;
             record.bytes_up = out.bytes_up;
             record.bytes_down = out.bytes_down;

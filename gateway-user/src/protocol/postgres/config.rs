@@ -31,7 +31,7 @@ pub struct PostgresFile {
     pub search_path: Option<Vec<String>>,
     /// A bound on each statement's run time, pinned upstream (`statement_timeout`) so that
     /// `pg_sleep` and runaway queries end; e.g. "30s". Unset: the server's own setting.
-    #[serde(default, with = "humantime_serde_opt")]
+    #[serde(default, with = "crate::config::humantime_serde_opt")]
     pub statement_timeout: Option<std::time::Duration>,
     /// A statement PostgreSQL's parser rejects: `deny` (the default) or `allow`.
     #[serde(default)]
@@ -134,18 +134,6 @@ pub fn reported_setting_ok(name: &str, value: &str) -> bool {
         "standard_conforming_strings" => value == "on",
         "client_encoding" => value.eq_ignore_ascii_case("UTF8"),
         _ => true,
-    }
-}
-
-mod humantime_serde_opt {
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<std::time::Duration>, D::Error> {
-        let text = Option::<String>::deserialize(d)?;
-        text.map(|t| humantime::parse_duration(&t).map_err(serde::de::Error::custom))
-            .transpose()
     }
 }
 

@@ -91,14 +91,7 @@ pub async fn serve(p: Params<'_>, agent: TcpStream) -> Served {
 
 /// The upstream connection, opened only once the agent has said who it is and what it wants.
 async fn connect(p: &Params<'_>) -> Result<TcpStream, String> {
-    match tokio::time::timeout(p.connect_timeout, TcpStream::connect(p.upstream_addr)).await {
-        Ok(Ok(s)) => {
-            let _ = s.set_nodelay(true);
-            Ok(s)
-        }
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no answer within {:?}", p.connect_timeout)),
-    }
+    crate::protocol::connect_upstream(p.upstream_addr, p.connect_timeout).await
 }
 
 fn too_slow(what: &'static str) -> super::codec::FrameError {

@@ -21,7 +21,7 @@ use crate::protocol::postgres::{
     },
     config::Durability,
     hold::{self, Held},
-    judge::Judged,
+    judge::{Judged, POLICY_DENIED},
     names::{Effect, Lookup, Space, Ticket},
     rules::Action,
     sql::SessionOp,
@@ -188,10 +188,18 @@ where
                     if judged.session.is_some() {
                         // Prepared statements and cursors in SQL are tracked for simple Query
                         // only: through Parse/Execute their effect would come at Execute.
-                        judged = Arc::new(unknown_name(
-                            &ctx.policy,
-                            "SQL PREPARE/EXECUTE/DECLARE/FETCH/CLOSE through Parse; send it as a simple query:",
-                            &name,
+                        judged = Arc::new(Judged::refused(
+                            "session-op",
+                            "unparsed",
+                            String::new(),
+                            ErrorFields::error(
+                                POLICY_DENIED,
+                                format!(
+                                    "gatewayd: policy {} refuses SQL PREPARE, EXECUTE, DECLARE, FETCH, CLOSE or DEALLOCATE through Parse",
+                                    ctx.policy
+                                ),
+                            )
+                            .with_hint("Send it as a simple query."),
                         ));
                     }
                     if judged.hold.is_some() {

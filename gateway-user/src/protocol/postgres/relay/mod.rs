@@ -731,23 +731,16 @@ fn describe(kind: u8, name: &str, out: &mut BytesMut) {
 }
 
 fn refused_function_call(policy: &str) -> Judged {
-    Judged {
-        action: super::rules::Action::Deny,
-        rule: "function-call".into(),
-        refusal: Some(
-            ErrorFields::error(
-                POLICY_DENIED,
-                format!("gatewayd: policy {policy} refuses the fast-path function call interface"),
-            )
-            .with_hint("Call the function from a SQL statement instead."),
-        ),
-        masker: None,
-        statements: vec![("function_call".into(), String::new())],
-        by_shape: false,
-        hold: None,
-        approval: None,
-        session: None,
-    }
+    Judged::refused(
+        "function-call",
+        "function_call",
+        String::new(),
+        ErrorFields::error(
+            POLICY_DENIED,
+            format!("gatewayd: policy {policy} refuses the fast-path function call interface"),
+        )
+        .with_hint("Call the function from a SQL statement instead."),
+    )
 }
 
 /// A use of a prepared statement, portal or cursor the gateway holds no judgement for (a

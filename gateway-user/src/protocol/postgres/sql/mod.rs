@@ -265,15 +265,8 @@ fn describe(stmt: &Value, text: &str, search_path: &[String]) -> Result<Statemen
     info.reads_literals |= f.reads_literals;
     info.settings = dedup(f.settings);
     info.runs_sql_text |= f.runs_sql_text;
-    info.columns = ColumnUse {
-        outputs: f.outputs,
-        elsewhere: dedup(f.elsewhere),
-        whole_rows: f.whole_rows,
-        renamed: f.renamed,
-        set_operation: f.set_operation,
-        positional: f.positional,
-        natural_join: f.natural_join,
-    };
+    info.columns = f.columns;
+    info.columns.elsewhere = dedup(info.columns.elsewhere);
     Ok(info)
 }
 

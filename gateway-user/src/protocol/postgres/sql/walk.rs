@@ -12,7 +12,7 @@
 use serde_json::{Map, Value};
 
 use super::kinds::Role;
-use super::{Output, StatementKind as K};
+use super::{ColumnUse, Output, StatementKind as K};
 
 /// Statistics and activity views: they hold other tables' values (most common values,
 /// histograms) or other sessions' statements, so reading one counts as reading everything.
@@ -91,15 +91,7 @@ pub(crate) struct Found {
     pub reads_literals: bool,
     pub settings: Vec<String>,
     pub runs_sql_text: bool,
-    pub outputs: Vec<Output>,
-    pub elsewhere: Vec<String>,
-    pub whole_rows: bool,
-    pub renamed: bool,
-    pub set_operation: bool,
-    /// ORDER BY / GROUP BY / DISTINCT ON by output position: a use of that column.
-    pub positional: bool,
-    /// NATURAL JOIN: joins on every column two relations share, named nowhere.
-    pub natural_join: bool,
+    pub columns: ColumnUse,
     single_names: Vec<String>,
     range_names: Vec<String>,
 }
@@ -199,7 +191,7 @@ impl<'a> Walker<'a> {
                 self.visit_fields(body, role, &[]);
             }
             "CommonTableExpr" => {
-                self.found.renamed |= get(body, "aliascolnames").is_some();
+                self.found.columns.renamed |= get(body, "aliascolnames").is_some();
                 self.found
                     .range_names
                     .push(str_of(body, "ctename").to_owned());
@@ -210,16 +202,16 @@ impl<'a> Walker<'a> {
             // ON CONFLICT (col), index columns: uses of those columns.
             "IndexElem" => {
                 if let Some(name) = get(body, "name").and_then(Value::as_str) {
-                    self.found.elsewhere.push(name.to_owned());
+                    self.found.columns.elsewhere.push(name.to_owned());
                 }
                 self.visit_fields(body, role, &[]);
             }
             "JoinExpr" => {
-                self.found.natural_join |=
+                self.found.columns.natural_join |=
                     body.get("isNatural").and_then(Value::as_bool) == Some(true);
                 // JOIN ... USING (col): the join compares those columns.
                 for name in dotted(get(body, "usingClause")) {
-                    self.found.elsewhere.push(name.to_owned());
+                    self.found.columns.elsewhere.push(name.to_owned());
                 }
                 self.visit_fields(body, role, &[]);
             }
@@ -274,7 +266,7 @@ impl<'a> Walker<'a> {
     }
 
     fn alias(&mut self, alias: &Map<String, Value>) {
-        self.found.renamed |= get(alias, "colnames").is_some();
+        self.found.columns.renamed |= get(alias, "colnames").is_some();
         self.found
             .range_names
             .push(str_of(alias, "aliasname").to_owned());
@@ -333,18 +325,18 @@ impl<'a> Walker<'a> {
         let star = last.and_then(node).is_some_and(|(n, _)| n == "A_Star");
         let column = last.and_then(string_node).map(str::to_owned);
         match (output, star) {
-            (Some(_), true) => self.found.outputs.push(Output {
+            (Some(_), true) => self.found.columns.outputs.push(Output {
                 column: None,
                 alias: None,
             }),
-            (Some(alias), false) => self.found.outputs.push(Output {
+            (Some(alias), false) => self.found.columns.outputs.push(Output {
                 column: column.clone(),
                 alias,
             }),
-            (None, true) => self.found.whole_rows = true,
+            (None, true) => self.found.columns.whole_rows = true,
             (None, false) => {
                 if let Some(c) = &column {
-                    self.found.elsewhere.push(c.clone());
+                    self.found.columns.elsewhere.push(c.clone());
                 }
             }
         }
@@ -353,7 +345,7 @@ impl<'a> Walker<'a> {
             && let Some(c) = &column
             && ROW_FUNCTIONS.contains(&c.as_str())
         {
-            self.found.whole_rows = true;
+            self.found.columns.whole_rows = true;
             self.found.functions.push(c.clone());
         }
         if fields.is_some_and(|f| f.len() == 1)
@@ -390,7 +382,7 @@ impl<'a> Walker<'a> {
 
     pub fn select(&mut self, o: &Map<String, Value>, top: bool) {
         if str_of(o, "op") != "SETOP_NONE" && !str_of(o, "op").is_empty() {
-            self.found.set_operation |= top;
+            self.found.columns.set_operation |= top;
         }
         let into = get(o, "intoClause").and_then(Value::as_object);
         if let Some(into) = into {
@@ -411,7 +403,7 @@ impl<'a> Walker<'a> {
                 })
             })
         };
-        self.found.positional |= positional(get(o, "sortClause"))
+        self.found.columns.positional |= positional(get(o, "sortClause"))
             || positional(get(o, "groupClause"))
             || positional(get(o, "distinctClause"));
         self.visit_fields(o, Role::Read, &["targetList", "intoClause"]);
@@ -447,7 +439,7 @@ impl<'a> Walker<'a> {
     /// relation or alias in the statement may be a whole-row reference.
     pub fn finish(&mut self) {
         let f = &mut self.found;
-        f.whole_rows |= f
+        f.columns.whole_rows |= f
             .single_names
             .iter()
             .any(|n| f.range_names.iter().any(|r| r == n));
