@@ -1,5 +1,6 @@
 //! `durability = "before-forward"`: a statement is on disk before the upstream sees it, so a
-//! kill -9 of the daemon in the middle of a stream of writes loses none that ran.
+//! kill -9 of the daemon in the middle of a stream of writes loses none that ran, and the next
+//! start seals the session the kill left open.
 
 use std::{
     collections::BTreeSet,
@@ -8,6 +9,7 @@ use std::{
 };
 
 use gateway_tests::{Gateway, PgServer, billing_target, bin, output_json};
+use gateway_user::admin::{Request, client};
 
 const RULES: &str = r#"
 [[targets.postgres.rules]]
@@ -102,5 +104,23 @@ fn kill_9_never_loses_a_statement_the_upstream_received() {
         "{} statements ran upstream without a durable audit event, first {:?}",
         lost.len(),
         &lost[..lost.len().min(5)]
+    );
+
+    // The next start seals the session the kill left open, and verify names it.
+    let id: u64 = id.parse().unwrap();
+    gw.spawn();
+    let report = client::call(&gw.socket(), &Request::AuditVerify).unwrap();
+    let interrupted: Vec<u64> = serde_json::from_value(report["interrupted"].clone()).unwrap();
+    assert_eq!(interrupted, vec![id], "{report}");
+    assert!(report["open"].as_array().unwrap().is_empty(), "{report}");
+    assert!(
+        report["problems"].as_array().unwrap().is_empty(),
+        "{report}"
+    );
+    let sealed = client::call(&gw.socket(), &Request::SessionsShow { id }).unwrap();
+    assert_eq!(sealed["end"]["kind"], "interrupted", "{sealed}");
+    assert!(
+        gw.log()
+            .contains("sealed sessions a previous run left open")
     );
 }

@@ -19,6 +19,7 @@ pub struct Config {
     pub listen_port: u16,
     pub pin_dir: PathBuf,
     pub store: PathBuf,
+    pub store_reserve_bytes: u64,
     pub admin_socket: PathBuf,
     pub resolve_interval_secs: u64,
     pub upstream_connect_timeout_ms: u64,
@@ -65,6 +66,7 @@ struct Overrides {
     listen_port: Option<u16>,
     pin_dir: Option<PathBuf>,
     store: Option<PathBuf>,
+    store_reserve_bytes: Option<u64>,
     admin_socket: Option<PathBuf>,
     resolve_interval_secs: Option<u64>,
     upstream_connect_timeout_ms: Option<u64>,
@@ -124,6 +126,7 @@ impl Config {
             listen_port,
             pin_dir,
             store,
+            store_reserve_bytes,
             admin_socket,
             resolve_interval_secs,
             upstream_connect_timeout_ms,
@@ -136,6 +139,7 @@ impl Config {
         set(&mut self.listen_port, listen_port);
         set(&mut self.pin_dir, pin_dir);
         set(&mut self.store, store);
+        set(&mut self.store_reserve_bytes, store_reserve_bytes);
         set(&mut self.admin_socket, admin_socket);
         set(&mut self.resolve_interval_secs, resolve_interval_secs);
         set(

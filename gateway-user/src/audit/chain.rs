@@ -21,7 +21,10 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{Mutex, atomic::AtomicU64},
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, AtomicU64},
+    },
 };
 
 use serde::{Deserialize, Serialize};
@@ -103,6 +106,19 @@ pub struct Chains {
     /// Sessions some of whose events the writer could not store: they must not forward
     /// another statement (what they run would go unrecorded). Cleared at the seal.
     pub lost: Mutex<std::collections::HashSet<u64>>,
+    /// Set once anything was added to `lost`, so that a healthy store's sessions do not take
+    /// its lock for every message.
+    pub any_lost: AtomicBool,
+    /// Ends that could not be written while the store was broken, written once it reopens.
+    pub pending_ends: Mutex<Vec<super::SessionRecord>>,
+}
+
+impl Chains {
+    pub fn mark_lost(&self, sessions: impl IntoIterator<Item = u64>) {
+        super::writer::lock(&self.lost).extend(sessions);
+        self.any_lost
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
 }
 
 pub fn sha256(bytes: &[u8]) -> Hash {

@@ -187,11 +187,19 @@ async fn a_busy_session_cut_into_several_values_chains_across_them() {
         .await
         .unwrap();
     assert!(
-        store.events.scan_prefix(id.to_be_bytes()).count() >= 10,
+        store
+            .h()
+            .unwrap()
+            .events
+            .scan_prefix(id.to_be_bytes())
+            .count()
+            >= 10,
         "not cut"
     );
     assert!(
         store
+            .h()
+            .unwrap()
             .events
             .iter()
             .values()
@@ -258,7 +266,7 @@ async fn verify_names_each_kind_of_tampering() {
             .await;
     expect(&p, c, None, "opening fields");
     let (p, [a, ..]) = tampered(|s, [a, ..]| {
-        s.sessions.remove(a.to_be_bytes()).unwrap();
+        s.h().unwrap().sessions.remove(a.to_be_bytes()).unwrap();
     })
     .await;
     expect(&p, a, None, "no record");

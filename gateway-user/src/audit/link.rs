@@ -25,7 +25,7 @@ impl AuditStore {
         settled: bool,
     ) -> Result<(), AuditError> {
         let key = record.id.to_be_bytes();
-        let stored = self.sessions.get(key)?;
+        let stored = self.h()?.sessions.get(key)?;
         let Some(chain) = stored.as_deref().and_then(chain::chain_of) else {
             return self.open_session(record);
         };
@@ -40,7 +40,7 @@ impl AuditStore {
             (None, false) => None,
         };
         let (bytes, _) = chain::stored_form(record, chain.prev_id, chain.prev, seal)?;
-        self.sessions.insert(key, bytes)?;
+        self.h()?.sessions.insert(key, bytes)?;
         // Only now: until the sealed record is in, pruning must see the session as in use.
         if seal.is_some() {
             lock(&self.chains.tails).remove(&record.id);
@@ -72,7 +72,8 @@ impl AuditStore {
         };
         let head_bytes = serde_json::to_vec(&new_head)?;
         let key = record.id.to_be_bytes();
-        (&self.sessions, &self.meta)
+        let h = self.h()?;
+        (&h.sessions, &h.meta)
             .transaction(|(s, m)| {
                 s.insert(&key, bytes.as_slice())?;
                 m.insert(chain::HEAD_KEY, head_bytes.as_slice())?;
@@ -86,7 +87,10 @@ impl AuditStore {
                 },
             })?;
         *head = Some(Some(new_head));
-        if !closing {
+        if closing {
+            // A session whose opening was lost with a broken store's unflushed writes.
+            lock(&self.chains.tails).remove(&record.id);
+        } else {
             lock(&self.chains.tails).insert(
                 record.id,
                 Tail {
@@ -101,14 +105,14 @@ impl AuditStore {
     /// The head from `meta`, or, when that is gone, found again: the chained session nothing
     /// links to (the newest such, should there be several).
     pub(super) fn load_head(&self) -> Result<Option<Head>, AuditError> {
-        if let Some(bytes) = self.meta.get(chain::HEAD_KEY)? {
+        if let Some(bytes) = self.h()?.meta.get(chain::HEAD_KEY)? {
             return serde_json::from_slice(&bytes)
                 .map(Some)
                 .map_err(|source| AuditError::Decode { id: 0, source });
         }
         let mut linked = HashSet::new();
         let mut chained = Vec::new();
-        for item in self.sessions.iter() {
+        for item in self.h()?.sessions.iter() {
             let (k, v) = item?;
             if let Some(c) = chain::chain_of(&v) {
                 linked.extend(c.prev_id);
@@ -144,7 +148,7 @@ impl AuditStore {
             last: open,
             events: 0,
         };
-        for item in self.events.scan_prefix(id.to_be_bytes()) {
+        for item in self.h()?.events.scan_prefix(id.to_be_bytes()) {
             let (_, v) = item?;
             for line in v.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
                 tail.last = chain::sha256(line);

@@ -14,7 +14,9 @@ pub mod filter;
 mod link;
 pub mod prune;
 pub mod record;
+mod recover;
 pub mod replay;
+mod slot;
 #[doc(hidden)]
 pub mod tamper;
 pub mod verify;
@@ -29,6 +31,7 @@ use std::{
     },
 };
 
+use slot::{Handles, Slot};
 use writer::Writer;
 
 pub use filter::SessionFilter;
@@ -50,15 +53,14 @@ pub enum AuditError {
     Writer(String),
     #[error("audit store: session {id}: {what}")]
     Chain { id: u64, what: String },
+    #[error("audit store unavailable: {0}")]
+    Unavailable(String),
 }
 
 #[derive(Clone)]
 pub struct AuditStore {
-    db: sled::Db,
-    sessions: sled::Tree,
-    events: sled::Tree,
-    /// The chain's head and the anchors pruning left.
-    meta: sled::Tree,
+    /// sled's handles, replaced when the store is reopened after a failure ([`slot`]).
+    slot: Arc<Slot>,
     chains: Arc<chain::Chains>,
     group: Arc<GroupCommit>,
     /// Started by the first event: a store opened only to read (`gatewayctl --store`) has none.
@@ -74,18 +76,8 @@ struct GroupCommit {
 
 impl AuditStore {
     pub fn open(path: &Path) -> Result<Self, AuditError> {
-        let db = sled::Config::new()
-            .path(path)
-            .flush_every_ms(Some(200))
-            .open()?;
-        let sessions = db.open_tree("sessions")?;
-        let events = db.open_tree("events")?;
-        let meta = db.open_tree("meta")?;
         Ok(AuditStore {
-            db,
-            sessions,
-            events,
-            meta,
+            slot: Arc::new(Slot::open(path)?),
             chains: Arc::default(),
             group: Arc::new(GroupCommit {
                 requested: AtomicU64::new(0),
@@ -96,9 +88,20 @@ impl AuditStore {
         })
     }
 
+    /// Keeps `bytes` free on the store's filesystem: below that, it opens no session and
+    /// stops those open (see [`slot::Slot::check_space`]).
+    pub fn set_reserve(&self, bytes: u64) {
+        self.slot.set_reserve(bytes);
+    }
+
+    /// The current opening of the store.
+    fn h(&self) -> Result<Arc<Handles>, AuditError> {
+        self.slot.get()
+    }
+
     pub fn next_id(&self) -> Result<u64, AuditError> {
         // generate_id starts at 0; 0 reads badly as a session id.
-        Ok(self.db.generate_id()? + 1)
+        Ok(self.h()?.db.generate_id()? + 1)
     }
 
     /// Writes a session record, chained: its first write links it to the session opened before
@@ -119,8 +122,27 @@ impl AuditStore {
             // The end is written all the same; verify reports whatever follows the seal.
             tracing::error!(session.id = record.id, error = %e, "sealing without queued events");
         }
-        self.put_chained(record, true)?;
-        self.commit().await
+        // A full store still takes the ends of sessions (into its reserve), not openings.
+        let allowed = match &record.end {
+            None => self.may_open(),
+            Some(_) => self
+                .slot
+                .broken()
+                .map_or(Ok(()), |why| Err(AuditError::Unavailable(why))),
+        };
+        let written = allowed.and_then(|()| self.put_chained(record, true));
+        let result = match written {
+            Ok(()) => self.commit().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &result {
+            self.failed(e);
+            if record.end.is_some() && self.slot.broken().is_some() {
+                // How the session ended is written when the store reopens.
+                writer::lock(&self.chains.pending_ends).push(record.clone());
+            }
+        }
+        result
     }
 
     /// Makes everything written so far durable. Concurrent callers share flushes (group
@@ -141,15 +163,19 @@ impl AuditStore {
                 .is_ok()
             {
                 let upto = g.requested.load(Ordering::SeqCst);
-                let db = self.db.clone();
-                let result = tokio::task::spawn_blocking(move || db.flush()).await;
+                let slot = self.slot.clone();
+                let result = tokio::task::spawn_blocking(move || {
+                    slot.get().and_then(|h| Ok(h.db.flush()?))
+                })
+                .await;
                 // Released before waking the waiters, so that one of them can take over.
                 g.flushing.store(false, Ordering::SeqCst);
                 match result {
                     Ok(Ok(_)) => g.flushed.send_modify(|f| *f = (*f).max(upto)),
                     Ok(Err(e)) => {
                         g.flushed.send_modify(|_| {});
-                        return Err(e.into());
+                        self.failed(&e);
+                        return Err(e);
                     }
                     Err(join) => {
                         g.flushed.send_modify(|_| {});
@@ -167,7 +193,8 @@ impl AuditStore {
     }
 
     pub fn get(&self, id: u64) -> Result<Option<SessionRecord>, AuditError> {
-        self.sessions
+        self.h()?
+            .sessions
             .get(id.to_be_bytes())?
             .map(|v| decode(id, &v))
             .transpose()
@@ -180,7 +207,7 @@ impl AuditStore {
         limit: usize,
     ) -> Result<Vec<SessionRecord>, AuditError> {
         let mut out = Vec::new();
-        for item in self.sessions.iter().rev() {
+        for item in self.h()?.sessions.iter().rev() {
             let (k, v) = item?;
             let id = u64::from_be_bytes(k.as_ref().try_into().unwrap_or_default());
             let r = decode(id, &v)?;
@@ -201,9 +228,8 @@ impl AuditStore {
         let writer = match self.writer.get() {
             Some(w) => w,
             None => {
-                let started =
-                    Writer::start(self.db.clone(), self.events.clone(), self.chains.clone())
-                        .map_err(|e| AuditError::Writer(e.to_string()))?;
+                let started = Writer::start(self.slot.clone(), self.chains.clone())
+                    .map_err(|e| AuditError::Writer(e.to_string()))?;
                 // A racing first append may have won; its writer is the one kept.
                 let _ = self.writer.set(started);
                 self.writer.get().expect("set above")
@@ -213,10 +239,11 @@ impl AuditStore {
         Ok(())
     }
 
-    /// Whether some of this session's events could not be stored: it must not forward another
-    /// statement.
+    /// Whether this session must not forward another statement: some of its events could not
+    /// be stored, or the store is full or broken.
     pub fn session_lost_events(&self, session_id: u64) -> bool {
-        self.events_lost() > 0 && writer::lock(&self.chains.lost).contains(&session_id)
+        self.chains.any_lost.load(Ordering::Acquire)
+            && writer::lock(&self.chains.lost).contains(&session_id)
     }
 
     /// Events the writer could not store since this store was opened (it logs each loss too).
@@ -246,7 +273,7 @@ impl AuditStore {
     /// A session's events in order.
     pub fn events(&self, session_id: u64) -> Result<Vec<StatementEvent>, AuditError> {
         let mut out = Vec::new();
-        for item in self.events.scan_prefix(session_id.to_be_bytes()) {
+        for item in self.h()?.events.scan_prefix(session_id.to_be_bytes()) {
             let (_, v) = item?;
             for line in v.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
                 out.push(
@@ -267,7 +294,7 @@ impl AuditStore {
         {
             w.settle_blocking(false).map_err(AuditError::Writer)?;
         }
-        self.db.flush()?;
+        self.h()?.db.flush()?;
         Ok(())
     }
 }

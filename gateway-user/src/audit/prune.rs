@@ -59,7 +59,7 @@ impl AuditStore {
         }
         let cutoff = max_age.map(|a| now_ms().saturating_sub(a.as_millis() as u64));
         let mut entries = Vec::new();
-        for item in self.sessions.iter() {
+        for item in self.h()?.sessions.iter() {
             let (k, v) = item?;
             let Ok(k8) = <[u8; 8]>::try_from(k.as_ref()) else {
                 continue;
@@ -93,7 +93,7 @@ impl AuditStore {
         let mut total = None;
         if max_bytes.is_some() {
             let mut events = 0u64;
-            for item in self.events.iter() {
+            for item in self.h()?.events.iter() {
                 let (k, v) = item?;
                 events += (k.len() + v.len()) as u64;
             }
@@ -117,7 +117,7 @@ impl AuditStore {
         }
         // Anchors first: should pruning stop half way, verify still finds every link.
         let gone: HashSet<u64> = doomed.iter().copied().collect();
-        let old = chain::decode_anchors(self.meta.get(chain::ANCHORS_KEY)?.as_deref());
+        let old = chain::decode_anchors(self.h()?.meta.get(chain::ANCHORS_KEY)?.as_deref());
         let mut anchors = BTreeMap::new();
         let mut followed = HashSet::new();
         for e in entries.iter() {
@@ -137,7 +137,8 @@ impl AuditStore {
         }
         let mut both = old.clone();
         both.extend(anchors.iter().map(|(k, v)| (*k, *v)));
-        self.meta
+        self.h()?
+            .meta
             .insert(chain::ANCHORS_KEY, chain::encode_anchors(&both))?;
         for id in doomed {
             let (events, bytes) = self.remove_session(id)?;
@@ -145,11 +146,12 @@ impl AuditStore {
             report.events += events;
             report.bytes += bytes;
         }
-        self.meta
+        self.h()?
+            .meta
             .insert(chain::ANCHORS_KEY, chain::encode_anchors(&anchors))?;
         report.kept_sessions = entries.len() as u64 - report.sessions;
         report.kept_bytes = total;
-        self.db.flush()?;
+        self.h()?.db.flush()?;
         Ok(report)
     }
 
@@ -186,7 +188,7 @@ impl AuditStore {
 
     fn event_bytes(&self, id: u64) -> Result<u64, AuditError> {
         let mut n = 0;
-        for item in self.events.scan_prefix(id.to_be_bytes()) {
+        for item in self.h()?.events.scan_prefix(id.to_be_bytes()) {
             let (k, v) = item?;
             n += (k.len() + v.len()) as u64;
         }
@@ -195,17 +197,18 @@ impl AuditStore {
 
     /// One session's record and events, together: a crash leaves all of it or none.
     fn remove_session(&self, id: u64) -> Result<(u64, u64), AuditError> {
+        let h = self.h()?;
         let mut keys = Vec::new();
         let (mut events, mut bytes) = (0u64, 0u64);
-        for item in self.events.scan_prefix(id.to_be_bytes()) {
+        for item in h.events.scan_prefix(id.to_be_bytes()) {
             let (k, v) = item?;
             events += v.split(|&b| b == b'\n').filter(|l| !l.is_empty()).count() as u64;
             bytes += (k.len() + v.len()) as u64;
             keys.push(k);
         }
         let key = id.to_be_bytes();
-        bytes += self.sessions.get(key)?.map_or(0, |v| (8 + v.len()) as u64);
-        (&self.sessions, &self.events)
+        bytes += h.sessions.get(key)?.map_or(0, |v| (8 + v.len()) as u64);
+        (&h.sessions, &h.events)
             .transaction(|(s, e)| {
                 s.remove(&key)?;
                 for k in &keys {

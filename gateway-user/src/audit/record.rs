@@ -41,8 +41,12 @@ pub enum SessionEnd {
     UpstreamUnreachable(String),
     /// The upstream failed mid-session.
     UpstreamError(String),
-    /// The audit store could not record the session's opening, so it was refused unrun.
+    /// The audit store could not record the session's opening, so it was refused unrun; or it
+    /// could not record one of its events, so it was stopped.
     AuditUnavailable(String),
+    /// The daemon stopped (crashed, was killed) before the session's end was written; sealed
+    /// at the next start with the events the store had.
+    Interrupted,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -85,7 +85,8 @@ pub fn steps(record: &SessionRecord, events: &[StatementEvent]) -> Vec<Step> {
         Some(SessionEnd::AgentError(e)) => format!("agent error: {e}"),
         Some(SessionEnd::UpstreamUnreachable(e)) => format!("upstream unreachable: {e}"),
         Some(SessionEnd::UpstreamError(e)) => format!("upstream error: {e}"),
-        Some(SessionEnd::AuditUnavailable(e)) => format!("refused, audit unavailable: {e}"),
+        Some(SessionEnd::AuditUnavailable(e)) => format!("stopped, audit unavailable: {e}"),
+        Some(SessionEnd::Interrupted) => "interrupted: the daemon stopped first".into(),
     };
     let ended = record.ended_at_ms.unwrap_or(before);
     out.push(Step {
@@ -132,12 +133,12 @@ fn header(r: &SessionRecord) -> String {
 impl AuditStore {
     /// The session's record and its event lines, as stored (chain hashes included).
     pub fn export(&self, id: u64) -> Result<Option<Vec<String>>, AuditError> {
-        let Some(record) = self.sessions.get(id.to_be_bytes())? else {
+        let Some(record) = self.h()?.sessions.get(id.to_be_bytes())? else {
             return Ok(None);
         };
         let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
         let mut out = vec![text(&record)];
-        for item in self.events.scan_prefix(id.to_be_bytes()) {
+        for item in self.h()?.events.scan_prefix(id.to_be_bytes()) {
             let (_, v) = item?;
             out.extend(v.split(|&b| b == b'\n').filter(|l| !l.is_empty()).map(text));
         }

@@ -8,7 +8,7 @@ use super::{AuditError, AuditStore, event_key};
 /// A session's event lines in stored order.
 fn lines(store: &AuditStore, session: u64) -> Result<Vec<Vec<u8>>, AuditError> {
     let mut out = Vec::new();
-    for item in store.events.scan_prefix(session.to_be_bytes()) {
+    for item in store.h()?.events.scan_prefix(session.to_be_bytes()) {
         let (_, v) = item?;
         out.extend(
             v.split(|&b| b == b'\n')
@@ -32,9 +32,9 @@ pub fn rewrite_events(
 ) -> Result<(), AuditError> {
     let mut all = lines(store, session)?;
     f(&mut all);
-    for item in store.events.scan_prefix(session.to_be_bytes()) {
+    for item in store.h()?.events.scan_prefix(session.to_be_bytes()) {
         let (k, _) = item?;
-        store.events.remove(k)?;
+        store.h()?.events.remove(k)?;
     }
     if let Some(first) = all.first() {
         let mut value = Vec::new();
@@ -43,6 +43,7 @@ pub fn rewrite_events(
             value.push(b'\n');
         }
         store
+            .h()?
             .events
             .insert(event_key(session, seq_of(first)), value)?;
     }
@@ -87,7 +88,7 @@ pub fn truncate_events(store: &AuditStore, session: u64, keep: usize) -> Result<
 /// Removes a session: its record and its events.
 pub fn remove_session(store: &AuditStore, session: u64) -> Result<(), AuditError> {
     rewrite_events(store, session, Vec::clear)?;
-    store.sessions.remove(session.to_be_bytes())?;
+    store.h()?.sessions.remove(session.to_be_bytes())?;
     Ok(())
 }
 
@@ -99,16 +100,17 @@ pub fn edit_record(
     value: Value,
 ) -> Result<(), AuditError> {
     let key = session.to_be_bytes();
-    let stored = store.sessions.get(key)?.expect("a stored session");
+    let stored = store.h()?.sessions.get(key)?.expect("a stored session");
     let mut v: Value = serde_json::from_slice(&stored)?;
     v[field] = value;
-    store.sessions.insert(key, serde_json::to_vec(&v)?)?;
+    store.h()?.sessions.insert(key, serde_json::to_vec(&v)?)?;
     Ok(())
 }
 
 /// The stored record, chain included.
 pub fn stored_record(store: &AuditStore, session: u64) -> Result<Option<Value>, AuditError> {
     store
+        .h()?
         .sessions
         .get(session.to_be_bytes())?
         .map(|v| serde_json::from_slice(&v).map_err(AuditError::from))

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{
-    AuditError, AuditStore, SessionRecord,
+    AuditError, AuditStore, SessionEnd, SessionRecord,
     chain::{self, ChainFields, Hash, Head},
     walk::Walk,
 };
@@ -22,6 +22,14 @@ pub struct VerifyReport {
     pub open: Vec<u64>,
     /// Sessions older than the chain (written before this store chained its records).
     pub unchained: Vec<u64>,
+    /// Sessions a crash or kill left open, sealed at the daemon's next start with the events
+    /// the store had: what they did after their last stored event is unknown.
+    #[serde(default)]
+    pub interrupted: Vec<u64>,
+    /// Sessions refused or stopped because the store could not record them; those stopped
+    /// mid-way are also in `problems` when events they were sealed with are missing.
+    #[serde(default)]
+    pub audit_failed: Vec<u64>,
     /// The session the next one will chain from, and its opening hash. Kept elsewhere, it
     /// shows a store rewritten wholesale.
     pub head: Option<Head>,
@@ -74,6 +82,18 @@ impl std::fmt::Display for VerifyReport {
             let ids: Vec<String> = self.open.iter().map(u64::to_string).collect();
             writeln!(f, "open (not sealed yet): {}", ids.join(" "))?;
         }
+        let list = |ids: &[u64]| ids.iter().map(u64::to_string).collect::<Vec<_>>().join(" ");
+        if !self.interrupted.is_empty() {
+            let ids = list(&self.interrupted);
+            writeln!(
+                f,
+                "interrupted (left open by a crash, sealed at restart): {ids}"
+            )?;
+        }
+        if !self.audit_failed.is_empty() {
+            let ids = list(&self.audit_failed);
+            writeln!(f, "refused or stopped because the store failed: {ids}")?;
+        }
         if !self.unchained.is_empty() {
             writeln!(f, "{} sessions older than the chain", self.unchained.len())?;
         }
@@ -105,19 +125,21 @@ impl AuditStore {
         let mut note = |p: Problem| {
             problems.entry(p.session).or_insert(p);
         };
-        let head_bytes = self.meta.get(chain::HEAD_KEY)?;
+        // One opening throughout, should the store be reopened meanwhile.
+        let h = self.h()?;
+        let head_bytes = h.meta.get(chain::HEAD_KEY)?;
         r.head = head_bytes
             .as_deref()
             .and_then(|b| serde_json::from_slice(b).ok());
         if head_bytes.is_some() && r.head.is_none() {
             note(problem(None, None, "the chain's head record is unreadable"));
         }
-        let anchors = chain::decode_anchors(self.meta.get(chain::ANCHORS_KEY)?.as_deref());
+        let anchors = chain::decode_anchors(h.meta.get(chain::ANCHORS_KEY)?.as_deref());
         let mut chained: BTreeMap<u64, ChainFields> = BTreeMap::new();
         let mut present = HashSet::new();
         let mut unchained = Vec::new();
-        let mut events = self.events.iter().peekable();
-        for item in self.sessions.iter() {
+        let mut events = h.events.iter().peekable();
+        for item in h.sessions.iter() {
             let (k, v) = item?;
             let Some(id) = key_id(&k).filter(|_| k.len() == 8) else {
                 note(problem(
@@ -157,6 +179,11 @@ impl AuditStore {
             {
                 note(p);
             }
+            match record.end {
+                Some(SessionEnd::Interrupted) => r.interrupted.push(id),
+                Some(SessionEnd::AuditUnavailable(_)) => r.audit_failed.push(id),
+                _ => {}
+            }
             match record.chain {
                 None => unchained.push(id),
                 Some(c) => {
@@ -195,12 +222,12 @@ impl AuditStore {
     /// One session again, read afresh: in a live store a session may have been sealed while
     /// the merge pass read it, and is judged on what it is now.
     fn recheck(&self, id: u64) -> Result<Option<Problem>, AuditError> {
-        let Some(v) = self.sessions.get(id.to_be_bytes())? else {
+        let Some(v) = self.h()?.sessions.get(id.to_be_bytes())? else {
             return Ok(None);
         };
         let record = check_record(id, &v);
         let mut walk = Walk::new(id, record.chain.as_ref());
-        for item in self.events.scan_prefix(id.to_be_bytes()) {
+        for item in self.h()?.events.scan_prefix(id.to_be_bytes()) {
             let (k, v) = item?;
             walk.chunk(key_id(&k[8..]).unwrap_or(0), &v);
         }
@@ -211,7 +238,7 @@ impl AuditStore {
     /// Events under a session id with no record: the record was deleted. Checked again, as a
     /// live store may have written the record after the scan passed its place.
     fn orphan(&self, sid: u64, note: &mut impl FnMut(Problem)) -> Result<(), AuditError> {
-        if !self.sessions.contains_key(sid.to_be_bytes())? {
+        if !self.h()?.sessions.contains_key(sid.to_be_bytes())? {
             note(problem(
                 Some(sid),
                 None,
@@ -225,6 +252,8 @@ impl AuditStore {
 /// What a record's own checks found: the chain it claims (when readable) and what is wrong.
 struct Checked {
     chain: Option<ChainFields>,
+    /// How the record says the session ended, when it reads.
+    end: Option<SessionEnd>,
     problem: Option<Problem>,
 }
 
@@ -234,6 +263,7 @@ fn check_record(id: u64, bytes: &[u8]) -> Checked {
     let bad = |what: String, chain: Option<ChainFields>| Checked {
         problem: Some(problem(Some(id), None, what)),
         chain,
+        end: None,
     };
     let v: Value = match serde_json::from_slice(bytes) {
         Ok(v) => v,
@@ -248,9 +278,10 @@ fn check_record(id: u64, bytes: &[u8]) -> Checked {
         Some(Ok(c)) => Some(c),
         Some(Err(e)) => return bad(format!("record's chain is unreadable: {e}"), None),
     };
-    if let Err(e) = serde_json::from_value::<SessionRecord>(v.clone()) {
-        return bad(format!("record is not a session record: {e}"), chain);
-    }
+    let end = match serde_json::from_value::<SessionRecord>(v.clone()) {
+        Ok(r) => r.end,
+        Err(e) => return bad(format!("record is not a session record: {e}"), chain),
+    };
     if v["id"].as_u64() != Some(id) {
         let what = format!("record is stored under {id} but says id {}", v["id"]);
         return bad(what, chain);
@@ -268,6 +299,7 @@ fn check_record(id: u64, bytes: &[u8]) -> Checked {
     }
     Checked {
         chain,
+        end,
         problem: None,
     }
 }

@@ -26,7 +26,7 @@ use std::{
 use tokio::sync::oneshot;
 
 use super::{
-    StatementEvent,
+    Slot, StatementEvent,
     chain::{self, Chains, Tail},
     event_key,
 };
@@ -71,14 +71,14 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn start(db: sled::Db, events: sled::Tree, chains: Arc<Chains>) -> std::io::Result<Writer> {
+    pub(super) fn start(slot: Arc<Slot>, chains: Arc<Chains>) -> std::io::Result<Writer> {
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let lost = Arc::new(AtomicU64::new(0));
         let counter = lost.clone();
         let shared = chains.clone();
         let handle = std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || run(&rx, &db, &events, &shared, &counter))?;
+            .spawn(move || run(&rx, &slot, &shared, &counter))?;
         Ok(Writer {
             tx,
             thread: handle.thread().clone(),
@@ -130,13 +130,7 @@ impl Writer {
     }
 }
 
-fn run(
-    rx: &mpsc::Receiver<Msg>,
-    db: &sled::Db,
-    events: &sled::Tree,
-    chains: &Chains,
-    lost: &AtomicU64,
-) {
+fn run(rx: &mpsc::Receiver<Msg>, slot: &Slot, chains: &Chains, lost: &AtomicU64) {
     let mut batch: Vec<Msg> = Vec::with_capacity(BATCH);
     while let Ok(first) = rx.recv() {
         let urgent = matches!(first, Msg::Settle { .. });
@@ -150,7 +144,7 @@ fn run(
                 Err(_) => break,
             }
         }
-        let result = write(&batch, db, events, chains, lost);
+        let result = write(&batch, slot, chains, lost);
         for m in batch.drain(..) {
             if let Msg::Settle { done, .. } = m {
                 done.send(result.clone());
@@ -173,14 +167,8 @@ struct Chunk {
 }
 
 /// Chains and writes the batch's events, one sled value per session, and flushes if a settle
-/// asked.
-fn write(
-    batch: &[Msg],
-    db: &sled::Db,
-    events: &sled::Tree,
-    chains: &Chains,
-    lost: &AtomicU64,
-) -> Result<(), String> {
+/// asked. A failure breaks the store (see [`super::recover`]).
+fn write(batch: &[Msg], slot: &Slot, chains: &Chains, lost: &AtomicU64) -> Result<(), String> {
     let mut chunks: HashMap<u64, Chunk> = HashMap::new();
     let mut flush = false;
     let mut handled = 0u64;
@@ -230,11 +218,21 @@ fn write(
             tails.push((session, tail));
         }
     }
-    let mut result = events.apply_batch(sled_batch).map_err(|e| e.to_string());
-    if result.is_err() {
+    if slot.check_space().is_err() {
+        // This batch still goes in, into the reserve: its statements were forwarded.
+        super::recover::stop_sessions(chains);
+    }
+    let store = slot.get().map_err(|e| e.to_string());
+    let mut result = store.as_ref().map_err(Clone::clone).and_then(|h| {
+        h.events
+            .apply_batch(sled_batch)
+            .map_err(|e| format!("audit store: {e}"))
+    });
+    if let Err(e) = &result {
         lost.fetch_add(count, Ordering::Relaxed);
-        lock(&chains.lost).extend(sessions);
-        tracing::error!(events = count, error = ?result, "audit events lost");
+        chains.mark_lost(sessions);
+        super::recover::fail(slot, chains, e);
+        tracing::error!(events = count, error = %e, "audit events lost");
     }
     // The tails move on even when the write failed: the seal then counts the lost events, and
     // verify reports them missing rather than the loss going unseen.
@@ -242,8 +240,14 @@ fn write(
         lock(&chains.tails).extend(tails);
     }
     chains.written.fetch_add(handled, Ordering::AcqRel);
-    if flush && result.is_ok() {
-        result = db.flush().map(|_| ()).map_err(|e| e.to_string());
+    if flush && let (Ok(()), Ok(h)) = (&result, &store) {
+        result =
+            h.db.flush()
+                .map(|_| ())
+                .map_err(|e| format!("audit store: {e}"));
+        if let Err(e) = &result {
+            super::recover::fail(slot, chains, e);
+        }
     }
     result
 }

@@ -62,6 +62,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     // first session that needs one.
     crate::offload::cpu();
     let audit = AuditStore::open(&config.store)?;
+    audit.set_reserve(config.store_reserve_bytes);
+    // Before any session opens: what a crash left open is sealed, so verify names it.
+    audit.seal_leftovers()?;
     // Listen before the programs attach, so redirected agents find a listener at once.
     let listeners = [
         listen(SocketAddr::from((Ipv4Addr::LOCALHOST, config.listen_port)))?,
@@ -95,6 +98,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         .collect();
     tokio::spawn(crate::admin::serve(admin, state.clone()));
     tokio::spawn(resolve::run(state.clone()));
+    state.audit.spawn_recovery();
     if let Some(r) = &state.config.retention {
         let every = r.every.unwrap_or(std::time::Duration::from_secs(600));
         state.audit.spawn_pruning(every, r.max_age, r.max_bytes);

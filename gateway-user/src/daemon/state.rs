@@ -57,6 +57,8 @@ pub struct Status {
     pub active_sessions: u64,
     /// Statement events the audit writer could not store since the daemon started.
     pub audit_events_lost: u64,
+    /// Why the audit store cannot write now (sessions are refused until it reopens).
+    pub audit_broken: Option<String>,
 }
 
 impl State {
@@ -130,6 +132,7 @@ impl State {
                 .active_sessions
                 .load(std::sync::atomic::Ordering::Relaxed),
             audit_events_lost: self.audit.events_lost(),
+            audit_broken: self.audit.broken(),
         }
     }
 }
