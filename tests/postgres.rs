@@ -753,6 +753,92 @@ fn hostile_statements_cost_other_sessions_little() {
     assert!(ok && out == "alive\n", "{err}");
 }
 
+/// Large messages share one memory budget: of ten agents that each start a 15 MiB Bind, only
+/// as many as fit in the budget are read (the others hear 53200 at the header), the daemon's
+/// memory stays near the budget, a healthy session keeps its latency, and a row from the
+/// upstream wider than the budget ends only its own session.
+#[test]
+fn large_messages_share_one_memory_budget() {
+    let pg = PgServer::start("127.10.0.5");
+    pg.app_sql(SCHEMA);
+    let budget = 64 << 20;
+    let config = format!("memory_budget_bytes = {budget}\n");
+    let f = Fixture {
+        gw: Gateway::start_with_config("pg-memory", &policy(&pg), &config),
+        pg,
+    };
+    let url = f.pg.agent_url();
+    let healthy = {
+        let mut cmd = Command::new(bin("pg-agent"));
+        cmd.args(["latency", &url, "6"])
+            .stdout(std::process::Stdio::piped());
+        f.gw.cgroup.command(cmd).spawn().unwrap()
+    };
+    let size = (15 << 20).to_string();
+    let addr = f.pg.addr.to_string();
+    let partial = {
+        let mut cmd = Command::new(bin("pg-agent"));
+        cmd.args(["partial", &addr, "10", &size, "3"])
+            .stdout(std::process::Stdio::piped());
+        f.gw.cgroup.command(cmd).spawn().unwrap()
+    };
+    // While the partial messages are held: the budget is all the daemon took for them.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let status = f.gw.status();
+    let rss_kib: u64 = std::fs::read_to_string(format!("/proc/{}/status", f.gw.pid()))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+        .unwrap();
+    let partial: Value =
+        serde_json::from_slice(&partial.wait_with_output().unwrap().stdout).unwrap();
+    let latency: Value =
+        serde_json::from_slice(&healthy.wait_with_output().unwrap().stdout).unwrap();
+    eprintln!(
+        "memory in use {} of {}, daemon RSS {rss_kib} KiB; healthy session: {latency}",
+        status["memory_in_use"], status["memory_budget"]
+    );
+    let sessions = partial["sessions"].as_array().unwrap();
+    let refused = sessions
+        .iter()
+        .filter(|s| s["codes"].as_array().unwrap().iter().any(|c| c == "53200"))
+        .count();
+    // 4 x 15 MiB fit in 64 MiB; the other 6 are refused on their header.
+    assert_eq!(refused, 6, "{partial}");
+    assert!(
+        sessions
+            .iter()
+            .filter(|s| s["body"] == true)
+            .all(|s| s["codes"].as_array().unwrap().is_empty()),
+        "{partial}"
+    );
+    assert!(
+        status["memory_in_use"].as_u64().unwrap() <= budget,
+        "{status}"
+    );
+    assert!(
+        status["memory_in_use"].as_u64().unwrap() >= 4 * (15 << 20),
+        "{status}"
+    );
+    // The budget, what four half-sent messages hold, and the daemon's own few tens of MiB.
+    assert!(rss_kib < 256 * 1024, "daemon RSS {rss_kib} KiB");
+    assert!(latency["count"].as_u64().unwrap() > 100, "{latency}");
+    assert!(latency["p99_ms"].as_f64().unwrap() < 25.0, "{latency}");
+    // All given back once those sessions are gone.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while f.gw.status()["memory_in_use"].as_u64().unwrap() > 0 {
+        assert!(std::time::Instant::now() < deadline, "leases kept");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
+    // A row the upstream builds wider than the budget: that session ends, others go on.
+    let (_, err, ok) = f.psql(&["-c", "SELECT repeat('x', 80000000)"], "");
+    assert!(!ok && err.contains("memory budget"), "{err}");
+    let (out, err, ok) = f.psql(&["-c", "SELECT 'alive'"], "");
+    assert!(ok && out == "alive\n", "{err}");
+}
+
 /// A target's statement_timeout is pinned upstream: `pg_sleep` and runaway queries end with
 /// PostgreSQL's own 57014, and the agent cannot lift it.
 #[test]

@@ -20,6 +20,7 @@ pub struct Config {
     pub pin_dir: PathBuf,
     pub store: PathBuf,
     pub store_reserve_bytes: u64,
+    pub memory_budget_bytes: usize,
     pub admin_socket: PathBuf,
     pub resolve_interval_secs: u64,
     pub upstream_connect_timeout_ms: u64,
@@ -67,6 +68,7 @@ struct Overrides {
     pin_dir: Option<PathBuf>,
     store: Option<PathBuf>,
     store_reserve_bytes: Option<u64>,
+    memory_budget_bytes: Option<usize>,
     admin_socket: Option<PathBuf>,
     resolve_interval_secs: Option<u64>,
     upstream_connect_timeout_ms: Option<u64>,
@@ -127,6 +129,7 @@ impl Config {
             pin_dir,
             store,
             store_reserve_bytes,
+            memory_budget_bytes,
             admin_socket,
             resolve_interval_secs,
             upstream_connect_timeout_ms,
@@ -140,6 +143,7 @@ impl Config {
         set(&mut self.pin_dir, pin_dir);
         set(&mut self.store, store);
         set(&mut self.store_reserve_bytes, store_reserve_bytes);
+        set(&mut self.memory_budget_bytes, memory_budget_bytes);
         set(&mut self.admin_socket, admin_socket);
         set(&mut self.resolve_interval_secs, resolve_interval_secs);
         set(

@@ -11,6 +11,7 @@ pub mod config;
 pub mod daemon;
 pub mod identity;
 pub mod kernel;
+pub mod memory;
 pub mod offload;
 pub mod policy;
 pub mod protocol;

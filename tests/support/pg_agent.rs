@@ -14,6 +14,9 @@
 //! pg-agent latency URL SECS       `SELECT 1` round trips for SECS seconds: count, p50, max
 //! pg-agent hostile URL N          N statements built to cost the judge most (25,000-term
 //!                                chains, a statement over the size bound): what came back
+//! pg-agent partial ADDR N SIZE SECS
+//!                                N sessions that each start a Bind of SIZE bytes, send half
+//!                                of it and wait SECS: what each heard (memory budget)
 //! ```
 
 use std::{
@@ -34,6 +37,12 @@ fn main() {
         "malformed" => malformed(&args[1]),
         "restart" => restart(&args[1]),
         "script" => script(&args[1]),
+        "partial" => partial(
+            &args[1],
+            args[2].parse().unwrap(),
+            args[3].parse().unwrap(),
+            args[4].parse().unwrap(),
+        ),
         cmd => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -201,6 +210,33 @@ fn malformed(addr: &str) -> Value {
         "error_tag": rest.first().map(|&b| (b as char).to_string()),
         "closed": closed,
     })
+}
+
+/// `n` sessions at once, each sending the first half of a Bind that declares `size` bytes, then
+/// waiting `secs` for what the gateway says: per session, the SQLSTATEs and how it ended.
+fn partial(addr: &str, n: usize, size: usize, secs: u64) -> Value {
+    let sessions: Vec<_> = (0..n)
+        .map(|_| {
+            let addr = addr.to_owned();
+            std::thread::spawn(move || {
+                let (mut s, _) = login(&addr);
+                let mut head = vec![b'B'];
+                head.extend_from_slice(&(size as i32 - 1).to_be_bytes());
+                s.write_all(&head).unwrap();
+                // The gateway decides on the header: a refusal comes before the body is sent
+                // (sending into a closed socket would reset the connection over its answer).
+                let first = drain(&mut s, Duration::from_millis(500));
+                if first["end"] != "timeout" {
+                    return json!({ "body": false, "codes": first["codes"], "end": first["end"] });
+                }
+                let sent = s.write_all(&vec![0u8; size / 2]).is_ok();
+                let heard = drain(&mut s, Duration::from_secs(secs));
+                json!({ "body": sent, "codes": heard["codes"], "end": heard["end"] })
+            })
+        })
+        .collect();
+    let all: Vec<Value> = sessions.into_iter().map(|t| t.join().unwrap()).collect();
+    json!({ "sessions": all })
 }
 
 /// Startup as `agent`; the bytes of the login answer.

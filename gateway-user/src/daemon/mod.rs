@@ -61,6 +61,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     // The CPU pool's threads start now: a host that cannot spawn them fails here, not in the
     // first session that needs one.
     crate::offload::cpu();
+    crate::memory::init(config.memory_budget_bytes);
     let audit = AuditStore::open(&config.store)?;
     audit.set_reserve(config.store_reserve_bytes);
     // Before any session opens: what a crash left open is sealed, so verify names it.

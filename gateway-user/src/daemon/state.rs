@@ -59,6 +59,9 @@ pub struct Status {
     pub audit_events_lost: u64,
     /// Why the audit store cannot write now (sessions are refused until it reopens).
     pub audit_broken: Option<String>,
+    /// Bytes of the memory budget held by large messages now, and the budget.
+    pub memory_in_use: usize,
+    pub memory_budget: usize,
 }
 
 impl State {
@@ -133,6 +136,8 @@ impl State {
                 .load(std::sync::atomic::Ordering::Relaxed),
             audit_events_lost: self.audit.events_lost(),
             audit_broken: self.audit.broken(),
+            memory_in_use: crate::memory::global().used(),
+            memory_budget: crate::memory::global().limit(),
         }
     }
 }

@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 
 use super::{
-    codec::{backend::ErrorFields, frame::MAX_AGENT_MESSAGE},
+    codec::backend::ErrorFields,
     judge::{Judged, POLICY_DENIED},
     relay::Ctx,
 };
@@ -81,9 +81,10 @@ where
                     .with_detail(format!("gatewayd: it was waiting for approval {id} and was not run."));
                 return Ok(Held::Decided(decided(judged, Some(refusal), record)));
             }
-            // What the agent pipelines meanwhile waits in `buf`, up to a bound; past it the
-            // session stops reading (and so stops noticing a departure) until the decision.
-            n = agent.read_buf(buf), if buf.len() < MAX_AGENT_MESSAGE => {
+            // What the agent pipelines meanwhile waits in `buf`, up to what a session may hold
+            // without a lease on the memory budget; past it the session stops reading (and so
+            // stops noticing a departure) until the decision.
+            n = agent.read_buf(buf), if buf.len() < crate::memory::FREE_MESSAGE => {
                 if n? == 0 {
                     let id = waiting.request.id;
                     drop(waiting);

@@ -311,6 +311,12 @@ async fn run(p: Params<'_>, mut agent: TcpStream, token: &mut Option<TokenIdenti
             let _ = reply_half(&mut agent_wr, fatal).await;
             Outcome::Audit(e)
         }
+        Ended::Agent(Err(RelayError::Memory(e))) | Ended::Upstream(Err(RelayError::Memory(e))) => {
+            // out_of_memory, as the server reports its own.
+            let fatal = ErrorFields::fatal("53200", format!("gatewayd: {e}"));
+            let _ = reply_half(&mut agent_wr, fatal).await;
+            Outcome::Agent(e.to_string())
+        }
         Ended::Agent(Err(e)) => Outcome::Agent(e.to_string()),
         Ended::Upstream(Ok(())) => Outcome::Upstream("upstream closed the connection".into()),
         Ended::Upstream(Err(e)) => {

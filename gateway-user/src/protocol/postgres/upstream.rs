@@ -12,7 +12,7 @@ use super::{
     codec::{
         FrameError,
         backend::{Auth, ErrorFields},
-        frame::{MAX_UPSTREAM_MESSAGE, Reader, next_frame},
+        frame::{MAX_UPSTREAM_LOGIN_MESSAGE, Reader, next_frame},
     },
     config::PostgresTarget,
 };
@@ -85,7 +85,7 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     let mut session = Session::default();
     loop {
         let frame = loop {
-            match next_frame(buf, MAX_UPSTREAM_MESSAGE)? {
+            match next_frame(buf, MAX_UPSTREAM_LOGIN_MESSAGE)? {
                 Some(f) => break f,
                 None => {
                     if io.read_buf(buf).await? == 0 {

@@ -17,8 +17,11 @@ pub fn agent_limit(tag: u8) -> usize {
         _ => MAX_AGENT_MESSAGE,
     }
 }
-/// Upstream messages are relayed as they are, but still framed whole (DataRow masking).
+/// Upstream messages are relayed as they are, but still framed whole (DataRow masking); past
+/// [`crate::memory::FREE_MESSAGE`] each takes its size from the daemon's memory budget.
 pub const MAX_UPSTREAM_MESSAGE: usize = 1024 * 1024 * 1024;
+/// What the upstream sends while the gateway logs in (authentication, parameters, notices).
+pub const MAX_UPSTREAM_LOGIN_MESSAGE: usize = 1024 * 1024;
 /// Startup packets are small; PostgreSQL caps them at 10000 bytes.
 pub const MAX_STARTUP: usize = 10_000;
 
@@ -90,6 +93,13 @@ pub fn next_frame_by(
     buf.advance(5);
     let body = buf.split_to(len - 4).freeze();
     Ok(Some(Frame { tag, body }))
+}
+
+/// The wire length of the typed message at the front of `buf`, once its header is there:
+/// what receiving it whole will hold.
+pub fn declared_len(buf: &[u8]) -> Option<usize> {
+    let len = i32::from_be_bytes(buf.get(1..5)?.try_into().ok()?);
+    usize::try_from(len).ok().map(|n| n + 1)
 }
 
 /// Takes one untyped startup-phase packet (its body after the length word) off `buf`.

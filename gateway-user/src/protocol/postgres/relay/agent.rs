@@ -12,11 +12,12 @@ use super::{
     Ctx, Expect, ExpectTx, Judgements, Pending, RelayError, describe, flush, refused_function_call,
     refused_now, stand_in_bind, stand_in_execute, stand_in_parse, stand_in_query, unknown_name,
 };
+use crate::memory::MessageLease;
 use crate::protocol::postgres::{
     codec::{
         FrameError,
         backend::ErrorFields,
-        frame::{agent_limit, next_frame_by},
+        frame::{self, agent_limit, next_frame_by},
         frontend::{Kind, Message},
     },
     config::Durability,
@@ -55,6 +56,7 @@ where
     let before_forward = ctx.target.durability == Durability::BeforeForward;
     // `sent` events appended since `out` was last written: flushed before it is.
     let mut unflushed = false;
+    let mut lease = MessageLease::default();
     let push = |e: Expect| {
         // The upstream side only goes away when the session is ending anyway.
         let _ = expect.0.send(e);
@@ -329,6 +331,7 @@ where
         }
         durable(ctx, &mut unflushed).await?;
         flush(&mut upstream, &mut out, bytes_up).await?;
+        lease.cover(frame::declared_len(&buf))?;
         if agent.read_buf(&mut buf).await? == 0 {
             // Gone without a Terminate: say it for the agent, so that the upstream answers
             // what is in flight and then closes, and the upstream side can audit the answers.

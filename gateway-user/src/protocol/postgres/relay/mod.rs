@@ -23,7 +23,7 @@ use super::{
     codec::{
         Frame, FrameError,
         backend::{self, Column, ErrorFields},
-        frame::{MAX_UPSTREAM_MESSAGE, next_frame},
+        frame::{self, MAX_UPSTREAM_MESSAGE, next_frame},
     },
     config::{PostgresTarget, reported_setting_ok},
     judge::{Judged, MAX_STATEMENT, POLICY_DENIED, judge},
@@ -37,6 +37,7 @@ mod agent;
 use crate::{
     approval::Broker,
     audit::{Agent, AuditStore, StatementEvent, now_ms},
+    memory::MessageLease,
 };
 pub use agent::agent_side;
 
@@ -164,6 +165,8 @@ pub enum RelayError {
     Audit(String),
     #[error("session limit: {0}")]
     Limit(String),
+    #[error("{0}")]
+    Memory(#[from] crate::memory::Exhausted),
     #[error(
         "the upstream gave no answer for {0:?}, past the target's statement_timeout: the session is ended"
     )]
@@ -409,6 +412,7 @@ where
     let bound = ctx.target.statement_timeout.map(|t| t + STATEMENT_GRACE);
     let mut copy_in = false;
     let mut out = BytesMut::with_capacity(64 * 1024);
+    let mut lease = MessageLease::default();
     loop {
         while let Some(frame) =
             next_frame(&mut buf, MAX_UPSTREAM_MESSAGE).map_err(RelayError::Upstream)?
@@ -554,6 +558,7 @@ where
             }
         }
         flush(&mut agent, &mut out, bytes_down).await?;
+        lease.cover(frame::declared_len(&buf))?;
         let read = upstream.read_buf(&mut buf);
         let owed = !queue.is_empty() || !rx.is_empty();
         let n = match bound {
