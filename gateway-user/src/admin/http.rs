@@ -1,7 +1,7 @@
-//! The admin API's wire form: HTTP/1.1 with JSON bodies over the unix socket, one request per
-//! connection, so that curl (`curl --unix-socket /run/gatewayd/admin.sock http://gw/v1/health`)
-//! and any HTTP library can use it. The routes map one to one onto [`Request`]; this file holds
-//! both directions of that mapping and the little HTTP the socket needs, without I/O.
+//! The admin API's routes: HTTP/1.1 with JSON bodies over the unix socket, so that curl
+//! (`curl --unix-socket /run/gatewayd/admin.sock http://gw/v1/health`) and any HTTP library
+//! can use it. The routes map one to one onto [`Request`]; this file holds both directions of
+//! that mapping, without I/O. hyper does the HTTP itself ([`super::server`]).
 //!
 //! | method | path                          | request                 | role     |
 //! |--------|-------------------------------|-------------------------|----------|
@@ -18,16 +18,17 @@
 
 use serde::Deserialize;
 
-use super::Request;
+use super::{
+    Request,
+    auth::{self, Role},
+};
 use crate::audit::{SessionFilter, VerdictKind};
 
-/// A request head and body larger than this is refused.
+/// A request body larger than this is refused (413), and so is a head larger than this.
 pub const MAX_REQUEST: usize = 64 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HttpError {
-    #[error("malformed HTTP request: {0}")]
-    Malformed(&'static str),
     #[error("no such route: {0} {1}")]
     NotFound(String, String),
     #[error("bad request: {0}")]
@@ -38,40 +39,60 @@ impl HttpError {
     pub fn status(&self) -> u16 {
         match self {
             HttpError::NotFound(..) => 404,
-            _ => 400,
+            HttpError::Bad(_) => 400,
         }
     }
 }
 
-/// Where a request's head ends and how long its body is, once the head is complete.
-pub fn head_len(buf: &[u8]) -> Result<Option<(usize, usize)>, HttpError> {
-    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return if buf.len() > MAX_REQUEST {
-            Err(HttpError::Malformed("head too large"))
-        } else {
-            Ok(None)
+/// A route as the request line names it. The server learns from it who may call it before it
+/// reads a byte of the body; only the approval decisions take one.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Route {
+    /// Complete without a body.
+    Plain(Request),
+    Approve {
+        id: u64,
+    },
+    Deny {
+        id: u64,
+    },
+}
+
+impl Route {
+    /// The least role the route needs: that of its request, whatever the body would say.
+    pub(crate) fn needs(&self) -> Role {
+        match self {
+            Route::Plain(req) => auth::needs(req),
+            &Route::Approve { id } => auth::needs(&Request::Approve { id, note: None }),
+            &Route::Deny { id } => auth::needs(&Request::Deny {
+                id,
+                reason: String::new(),
+            }),
+        }
+    }
+
+    /// The request, with the body the decisions carry (a body of any other route is ignored).
+    pub(crate) fn with_body(self, body: &[u8]) -> Result<Request, HttpError> {
+        let json = |what| -> Result<serde_json::Value, HttpError> {
+            if body.is_empty() {
+                return Ok(serde_json::json!({}));
+            }
+            serde_json::from_slice(body).map_err(|e| HttpError::Bad(format!("{what}: {e}")))
         };
-    };
-    let head = std::str::from_utf8(&buf[..end]).map_err(|_| HttpError::Malformed("not UTF-8"))?;
-    let mut body = 0;
-    for line in head.split("\r\n").skip(1) {
-        let (name, value) = line
-            .split_once(':')
-            .ok_or(HttpError::Malformed("header line"))?;
-        if name.eq_ignore_ascii_case("content-length") {
-            body = value
-                .trim()
-                .parse()
-                .map_err(|_| HttpError::Malformed("content-length"))?;
-        }
-        if name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err(HttpError::Malformed("chunked bodies are not accepted"));
-        }
+        Ok(match self {
+            Route::Plain(req) => req,
+            Route::Approve { id } => {
+                let Note { note } = serde_json::from_value(json("approve body")?)
+                    .map_err(|e| HttpError::Bad(e.to_string()))?;
+                Request::Approve { id, note }
+            }
+            Route::Deny { id } => {
+                let Reason { reason } = serde_json::from_value(json("deny body")?)
+                    .map_err(|e| HttpError::Bad(format!("deny needs {{\"reason\": ...}}: {e}")))?;
+                Request::Deny { id, reason }
+            }
+        })
     }
-    if body > MAX_REQUEST || end + 4 + body > MAX_REQUEST {
-        return Err(HttpError::Malformed("body too large"));
-    }
-    Ok(Some((end + 4, body)))
 }
 
 #[derive(Deserialize, Default)]
@@ -86,47 +107,26 @@ struct Reason {
     reason: String,
 }
 
-/// Parses a complete request (head and body) into the API request it names.
-pub fn parse(buf: &[u8]) -> Result<Request, HttpError> {
-    let (head_end, body_len) = head_len(buf)?.ok_or(HttpError::Malformed("incomplete"))?;
-    let head = std::str::from_utf8(&buf[..head_end]).map_err(|_| HttpError::Malformed("utf-8"))?;
-    let body = &buf[head_end..head_end + body_len];
-    let mut parts = head.split("\r\n").next().unwrap_or_default().split(' ');
-    let (method, target) = match (parts.next(), parts.next(), parts.next()) {
-        (Some(m), Some(t), Some(v)) if v.starts_with("HTTP/1.") => (m, t),
-        _ => return Err(HttpError::Malformed("request line")),
-    };
+/// The route `method` and `target` (path and query) name.
+pub(crate) fn route(method: &str, target: &str) -> Result<Route, HttpError> {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
     let id = |s: &str| {
         s.parse::<u64>()
             .map_err(|_| HttpError::Bad(format!("{s:?} is not an id")))
     };
-    let json = |what| -> Result<serde_json::Value, HttpError> {
-        if body.is_empty() {
-            return Ok(serde_json::json!({}));
-        }
-        serde_json::from_slice(body).map_err(|e| HttpError::Bad(format!("{what}: {e}")))
-    };
+    let plain = Route::Plain;
     Ok(match (method, segments.as_slice()) {
-        ("GET", ["v1", "health"]) => Request::Health,
-        ("GET", ["v1", "status"]) => Request::Status,
-        ("GET", ["v1", "sessions"]) => sessions_list(query)?,
-        ("GET", ["v1", "sessions", n]) => Request::SessionsShow { id: id(n)? },
-        ("GET", ["v1", "sessions", n, "export"]) => Request::AuditExport { id: id(n)? },
-        ("GET", ["v1", "audit", "verify"]) => Request::AuditVerify,
-        ("GET", ["v1", "approvals"]) => Request::ApprovalsList,
-        ("GET", ["v1", "approvals", "watch"]) => Request::ApprovalsWatch,
-        ("POST", ["v1", "approvals", n, "approve"]) => {
-            let Note { note } = serde_json::from_value(json("approve body")?)
-                .map_err(|e| HttpError::Bad(e.to_string()))?;
-            Request::Approve { id: id(n)?, note }
-        }
-        ("POST", ["v1", "approvals", n, "deny"]) => {
-            let Reason { reason } = serde_json::from_value(json("deny body")?)
-                .map_err(|e| HttpError::Bad(format!("deny needs {{\"reason\": ...}}: {e}")))?;
-            Request::Deny { id: id(n)?, reason }
-        }
+        ("GET", ["v1", "health"]) => plain(Request::Health),
+        ("GET", ["v1", "status"]) => plain(Request::Status),
+        ("GET", ["v1", "sessions"]) => plain(sessions_list(query)?),
+        ("GET", ["v1", "sessions", n]) => plain(Request::SessionsShow { id: id(n)? }),
+        ("GET", ["v1", "sessions", n, "export"]) => plain(Request::AuditExport { id: id(n)? }),
+        ("GET", ["v1", "audit", "verify"]) => plain(Request::AuditVerify),
+        ("GET", ["v1", "approvals"]) => plain(Request::ApprovalsList),
+        ("GET", ["v1", "approvals", "watch"]) => plain(Request::ApprovalsWatch),
+        ("POST", ["v1", "approvals", n, "approve"]) => Route::Approve { id: id(n)? },
+        ("POST", ["v1", "approvals", n, "deny"]) => Route::Deny { id: id(n)? },
         _ => return Err(HttpError::NotFound(method.into(), path.into())),
     })
 }
@@ -159,9 +159,9 @@ fn sessions_list(query: &str) -> Result<Request, HttpError> {
     Ok(Request::SessionsList { filter, limit })
 }
 
-/// The HTTP request a client sends for `req`.
-pub fn encode(req: &Request) -> Vec<u8> {
-    let (method, path, body) = match req {
+/// The method, target and JSON body (if any) a client sends for `req`.
+pub fn encode(req: &Request) -> (&'static str, String, Option<String>) {
+    let (method, target, body) = match req {
         Request::Health => ("GET", "/v1/health".to_owned(), None),
         Request::Status => ("GET", "/v1/status".into(), None),
         Request::SessionsList { filter, limit } => {
@@ -213,53 +213,7 @@ pub fn encode(req: &Request) -> Vec<u8> {
             Some(serde_json::json!({ "reason": reason })),
         ),
     };
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    format!(
-        "{method} {path} HTTP/1.1\r\nHost: gatewayd\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
-}
-
-/// A complete response with a JSON body.
-pub fn response(status: u16, body: &serde_json::Value) -> Vec<u8> {
-    let body = body.to_string();
-    format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        reason(status),
-        body.len()
-    )
-    .into_bytes()
-}
-
-/// The head of a streamed response: one JSON value per line until the server closes.
-pub fn stream_head() -> &'static [u8] {
-    b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nConnection: close\r\n\r\n"
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        403 => "Forbidden",
-        404 => "Not Found",
-        409 => "Conflict",
-        _ => "Internal Server Error",
-    }
-}
-
-/// Splits a response into its status and body.
-pub fn parse_response(buf: &[u8]) -> Result<(u16, &[u8]), HttpError> {
-    let end = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or(HttpError::Malformed("response head"))?;
-    let status = std::str::from_utf8(&buf[..end])
-        .ok()
-        .and_then(|h| h.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .ok_or(HttpError::Malformed("status line"))?;
-    Ok((status, &buf[end + 4..]))
+    (method, target, body.map(|b| b.to_string()))
 }
 
 fn encode_component(s: &str) -> String {
@@ -293,6 +247,10 @@ fn decode(s: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse(method: &str, target: &str, body: &[u8]) -> Result<Request, HttpError> {
+        route(method, target)?.with_body(body)
+    }
 
     #[test]
     fn every_request_survives_the_trip_through_http() {
@@ -329,30 +287,51 @@ mod tests {
             },
         ];
         for req in cases {
-            assert_eq!(parse(&encode(&req)), Ok(req.clone()), "{req:?}");
+            let (method, target, body) = encode(&req);
+            let route = route(method, &target).unwrap();
+            // The role the server checks before the body is the one the request needs.
+            assert_eq!(route.needs(), auth::needs(&req), "{req:?}");
+            let body = body.unwrap_or_default();
+            assert_eq!(route.with_body(body.as_bytes()), Ok(req.clone()), "{req:?}");
+        }
+    }
+
+    #[test]
+    fn the_request_line_alone_says_who_may_call() {
+        #[rustfmt::skip]
+        let cases = [
+            ("GET", "/v1/health", Role::Nobody),
+            ("GET", "/v1/approvals/watch", Role::Auditor),
+            ("GET", "/v1/sessions?limit=1", Role::Auditor),
+            ("POST", "/v1/approvals/1/approve", Role::Approver),
+            ("POST", "/v1/approvals/1/deny", Role::Approver),
+        ];
+        for (method, target, role) in cases {
+            assert_eq!(
+                route(method, target).unwrap().needs(),
+                role,
+                "{method} {target}"
+            );
         }
     }
 
     #[test]
     fn bad_requests_say_what_is_wrong() {
         #[rustfmt::skip]
-        let cases: [(&[u8], u16, &str); 6] = [
-            (b"GET /v1/nope HTTP/1.1\r\n\r\n", 404, "no such route"),
-            (b"DELETE /v1/sessions/1 HTTP/1.1\r\n\r\n", 404, "no such route"),
-            (b"GET /v1/sessions/x HTTP/1.1\r\n\r\n", 400, "not an id"),
-            (b"GET /v1/sessions?color=red HTTP/1.1\r\n\r\n", 400, "unknown parameter"),
-            (b"POST /v1/approvals/1/deny HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}", 400, "reason"),
-            (b"GARBAGE\r\n\r\n", 400, "request line"),
+        let cases: [(&str, &str, &[u8], u16, &str); 8] = [
+            ("GET", "/v1/nope", b"", 404, "no such route"),
+            ("DELETE", "/v1/sessions/1", b"", 404, "no such route"),
+            ("GET", "/v1/sessions/x", b"", 400, "not an id"),
+            ("POST", "/v1/approvals/x/approve", b"", 400, "not an id"),
+            ("GET", "/v1/sessions?color=red", b"", 400, "unknown parameter"),
+            ("GET", "/v1/sessions?limit=%zz", b"", 400, "percent-encoding"),
+            ("POST", "/v1/approvals/1/deny", b"{}", 400, "reason"),
+            ("POST", "/v1/approvals/1/approve", b"{\"note\": 1, \"x\"", 400, "approve body"),
         ];
-        for (raw, status, says) in cases {
-            let e = parse(raw).unwrap_err();
+        for (method, target, body, status, says) in cases {
+            let e = parse(method, target, body).unwrap_err();
             assert_eq!(e.status(), status, "{e}");
             assert!(e.to_string().contains(says), "{e}");
         }
-        assert_eq!(head_len(b"GET / HTTP/1.1\r\n"), Ok(None));
-        assert!(head_len(&vec![b'a'; MAX_REQUEST + 1]).is_err());
-        assert!(
-            head_len(b"GET / HTTP/1.1\r\nContent-Length: 18446744073709551615\r\n\r\n").is_err()
-        );
     }
 }
