@@ -385,6 +385,58 @@ fn a_connection_the_kernel_did_not_redirect_is_refused_and_audited() {
     );
 }
 
+/// An origin belongs to its connection: a governed connect refused while the daemon was down
+/// leaves nothing behind, and an ungoverned process that later dials the daemon from the very
+/// same address and port is refused with no process named, not relayed as the dead agent.
+#[test]
+fn origins_never_outlive_their_connection() {
+    let server = EchoServer::start("127.10.0.5");
+    let addr = server.addr.to_string();
+    let mut gw = Gateway::start("stale-origin", &tcp_target("echo", &addr));
+    gw.stop();
+    let port = (41_000 + std::process::id() % 10_000).to_string();
+    let out = gw.agent(&["tcp", &addr, "--bind", "127.0.0.1", "--port", &port]);
+    assert_eq!(
+        out["connect"], "ECONNREFUSED",
+        "fail closed while down: {out}"
+    );
+    let conns = gw.pin_dir.join("maps/GW_CONN_ORIGINS");
+    let dump = Command::new("bpftool")
+        .args(["map", "dump", "pinned"])
+        .arg(&conns)
+        .output()
+        .unwrap();
+    let dump = String::from_utf8_lossy(&dump.stdout);
+    assert!(dump.contains("Found 0 elements"), "left behind: {dump}");
+
+    gw.spawn();
+    let listener = format!("127.0.0.1:{}", gw.port);
+    for p in [port.clone(), (port.parse::<u16>().unwrap() + 1).to_string()] {
+        let out = probe(&[
+            "tcp",
+            &listener,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &p,
+            "--send",
+            "x",
+        ]);
+        assert_refused(&out);
+    }
+    let sessions = gw.ended_sessions(2);
+    assert!(
+        sessions
+            .iter()
+            .all(|s| s.rule == "no-origin" && s.agent.is_none()),
+        "{sessions:#?}"
+    );
+    assert_eq!(server.accepted(), 0);
+    // The agent still works, under its own origin.
+    let out = gw.agent(&["tcp", &addr, "--send", "ping"]);
+    assert_eq!(out["reply"], "echo:ping", "{out}");
+}
+
 #[test]
 fn a_governed_agent_in_its_own_network_namespace_is_refused() {
     let server = EchoServer::start("127.10.0.5");

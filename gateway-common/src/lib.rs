@@ -20,6 +20,12 @@ pub const MAP_SOCK_ORIGINS: &str = "GW_SOCK_ORIGINS";
 pub const MAP_CONN_ORIGINS: &str = "GW_CONN_ORIGINS";
 pub const MAP_GOVERNED: &str = "GW_GOVERNED";
 pub const MAP_RESOLVERS: &str = "GW_RESOLVERS";
+/// Not pinned: each daemon's own, filled by its listener's sock_ops program.
+pub const MAP_ACCEPTED: &str = "GW_ACCEPTED";
+
+/// The program attached to the daemon's own cgroup, which binds each origin to the socket the
+/// daemon accepts.
+pub const PROGRAM_ACCEPT: &str = "accept_sockops";
 
 /// Name of the read-only global holding the daemon's listener port (host order).
 pub const GLOBAL_LISTEN_PORT: &str = "GW_LISTEN_PORT";
@@ -65,7 +71,9 @@ pub struct Origin {
 }
 
 /// The agent's end of a redirected connection: what the daemon sees as the peer address.
-/// Unique among redirected connections, which all share the listener as destination.
+/// Unique among live redirected connections, which all share the listener as destination; a
+/// later connection may reuse it, which is why the origin moves to the accepted socket's own
+/// entry (keyed by its cookie) at the handshake.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ConnKey {

@@ -11,7 +11,10 @@ mod sockaddr;
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::{BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB},
+    bindings::{
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_SOCK_OPS_TCP_CONNECT_CB,
+    },
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_get_socket_cookie},
     macros::{cgroup_sock, cgroup_sock_addr, sock_ops},
     programs::{SockAddrContext, SockContext, SockOpsContext},
@@ -20,7 +23,9 @@ use aya_log_ebpf::warn;
 use gateway_common::{AF_INET6, Addr, ConnKey, Origin, is_v4_mapped, v4_mapped};
 
 use crate::{
-    maps::{CONN_ORIGINS, SOCK_ORIGINS, governed_ancestor, listen_port, resolver_allowed},
+    maps::{
+        ACCEPTED, CONN_ORIGINS, SOCK_ORIGINS, governed_ancestor, listen_port, resolver_allowed,
+    },
     sockaddr::{Family, SockAddr, V4, V6},
 };
 
@@ -194,13 +199,74 @@ fn on_tcp_connect(ctx: &SockOpsContext) {
     let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
 }
 
-/// Only the cookie entry goes here. The connection's entry stays until the daemon takes it:
-/// an agent may close before the daemon accepts, and the daemon must still know whose
-/// connection it was. Entries of connections the daemon never accepts are overwritten by the
-/// next connection from the same address and port, or age out of the LRU map.
+/// The agent's socket is gone: so are its entries. The connection's entry has normally moved
+/// to the accepted socket already; if not (the daemon was down and the connect was refused,
+/// or it never completed), it must not wait for a later connection from the same address and
+/// port to inherit it. Removed only while it is still this socket's (the same origin).
 fn on_tcp_close(ctx: &SockOpsContext) {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let Some(mine) = SOCK_ORIGINS.get_ptr(&cookie) else {
+        return;
+    };
+    let mine = unsafe { *mine };
+    let key = conn_key(ctx);
+    if let Some(entry) = CONN_ORIGINS.get_ptr(&key)
+        && unsafe { *entry } == mine
+    {
+        let _ = CONN_ORIGINS.remove(&key);
+    }
     let _ = SOCK_ORIGINS.remove(&cookie);
+}
+
+/// Attached to the daemon's own cgroup: its listener's accepted sockets.
+#[sock_ops]
+pub fn accept_sockops(ctx: SockOpsContext) -> u32 {
+    match ctx.op() {
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => on_accepted(&ctx),
+        BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == TCP_CLOSE => {
+            // Closed before the daemon took it (it stopped, or refused the connection).
+            let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+            let _ = ACCEPTED.remove(&cookie);
+        }
+        _ => {}
+    }
+    1
+}
+
+/// The handshake on the daemon's listener completed: the origin recorded at the agent's
+/// connect() moves to this very socket. The agent's end cannot be reused before this runs
+/// (its socket is still connecting), so the entry taken is this connection's.
+fn on_accepted(ctx: &SockOpsContext) {
+    if ctx.local_port() != u32::from(listen_port()) {
+        return;
+    }
+    let key = peer_key(ctx);
+    let Some(origin) = CONN_ORIGINS.get_ptr(&key) else {
+        return;
+    };
+    let origin = unsafe { *origin };
+    let _ = CONN_ORIGINS.remove(&key);
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // No room means no origin for this socket, which the daemon refuses: fail closed.
+    if ACCEPTED.insert(&cookie, &origin, 0).is_ok() {
+        let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
+    }
+}
+
+/// The agent's end of an accepted connection, keyed as [`conn_key`] keyed it on the agent's
+/// side: IPv4 as mapped IPv6.
+fn peer_key(ctx: &SockOpsContext) -> ConnKey {
+    let ops = ctx.ops;
+    // The big-endian port sits in the upper half (DESIGN.md, kernel facts).
+    let port = u32::from(u16::from_be((ctx.remote_port() >> 16) as u16));
+    if ctx.family() == AF_INET6 as u32 {
+        let remote = sockaddr::read_words(unsafe { core::ptr::addr_of!((*ops).remote_ip6) });
+        return ConnKey { addr: remote, port };
+    }
+    ConnKey {
+        addr: v4_mapped(ctx.remote_ip4()),
+        port,
+    }
 }
 
 /// The agent's end of the connection, keyed the way the daemon sees its peer: an IPv4 or

@@ -29,10 +29,19 @@ const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
 pub static SOCK_ORIGINS: LruHashMap<u64, Origin> =
     LruHashMap::pinned(MAX_CONNECTIONS, BPF_F_NO_COMMON_LRU);
 
-/// sock_ops re-keys by the agent's end of the connection; the daemon takes it at accept.
+/// sock_ops re-keys by the agent's end of the connection at connect(); the listener's
+/// sock_ops takes it at the handshake into `ACCEPTED`. Removed when the agent's socket closes,
+/// so no entry outlives its connection.
 #[map(name = "GW_CONN_ORIGINS")]
 pub static CONN_ORIGINS: LruHashMap<ConnKey, Origin> =
     LruHashMap::pinned(MAX_CONNECTIONS, BPF_F_NO_COMMON_LRU);
+
+/// The origin of each connection the daemon's listener completed, keyed by the accepted
+/// socket's cookie (unique for the boot, never reused); the daemon takes it by the cookie of
+/// the socket accept() gave it. Not pinned: it belongs to the daemon that loaded it.
+#[map(name = "GW_ACCEPTED")]
+pub static ACCEPTED: LruHashMap<u64, Origin> =
+    LruHashMap::with_max_entries(MAX_CONNECTIONS, BPF_F_NO_COMMON_LRU);
 
 /// cgroup ids that a policy is pinned to (value unused).
 #[map(name = "GW_GOVERNED")]

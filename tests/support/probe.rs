@@ -3,7 +3,8 @@
 //! names (`ECONNREFUSED`, `EPERM`) so that tests assert on the kernel's word, not on prose.
 //!
 //! ```text
-//! agent-probe tcp ADDR [--bind IP] [--nonblocking] [--mapped] [--delay-ms N] [--send TEXT]
+//! agent-probe tcp ADDR [--bind IP] [--port N] [--nonblocking] [--mapped] [--delay-ms N]
+//!                  [--send TEXT]      (--port: that local port, with SO_REUSEADDR)
 //! agent-probe udp ADDR
 //! agent-probe raw | packet
 //! agent-probe socket inet|inet6 stream|dgram|raw PROTOCOL
@@ -66,13 +67,17 @@ fn tcp(args: &[String]) -> Value {
     }
     let socket = Socket::new(Domain::for_address(dst), Type::STREAM, None).expect("socket");
     let mut out = json!({});
+    let port: u16 = value("--port").map_or(0, |p| p.parse().expect("--port N"));
+    if port != 0 {
+        socket.set_reuse_address(true).expect("SO_REUSEADDR");
+    }
     if let Some(ip) = value("--bind") {
         let ip: IpAddr = ip.parse().expect("--bind IP");
         let ip = match (ip, dst) {
             (IpAddr::V4(v4), SocketAddr::V6(_)) => IpAddr::V6(v4.to_ipv6_mapped()),
             _ => ip,
         };
-        out["bind"] = result(socket.bind(&SockAddr::from(SocketAddr::new(ip, 0))));
+        out["bind"] = result(socket.bind(&SockAddr::from(SocketAddr::new(ip, port))));
     }
     let connected = if flag("--nonblocking") {
         connect_nonblocking(&socket, dst)

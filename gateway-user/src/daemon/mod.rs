@@ -71,7 +71,12 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         listen(SocketAddr::from((Ipv4Addr::LOCALHOST, config.listen_port)))?,
         listen(SocketAddr::from((Ipv6Addr::LOCALHOST, config.listen_port)))?,
     ];
-    let (kernel, origins) = Kernel::load(&config.pin_dir, config.listen_port)?;
+    // The daemon's own cgroup, where its listener's sockets are: origins are bound to them.
+    let own_cgroup = match crate::cgroup::of_process(std::process::id()) {
+        Some(c) if c != "/" => hierarchy.dir(&c)?,
+        _ => hierarchy.root().to_owned(),
+    };
+    let (kernel, origins) = Kernel::load(&config.pin_dir, config.listen_port, &own_cgroup)?;
     let admin = crate::admin::bind(&config.admin_socket).map_err(|source| DaemonError::Admin {
         path: config.admin_socket.display().to_string(),
         source,

@@ -66,7 +66,7 @@ async fn serve(state: &State, agent: TcpStream, peer: SocketAddr) -> SessionReco
         tracing::error!(error = %e, "audit id");
         0
     });
-    let origin = state.origins.take(peer);
+    let origin = state.origins.take(&agent);
     let mut record = SessionRecord {
         id,
         started_at_ms: now_ms(),

@@ -20,7 +20,8 @@ use aya::{
     },
 };
 use gateway_common::{
-    GLOBAL_LISTEN_PORT, MAP_CONN_ORIGINS, MAP_GOVERNED, MAP_RESOLVERS, ResolverKey,
+    GLOBAL_LISTEN_PORT, MAP_ACCEPTED, MAP_CONN_ORIGINS, MAP_GOVERNED, MAP_RESOLVERS,
+    PROGRAM_ACCEPT, ResolverKey,
 };
 pub use origins::OriginTable;
 
@@ -89,11 +90,18 @@ pub struct Kernel {
     links: BTreeMap<u64, Vec<PinnedLink>>,
     governed: HashMap<MapData, u64, u32>,
     resolvers: HashMap<MapData, ResolverKey, u32>,
+    /// The listener's program on the daemon's own cgroup: attached while this value lives.
+    _accept: FdLink,
 }
 
 impl Kernel {
-    /// Loads the programs with maps pinned (or adopted) under `pin_dir/maps`.
-    pub fn load(pin_dir: &Path, listen_port: u16) -> Result<(Kernel, OriginTable), KernelError> {
+    /// Loads the programs with maps pinned (or adopted) under `pin_dir/maps`, and attaches the
+    /// listener's program to `own_cgroup`, the daemon's cgroup, for as long as it runs.
+    pub fn load(
+        pin_dir: &Path,
+        listen_port: u16,
+        own_cgroup: &Path,
+    ) -> Result<(Kernel, OriginTable), KernelError> {
         bpffs::ensure_mounted(pin_dir)?;
         let maps_dir = pin_dir.join("maps");
         std::fs::create_dir_all(&maps_dir).map_err(io(&maps_dir))?;
@@ -106,7 +114,7 @@ impl Kernel {
             Ok(logger) => spawn_log_pump(logger),
             Err(e) => tracing::warn!(error = %e, "kernel logs unavailable"),
         }
-        for name in PROGRAMS {
+        for name in PROGRAMS.into_iter().chain([PROGRAM_ACCEPT]) {
             let program = ebpf.program_mut(name).ok_or(KernelError::Link {
                 name,
                 message: "missing from the object".into(),
@@ -124,7 +132,16 @@ impl Kernel {
             };
             loaded.map_err(|source| KernelError::Program { name, source })?;
         }
-        let origins = OriginTable::new(take_map(&mut ebpf, MAP_CONN_ORIGINS)?);
+        let mut conns = take_map(&mut ebpf, MAP_CONN_ORIGINS)?;
+        let cleared = origins::clear(&mut conns);
+        if cleared > 0 {
+            tracing::info!(entries = cleared, "cleared origins a previous daemon left");
+        }
+        let origins = OriginTable::new(take_map(&mut ebpf, MAP_ACCEPTED)?);
+        // Not pinned: when this daemon goes, so does its listener, and with it anything this
+        // program could bind an origin to.
+        let own = File::open(own_cgroup).map_err(io(own_cgroup))?;
+        let accept = attach_one(&mut ebpf, PROGRAM_ACCEPT, &own)?;
         let governed = take_map(&mut ebpf, MAP_GOVERNED)?;
         let resolvers = take_map(&mut ebpf, MAP_RESOLVERS)?;
         let now = std::time::SystemTime::now()
@@ -138,6 +155,7 @@ impl Kernel {
             links: BTreeMap::new(),
             governed,
             resolvers,
+            _accept: accept,
         };
         Ok((kernel, origins))
     }

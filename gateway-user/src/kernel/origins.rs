@@ -1,8 +1,11 @@
-//! The daemon's view of the origin map: who opened a redirected connection and where it was
-//! going, looked up by the accepted socket's peer address and consumed on the spot.
+//! The daemon's view of the origins: who opened a redirected connection and where it was
+//! going. The kernel binds each origin to the socket the listener accepted (its cookie) at
+//! the handshake, so the daemon reads it by the socket it holds, never by an address and port
+//! that another connection may have used before or since.
 
 use std::{
     net::{IpAddr, Ipv6Addr, SocketAddr},
+    os::fd::AsRawFd,
     sync::Mutex,
 };
 
@@ -10,27 +13,53 @@ use aya::maps::{HashMap, MapData};
 use gateway_common::{Addr, ConnKey, Origin};
 
 pub struct OriginTable {
-    map: Mutex<HashMap<MapData, ConnKey, Origin>>,
+    accepted: Mutex<HashMap<MapData, u64, Origin>>,
 }
 
 impl OriginTable {
-    pub(super) fn new(map: HashMap<MapData, ConnKey, Origin>) -> Self {
+    pub(super) fn new(accepted: HashMap<MapData, u64, Origin>) -> Self {
         OriginTable {
-            map: Mutex::new(map),
+            accepted: Mutex::new(accepted),
         }
     }
 
-    /// The origin of the connection whose agent end is `peer`, removed from the map so that
-    /// a later connection reusing the port can never inherit it.
-    pub fn take(&self, peer: SocketAddr) -> Option<Origin> {
-        let key = ConnKey {
-            addr: to_words(peer.ip()),
-            port: u32::from(peer.port()),
-        };
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        let origin = map.get(&key, 0).ok()?;
-        let _ = map.remove(&key);
+    /// The origin of the connection `socket` (one the listener accepted), removed from the map
+    /// as it is read.
+    pub fn take(&self, socket: &impl AsRawFd) -> Option<Origin> {
+        let cookie = socket_cookie(socket).ok()?;
+        let mut map = self.accepted.lock().unwrap_or_else(|e| e.into_inner());
+        let origin = map.get(&cookie, 0).ok()?;
+        let _ = map.remove(&cookie);
         Some(origin)
+    }
+}
+
+/// Removes every entry a previous daemon's programs left keyed by address and port: none may
+/// be taken for a connection made after this start.
+pub(super) fn clear(conns: &mut HashMap<MapData, ConnKey, Origin>) -> usize {
+    let keys: Vec<ConnKey> = conns.keys().filter_map(Result::ok).collect();
+    keys.iter().filter(|k| conns.remove(k).is_ok()).count()
+}
+
+/// The kernel's cookie of a socket: what `bpf_get_socket_cookie` returns for it.
+fn socket_cookie(socket: &impl AsRawFd) -> std::io::Result<u64> {
+    let mut cookie = 0u64;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: the fd is a live socket borrowed for the call; the kernel writes at most `len`
+    // bytes into `cookie`, which is that large.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(cookie)
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
