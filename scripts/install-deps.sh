@@ -34,8 +34,13 @@ if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q
     if rustup toolchain list | grep -q '^nightly'; then
         rustup component add rust-src --toolchain nightly
     else
-        rustup toolchain install nightly --profile minimal --component rust-src
+        rustup toolchain install nightly --profile minimal --component rust-src,clippy
     fi
+fi
+
+# `cargo xtask test` lints gateway-ebpf with that nightly's clippy.
+if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^clippy'; then
+    rustup component add clippy --toolchain nightly
 fi
 
 if ! command -v bpf-linker >/dev/null 2>&1; then

@@ -83,7 +83,7 @@ fn try_connect<F: Family>(ctx: &SockAddrContext, sa: SockAddr<F>) -> Result<i32,
     };
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // No room to remember the origin means the daemon could not judge it: refuse.
-    SOCK_ORIGINS.insert(&cookie, &origin, 0)?;
+    SOCK_ORIGINS.insert(cookie, origin, 0)?;
     if is_v4_mapped(&dst) {
         sa.set_addr(&v4_mapped(LOOPBACK4));
     } else {
@@ -130,7 +130,7 @@ pub fn getpeername6(ctx: SockAddrContext) -> i32 {
 /// The agent sees the address it dialled, never the daemon's listener.
 fn restore_peer<F: Family>(ctx: &SockAddrContext, sa: SockAddr<F>) {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    if let Some(origin) = SOCK_ORIGINS.get_ptr(&cookie) {
+    if let Some(origin) = SOCK_ORIGINS.get_ptr(cookie) {
         let origin = unsafe { *origin };
         sa.set_addr(&origin.dst_addr);
         sa.set_port(origin.dst_port);
@@ -189,12 +189,12 @@ pub fn rekey_sockops(ctx: SockOpsContext) -> u32 {
 /// Runs inside connect(), before the SYN: the entry exists before the daemon can accept.
 fn on_tcp_connect(ctx: &SockOpsContext) {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let Some(origin) = SOCK_ORIGINS.get_ptr(&cookie) else {
+    let Some(origin) = SOCK_ORIGINS.get_ptr(cookie) else {
         return;
     };
     let origin = unsafe { *origin };
     // Failure leaves the daemon without an origin, which it refuses: fail closed.
-    let _ = CONN_ORIGINS.insert(&conn_key(ctx), &origin, 0);
+    let _ = CONN_ORIGINS.insert(conn_key(ctx), origin, 0);
     // Ask for state changes so the entries go when the connection does.
     let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
 }
@@ -205,17 +205,17 @@ fn on_tcp_connect(ctx: &SockOpsContext) {
 /// port to inherit it. Removed only while it is still this socket's (the same origin).
 fn on_tcp_close(ctx: &SockOpsContext) {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let Some(mine) = SOCK_ORIGINS.get_ptr(&cookie) else {
+    let Some(mine) = SOCK_ORIGINS.get_ptr(cookie) else {
         return;
     };
     let mine = unsafe { *mine };
     let key = conn_key(ctx);
-    if let Some(entry) = CONN_ORIGINS.get_ptr(&key)
+    if let Some(entry) = CONN_ORIGINS.get_ptr(key)
         && unsafe { *entry } == mine
     {
-        let _ = CONN_ORIGINS.remove(&key);
+        let _ = CONN_ORIGINS.remove(key);
     }
-    let _ = SOCK_ORIGINS.remove(&cookie);
+    let _ = SOCK_ORIGINS.remove(cookie);
 }
 
 /// Attached to the daemon's own cgroup: its listener's accepted sockets.
@@ -226,7 +226,7 @@ pub fn accept_sockops(ctx: SockOpsContext) -> u32 {
         BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == TCP_CLOSE => {
             // Closed before the daemon took it (it stopped, or refused the connection).
             let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-            let _ = ACCEPTED.remove(&cookie);
+            let _ = ACCEPTED.remove(cookie);
         }
         _ => {}
     }
@@ -241,14 +241,14 @@ fn on_accepted(ctx: &SockOpsContext) {
         return;
     }
     let key = peer_key(ctx);
-    let Some(origin) = CONN_ORIGINS.get_ptr(&key) else {
+    let Some(origin) = CONN_ORIGINS.get_ptr(key) else {
         return;
     };
     let origin = unsafe { *origin };
-    let _ = CONN_ORIGINS.remove(&key);
+    let _ = CONN_ORIGINS.remove(key);
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // No room means no origin for this socket, which the daemon refuses: fail closed.
-    if ACCEPTED.insert(&cookie, &origin, 0).is_ok() {
+    if ACCEPTED.insert(cookie, origin, 0).is_ok() {
         let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
     }
 }

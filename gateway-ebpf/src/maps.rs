@@ -60,7 +60,7 @@ pub fn governed_ancestor() -> u64 {
         if id == 0 {
             break;
         }
-        if GOVERNED.get_ptr(&id).is_some() {
+        if GOVERNED.get_ptr(id).is_some() {
             found = id;
         }
     }
@@ -75,5 +75,5 @@ pub fn resolver_allowed(governed: u64, addr: &Addr, port: u16) -> bool {
         port: u32::from(port),
         _pad: 0,
     };
-    RESOLVERS.get_ptr(&key).is_some()
+    RESOLVERS.get_ptr(key).is_some()
 }

@@ -58,6 +58,13 @@ fn main() -> Result<()> {
             // The default members: everything but gateway-ebpf, which build.rs compiles for
             // the BPF target.
             cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+            // gateway-ebpf on its own target, with the toolchain aya-build compiles it with.
+            run(Command::new("cargo")
+                .current_dir(root.join("gateway-ebpf"))
+                .args(["+nightly", "clippy", "--target", "bpfel-unknown-none"])
+                .args(["-Z", "build-std=core", "--target-dir"])
+                .arg(root.join("target/ebpf-clippy"))
+                .args(["--", "-D", "warnings"]))?;
             cargo(&["build", "--bins"])?;
             let mut test = vec!["test", "--"];
             test.extend(args.iter().map(String::as_str));
