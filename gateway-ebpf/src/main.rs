@@ -7,6 +7,7 @@
 #![no_main]
 
 mod maps;
+mod route;
 mod sockaddr;
 
 use aya_ebpf::{

@@ -54,9 +54,17 @@ pub static RESOLVERS: HashMap<ResolverKey, u32> = HashMap::pinned(MAX_RESOLVERS,
 /// The nearest ancestor of the current cgroup (or itself) that a policy governs; 0 if none.
 #[inline(always)]
 pub fn governed_ancestor() -> u64 {
+    // SAFETY: the helper only reads the current task's cgroup.
+    governed_ancestor_by(|level| unsafe { bpf_get_current_ancestor_cgroup_id(level) })
+}
+
+/// The nearest governed ancestor, with `ancestor(level)` giving the cgroup id at each level
+/// from the root (0 past the deepest).
+#[inline(always)]
+pub fn governed_ancestor_by(ancestor: impl Fn(i32) -> u64) -> u64 {
     let mut found = 0;
     for level in 0..MAX_CGROUP_DEPTH {
-        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
+        let id = ancestor(level);
         if id == 0 {
             break;
         }

@@ -2,12 +2,14 @@
 //! cgroup, and the maps the daemon shares with them.
 
 mod bpffs;
+mod link;
 pub mod origins;
 
 use std::{
     collections::{BTreeMap, HashSet},
     fs::File,
     net::SocketAddr,
+    os::fd::AsFd as _,
     path::{Path, PathBuf},
 };
 
@@ -15,7 +17,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData},
     programs::{
-        CgroupAttachMode, Program,
+        CgroupAttachMode, CgroupSkbAttachType, Program,
         links::{FdLink, PinnedLink},
     },
 };
@@ -29,7 +31,9 @@ pub use origins::OriginTable;
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway"));
 
 /// Every program, in the order they are attached. Names are the entry points in gateway-ebpf.
-const PROGRAMS: [&str; 10] = [
+const PROGRAMS: [&str; 12] = [
+    "egress",
+    "setsockopt",
     "sock_create",
     "bind4",
     "bind6",
@@ -123,6 +127,8 @@ impl Kernel {
                 Program::CgroupSockAddr(p) => p.load(),
                 Program::SockOps(p) => p.load(),
                 Program::CgroupSock(p) => p.load(),
+                Program::CgroupSockopt(p) => p.load(),
+                Program::CgroupSkb(p) => p.load(),
                 other => {
                     return Err(KernelError::Link {
                         name,
@@ -219,12 +225,28 @@ impl Kernel {
         let cgroup = File::open(&c.dir).map_err(io(&c.dir))?;
         let mut pinned = Vec::with_capacity(PROGRAMS.len());
         for name in PROGRAMS {
-            let link = attach_one(&mut self.ebpf, name, &cgroup)?;
             let path = dir.join(format!("{name}@{}", self.generation));
-            let link = link.pin(&path).map_err(|e| KernelError::Link {
+            let pin_err = |e: String| KernelError::Link {
                 name,
                 message: format!("pin {}: {e}", path.display()),
-            })?;
+            };
+            let link = match self.ebpf.program(name) {
+                Some(Program::CgroupSockopt(p)) => {
+                    let prog = p
+                        .fd()
+                        .map_err(|source| KernelError::Program { name, source })?;
+                    link::create_pinned(
+                        prog.as_fd(),
+                        cgroup.as_fd(),
+                        link::BPF_CGROUP_SETSOCKOPT,
+                        &path,
+                    )
+                    .map_err(|e| pin_err(e.to_string()))?
+                }
+                _ => attach_one(&mut self.ebpf, name, &cgroup)?
+                    .pin(&path)
+                    .map_err(|e| pin_err(e.to_string()))?,
+            };
             pinned.push(link);
         }
         tracing::info!(cgroup.id = c.id, cgroup.dir = %c.dir.display(), "programs attached");
@@ -294,6 +316,13 @@ fn attach_one(ebpf: &mut Ebpf, name: &'static str, cgroup: &File) -> Result<FdLi
         }
         Some(Program::CgroupSock(p)) => {
             let id = p.attach(cgroup, mode).map_err(prog_err)?;
+            let link = p.take_link(id).map_err(prog_err)?;
+            FdLink::try_from(link).map_err(|e| link_err(e.to_string()))
+        }
+        Some(Program::CgroupSkb(p)) => {
+            let id = p
+                .attach(cgroup, CgroupSkbAttachType::Egress, mode)
+                .map_err(prog_err)?;
             let link = p.take_link(id).map_err(prog_err)?;
             FdLink::try_from(link).map_err(|e| link_err(e.to_string()))
         }
