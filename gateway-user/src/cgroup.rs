@@ -63,6 +63,112 @@ impl Hierarchy {
     }
 }
 
+impl Hierarchy {
+    /// The cgroups from `cgroup` itself up to (not including) the root that someone other than
+    /// root may write, nearest first. Missing ones are skipped: the daemon creates them, as root.
+    pub(crate) fn delegated(&self, cgroup: &str) -> Result<Vec<Delegated>, CgroupError> {
+        let rel = relative(cgroup)?;
+        let mut found = Vec::new();
+        for level in rel.ancestors().take_while(|p| !p.as_os_str().is_empty()) {
+            let dir = self.root.join(level);
+            let Some(owner) = Ownership::of(&dir)? else {
+                continue;
+            };
+            let procs = Ownership::of(&dir.join("cgroup.procs"))?;
+            if writable_by_others(owner, procs) {
+                found.push(Delegated {
+                    cgroup: format!("/{}", level.display()),
+                    dir,
+                    owner,
+                    procs,
+                });
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// A file's owner and permission bits, as stat reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ownership {
+    pub(crate) uid: u32,
+    pub(crate) mode: u32,
+}
+
+impl Ownership {
+    fn of(path: &Path) -> Result<Option<Ownership>, CgroupError> {
+        match std::fs::metadata(path) {
+            Ok(m) => Ok(Some(Ownership {
+                uid: m.uid(),
+                mode: m.mode() & 0o7777,
+            })),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(CgroupError::Io {
+                path: path.into(),
+                source,
+            }),
+        }
+    }
+
+    /// Someone other than root may write it: the owner is not root, or group or other may.
+    fn open_to_others(self) -> bool {
+        self.uid != 0 || self.mode & 0o022 != 0
+    }
+}
+
+/// Whether a cgroup directory with these facts lets a non-root user make cgroups in it or
+/// move processes through it (its `cgroup.procs` is how processes move).
+fn writable_by_others(dir: Ownership, procs: Option<Ownership>) -> bool {
+    dir.open_to_others() || procs.is_some_and(Ownership::open_to_others)
+}
+
+/// A cgroup a non-root user may create cgroups in or move processes through (systemd's
+/// `Delegate=`, user@.service): a process of that user anywhere below it can make a sibling of
+/// its own cgroup and move there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Delegated {
+    /// Relative to the root, as policies name cgroups: `/user.slice/user-1000.slice/...`.
+    pub(crate) cgroup: String,
+    pub(crate) dir: PathBuf,
+    pub(crate) owner: Ownership,
+    pub(crate) procs: Option<Ownership>,
+}
+
+impl Delegated {
+    /// The non-root uid that holds it, if a uid does (a mode-only opening has none).
+    pub(crate) fn uid(&self) -> Option<u32> {
+        [Some(self.owner), self.procs]
+            .into_iter()
+            .flatten()
+            .map(|o| o.uid)
+            .find(|uid| *uid != 0)
+    }
+}
+
+impl std::fmt::Display for Delegated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (owner uid {}, mode {:04o}",
+            self.dir.display(),
+            self.owner.uid,
+            self.owner.mode
+        )?;
+        if let Some(p) = self.procs {
+            write!(f, "; cgroup.procs owner uid {}, mode {:04o}", p.uid, p.mode)?;
+        }
+        f.write_str(")")
+    }
+}
+
+/// Whether `cgroup` is `ancestor` or lies below it (both as policies name them).
+pub(crate) fn is_within(cgroup: &str, ancestor: &str) -> bool {
+    cgroup == ancestor
+        || cgroup
+            .strip_prefix(ancestor)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
 pub fn cgroup_id(dir: &Path) -> Result<u64, CgroupError> {
     std::fs::metadata(dir)
         .map(|m| m.ino())
@@ -133,6 +239,8 @@ pub fn of_process(pid: u32) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
     use super::*;
 
     const HYBRID: &str = "\
@@ -158,6 +266,61 @@ mod tests {
     fn unescapes_octal_in_mount_points() {
         let info = "41 31 0:38 / /mnt/cg\\040two rw - cgroup2 cgroup2 rw\n";
         assert_eq!(cgroup2_mount(info).unwrap(), Path::new("/mnt/cg two"));
+    }
+
+    #[test]
+    fn writable_means_a_non_root_owner_or_group_other_write() {
+        let facts = |uid, mode| Ownership { uid, mode };
+        let cases = [
+            (facts(0, 0o755), None, false),
+            (facts(0, 0o1755), Some(facts(0, 0o644)), false),
+            (facts(65534, 0o755), Some(facts(65534, 0o644)), true),
+            (facts(65534, 0o755), Some(facts(0, 0o644)), true),
+            (facts(0, 0o775), Some(facts(0, 0o644)), true),
+            (facts(0, 0o757), Some(facts(0, 0o644)), true),
+            (facts(0, 0o755), Some(facts(1000, 0o644)), true),
+            (facts(0, 0o755), Some(facts(0, 0o666)), true),
+        ];
+        for (dir, procs, writable) in cases {
+            assert_eq!(
+                writable_by_others(dir, procs),
+                writable,
+                "{dir:?} {procs:?}"
+            );
+        }
+        let d = Delegated {
+            cgroup: "/u".into(),
+            dir: "/sys/fs/cgroup/u".into(),
+            owner: facts(0, 0o755),
+            procs: Some(facts(1000, 0o644)),
+        };
+        assert_eq!(d.uid(), Some(1000));
+        assert_eq!(
+            d.to_string(),
+            "/sys/fs/cgroup/u (owner uid 0, mode 0755; cgroup.procs owner uid 1000, mode 0644)"
+        );
+    }
+
+    #[test]
+    fn delegated_levels_are_found_nearest_first_and_missing_ones_skipped() {
+        let root = tempfile::tempdir().unwrap();
+        let h = Hierarchy::at(root.path());
+        std::fs::create_dir_all(root.path().join("a/b/c")).unwrap();
+        for dir in ["a", "a/b", "a/b/c"] {
+            std::fs::write(root.path().join(dir).join("cgroup.procs"), "").unwrap();
+            let mode = std::fs::Permissions::from_mode(0o755);
+            std::fs::set_permissions(root.path().join(dir), mode).unwrap();
+            let mode = std::fs::Permissions::from_mode(0o644);
+            std::fs::set_permissions(root.path().join(dir).join("cgroup.procs"), mode).unwrap();
+        }
+        std::os::unix::fs::chown(root.path().join("a/b/c"), Some(1000), None).unwrap();
+        let mode = std::fs::Permissions::from_mode(0o666);
+        std::fs::set_permissions(root.path().join("a/cgroup.procs"), mode).unwrap();
+        let found = h.delegated("/a/b/c/not-yet").unwrap();
+        let names: Vec<&str> = found.iter().map(|d| d.cgroup.as_str()).collect();
+        assert_eq!(names, ["/a/b/c", "/a"]);
+        assert_eq!(found[0].uid(), Some(1000));
+        assert_eq!(found[1].uid(), None, "writable by mode only");
     }
 
     #[test]

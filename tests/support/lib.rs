@@ -104,6 +104,14 @@ impl Gateway {
 
     /// [`Self::start`] with a daemon config file holding `config` (TOML: approvers, webhook...).
     pub fn start_with_config(test: &str, body: &str, config: &str) -> Gateway {
+        let mut gw = Self::prepare(test, body, config);
+        gw.spawn();
+        gw
+    }
+
+    /// Everything of [`Self::start_with_config`] but the daemon, for a test to prepare the
+    /// host before it starts.
+    pub fn prepare(test: &str, body: &str, config: &str) -> Gateway {
         let name = format!("gwtest-{}-{test}", std::process::id());
         let cgroup = Cgroup::create(&name);
         let dir = tempfile::Builder::new()
@@ -111,7 +119,7 @@ impl Gateway {
             .tempdir()
             .expect("temp dir");
         std::fs::create_dir(dir.path().join("policies")).expect("policies dir");
-        let mut gw = Gateway {
+        let gw = Gateway {
             pin_dir: PathBuf::from("/sys/fs/bpf").join(&name),
             port: listen_port(),
             name,
@@ -123,7 +131,6 @@ impl Gateway {
         if !config.is_empty() {
             std::fs::write(gw.config_path(), config).expect("write config");
         }
-        gw.spawn();
         gw
     }
 
@@ -185,6 +192,16 @@ impl Gateway {
 
     /// Starts the daemon and waits until its admin socket answers.
     pub fn spawn(&mut self) {
+        if let Err(status) = self.try_spawn() {
+            panic!(
+                "gatewayd exited with {status} during start:\n{}",
+                self.log()
+            );
+        }
+    }
+
+    /// [`Self::spawn`], or how the daemon exited when it refused to start.
+    pub fn try_spawn(&mut self) -> Result<(), std::process::ExitStatus> {
         assert!(self.child.is_none(), "already running");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -207,13 +224,11 @@ impl Gateway {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!(
-                    "gatewayd exited with {status} during start:\n{}",
-                    self.log()
-                );
+                self.child = None;
+                return Err(status);
             }
             if client::call(&self.socket(), &Request::Status).is_ok() {
-                return;
+                return Ok(());
             }
             assert!(
                 Instant::now() < deadline,

@@ -2,6 +2,7 @@
 //! SIGHUP, stop on SIGTERM. Stopping leaves the programs pinned: agents are refused until a
 //! daemon serves again.
 
+mod containment;
 pub mod resolve;
 mod session;
 pub mod state;
@@ -51,6 +52,8 @@ pub enum DaemonError {
         "gatewayd runs in cgroup {0}, which a policy governs: its own connections would be redirected to itself"
     )]
     SelfGoverned(String),
+    #[error("policies govern cgroups their agents could leave:\n{0}")]
+    Escapable(String),
 }
 
 pub async fn run(config: Config) -> Result<(), DaemonError> {
@@ -58,6 +61,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let hierarchy = Hierarchy::discover()?;
     let set = PolicySet::load_dir(&config.policies)?;
     refuse_self_governance(&set)?;
+    containment::refuse_escapable(&hierarchy, &set)?;
     // The CPU pool's threads start now: a host that cannot spawn them fails here, not in the
     // first session that needs one.
     crate::offload::cpu();
@@ -168,6 +172,7 @@ pub async fn reload(state: &State) {
         .map_err(|e| e.to_string())
         .and_then(|set| {
             refuse_self_governance(&set)
+                .and_then(|()| containment::refuse_escapable(&state.hierarchy, &set))
                 .map(|()| set)
                 .map_err(|e| e.to_string())
         });

@@ -107,9 +107,8 @@ impl Kernel {
         own_cgroup: &Path,
     ) -> Result<(Kernel, OriginTable), KernelError> {
         bpffs::ensure_mounted(pin_dir)?;
+        bpffs::prepare_pin_dir(pin_dir)?;
         let maps_dir = pin_dir.join("maps");
-        std::fs::create_dir_all(&maps_dir).map_err(io(&maps_dir))?;
-        std::fs::create_dir_all(pin_dir.join("links")).map_err(io(pin_dir))?;
         let mut ebpf = EbpfLoader::new()
             .override_global(GLOBAL_LISTEN_PORT, &listen_port, true)
             .default_map_pin_directory(&maps_dir)
