@@ -11,7 +11,10 @@
 //!                                waits for a line on stdin (the restart), then reports
 //! pg-agent script FILE           raw messages from a JSON script, one simple Query each, and
 //!                                what came back for each (see `script`)
-//! pg-agent latency URL SECS       `SELECT 1` round trips for SECS seconds: count, p50, max
+//! pg-agent latency URL SECS       `SELECT 1` round trips for SECS seconds (SECS `stdin`: until
+//!                                stdin ends): count, p50, p99, max
+//! pg-agent storm URL N CONC       N logins (connect, `SELECT 1`, close), at most CONC at once:
+//!                                total seconds, ok, failures, p50/p99/max login time
 //! pg-agent hostile URL N          N statements built to cost the judge most (25,000-term
 //!                                chains, a statement over the size bound): what came back
 //! pg-agent partial ADDR N SIZE SECS
@@ -22,6 +25,10 @@
 use std::{
     io::{BufRead as _, Read as _, Write as _},
     net::TcpStream,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -53,7 +60,10 @@ fn main() {
                     "extended" => extended(&args[1]).await,
                     "cancel" => cancel(&args[1]).await,
                     "execute" => execute(&args[1], &args[2], &args[3..]).await,
-                    "latency" => latency(&args[1], args[2].parse().unwrap()).await,
+                    "latency" => latency(&args[1], &args[2]).await,
+                    "storm" => {
+                        storm(&args[1], args[2].parse().unwrap(), args[3].parse().unwrap()).await
+                    }
                     "hostile" => hostile(&args[1], args[2].parse().unwrap()).await,
                     _ => panic!("unknown scenario {cmd}"),
                 }
@@ -649,23 +659,98 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
 }
 
-/// Round trips of a trivial statement for `secs` seconds, as a healthy agent beside a hostile one
-/// sees them.
-async fn latency(url: &str, secs: u64) -> Value {
+/// Round trips of a trivial statement, as a healthy agent beside a hostile one sees them: for
+/// `until` seconds, or with `until` = `stdin` until stdin ends, so that a test can measure over
+/// exactly the time some other load ran.
+async fn latency(url: &str, until: &str) -> Value {
     let client = connect(url).await;
+    let end = (until != "stdin")
+        .then(|| Instant::now() + Duration::from_secs(until.parse().expect("SECS or stdin")));
+    let stdin_ended = Arc::new(AtomicBool::new(false));
+    if end.is_none() {
+        let ended = stdin_ended.clone();
+        // A thread of its own: the runtime is current-thread and must keep timing queries.
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+            ended.store(true, Ordering::Relaxed);
+        });
+    }
     let mut times = Vec::new();
-    let end = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < end {
+    while end.map_or(!stdin_ended.load(Ordering::Relaxed), |e| Instant::now() < e) {
         let start = Instant::now();
         client.simple_query("SELECT 1").await.expect("SELECT 1");
         times.push(start.elapsed().as_secs_f64() * 1000.0);
     }
+    let count = times.len();
+    let mut out = percentiles(times);
+    out["count"] = count.into();
+    out
+}
+
+/// p50, p99 and max of `times` (ms); nulls when there are none.
+fn percentiles(mut times: Vec<f64>) -> Value {
     times.sort_by(f64::total_cmp);
     json!({
-        "count": times.len(),
-        "p50_ms": times[times.len() / 2],
-        "p99_ms": times[times.len() * 99 / 100],
-        "max_ms": times[times.len() - 1],
+        "p50_ms": times.get(times.len() / 2),
+        "p99_ms": times.get(times.len() * 99 / 100),
+        "max_ms": times.last(),
+    })
+}
+
+/// `n` logins, at most `concurrency` at once, each a new connection that runs `SELECT 1` and
+/// closes (waiting for the close, so that no more than `concurrency` server backends are
+/// held). The login time is from the TCP connect to ReadyForQuery, which through the gateway
+/// includes its own login upstream.
+async fn storm(url: &str, n: usize, concurrency: usize) -> Value {
+    let room = Arc::new(tokio::sync::Semaphore::new(concurrency));
+    let mut logins = tokio::task::JoinSet::new();
+    let started = Instant::now();
+    for _ in 0..n {
+        let permit = room.clone().acquire_owned().await.expect("semaphore");
+        let url = url.to_owned();
+        logins.spawn(async move {
+            let _permit = permit;
+            let start = Instant::now();
+            let (client, conn) = tokio_postgres::connect(&url, NoTls)
+                .await
+                .map_err(|e| error_json(&e))?;
+            let login_ms = start.elapsed().as_secs_f64() * 1000.0;
+            let conn = tokio::spawn(conn);
+            client
+                .simple_query("SELECT 1")
+                .await
+                .map_err(|e| error_json(&e))?;
+            drop(client);
+            conn.await
+                .expect("connection task")
+                .map_err(|e| error_json(&e))?;
+            Ok::<_, Value>(login_ms)
+        });
+    }
+    let (mut times, mut failures, mut first_error) = (Vec::new(), 0, Value::Null);
+    while let Some(done) = logins.join_next().await {
+        match done.expect("login task") {
+            Ok(ms) => times.push(ms),
+            Err(e) => {
+                failures += 1;
+                if first_error.is_null() {
+                    first_error = e;
+                }
+            }
+        }
+    }
+    let total_s = started.elapsed().as_secs_f64();
+    let ok = times.len();
+    let login = percentiles(times);
+    json!({
+        "total_s": total_s,
+        "logins_per_s": ok as f64 / total_s,
+        "ok": ok,
+        "failures": failures,
+        "first_error": first_error,
+        "login_p50_ms": login["p50_ms"],
+        "login_p99_ms": login["p99_ms"],
+        "login_max_ms": login["max_ms"],
     })
 }
 
