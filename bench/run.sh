@@ -164,7 +164,13 @@ ctl status >/dev/null || die "gatewayd not ready"
 [[ -d $CG ]] || die "gatewayd did not create $CG"
 
 # The programs attached to the bench cgroup, and their counters before any governed call.
-bpftool -j cgroup show "$CG" >"$TMP/cgroup.json"
+# With the listener's program, which sits on the daemon's own cgroup and so also runs for
+# the sockets of whatever shares it (the root cgroup here: every direct client too).
+DAEMON_CG=$CG_ROOT$(sed -n 's/^0:://p' "/proc/$GATEWAYD_PID/cgroup")
+bpftool -j cgroup show "$CG" >"$TMP/cgroup-bench.json"
+bpftool -j cgroup show "$DAEMON_CG" >"$TMP/cgroup-daemon.json"
+python3 -c 'import json,sys; print(json.dumps([p for f in sys.argv[1:] for p in json.load(open(f))]))' \
+    "$TMP/cgroup-bench.json" "$TMP/cgroup-daemon.json" >"$TMP/cgroup.json"
 sysctl -qw kernel.bpf_stats_enabled=1
 bpftool -j prog show >"$TMP/progs-before.json"
 
@@ -273,7 +279,7 @@ print(f"\ngatewayd audited {len(sess)} governed sessions, all allowed; ends: "
 def f(v, fmt="{:.1f}"):
     return fmt.format(float(v))
 
-print("\n1. eBPF programs attached to the bench cgroup (kernel.bpf_stats_enabled=1)\n")
+print("\n1. eBPF programs on the bench cgroup and the daemon's (kernel.bpf_stats_enabled=1)\n")
 ours = {p["id"]: p for p in json.load(open(cgroup))}
 b = {p["id"]: p for p in json.load(open(before))}
 a = {p["id"]: p for p in json.load(open(after))}

@@ -6,6 +6,7 @@
 #![no_std]
 #![no_main]
 
+mod lsm;
 mod maps;
 mod route;
 mod sockaddr;
@@ -25,7 +26,8 @@ use gateway_common::{AF_INET6, Addr, ConnKey, Origin, is_v4_mapped, v4_mapped};
 
 use crate::{
     maps::{
-        ACCEPTED, CONN_ORIGINS, SOCK_ORIGINS, governed_ancestor, listen_port, resolver_allowed,
+        ACCEPTED, CONN_ORIGINS, GOVERNED_SOCKS, SOCK_ORIGINS, governed_ancestor, listen_port,
+        resolver_allowed,
     },
     sockaddr::{Family, SockAddr, V4, V6},
 };
@@ -166,7 +168,14 @@ pub fn sock_create(ctx: SockContext) -> i32 {
     // data past them. The kernel runs this hook for inet sockets only, so AF_PACKET is closed
     // by capabilities instead (README, threat model).
     match (ty, protocol) {
-        (SOCK_STREAM, IPPROTO_TCP) | (SOCK_DGRAM, IPPROTO_UDP) => ALLOW,
+        (SOCK_STREAM, IPPROTO_TCP) | (SOCK_DGRAM, IPPROTO_UDP) => {
+            // What the LSM hooks accept from governed tasks: sockets these hooks judge.
+            let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+            match GOVERNED_SOCKS.insert(cookie, 1, 0) {
+                Ok(()) => ALLOW,
+                Err(_) => REFUSE,
+            }
+        }
         _ => {
             warn!(
                 &ctx,
@@ -181,6 +190,14 @@ pub fn sock_create(ctx: SockContext) -> i32 {
 pub fn rekey_sockops(ctx: SockOpsContext) -> u32 {
     match ctx.op() {
         BPF_SOCK_OPS_TCP_CONNECT_CB => on_tcp_connect(&ctx),
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
+            // A connection a governed listener accepted: its socket is as governed as one
+            // made by socket(), which the LSM hooks must know (sock_create never saw it).
+            let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+            if GOVERNED_SOCKS.insert(cookie, 1, 0).is_ok() {
+                let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
+            }
+        }
         BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == TCP_CLOSE => on_tcp_close(&ctx),
         _ => {}
     }
@@ -206,6 +223,7 @@ fn on_tcp_connect(ctx: &SockOpsContext) {
 /// port to inherit it. Removed only while it is still this socket's (the same origin).
 fn on_tcp_close(ctx: &SockOpsContext) {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let _ = GOVERNED_SOCKS.remove(cookie);
     let Some(mine) = SOCK_ORIGINS.get_ptr(cookie) else {
         return;
     };

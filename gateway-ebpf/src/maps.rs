@@ -43,6 +43,13 @@ pub static CONN_ORIGINS: LruHashMap<ConnKey, Origin> =
 pub static ACCEPTED: LruHashMap<u64, Origin> =
     LruHashMap::with_max_entries(MAX_CONNECTIONS, BPF_F_NO_COMMON_LRU);
 
+/// Sockets created in governed cgroups (by cookie; value unused), which the LSM hooks let
+/// governed tasks use. Pinned, so that a restart keeps them; a TCP socket's entry goes when it
+/// closes, a UDP socket's when the LRU needs the room.
+#[map(name = "GW_GOVERNED_SOCKS")]
+pub static GOVERNED_SOCKS: LruHashMap<u64, u8> =
+    LruHashMap::pinned(MAX_CONNECTIONS * 4, BPF_F_NO_COMMON_LRU);
+
 /// cgroup ids that a policy is pinned to (value unused).
 #[map(name = "GW_GOVERNED")]
 pub static GOVERNED: HashMap<u64, u32> = HashMap::pinned(MAX_GOVERNED_CGROUPS, 0);

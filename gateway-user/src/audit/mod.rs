@@ -130,7 +130,17 @@ impl AuditStore {
                 .broken()
                 .map_or(Ok(()), |why| Err(AuditError::Unavailable(why))),
         };
-        let written = allowed.and_then(|()| self.put_chained(record, true));
+        // sled's insert and transaction take locks and may wait on its log: on the blocking
+        // pool, so that a burst of sessions opening cannot stall the async workers.
+        let written = match allowed {
+            Ok(()) => {
+                let (store, owned) = (self.clone(), record.clone());
+                tokio::task::spawn_blocking(move || store.put_chained(&owned, true))
+                    .await
+                    .unwrap_or_else(|e| Err(AuditError::Writer(e.to_string())))
+            }
+            Err(e) => Err(e),
+        };
         let result = match written {
             Ok(()) => self.commit().await,
             Err(e) => Err(e),

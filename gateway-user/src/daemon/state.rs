@@ -52,6 +52,9 @@ pub struct PolicyStatus {
 pub struct Status {
     pub listen_port: u16,
     pub pin_dir: String,
+    /// Whether BPF LSM programs back the cgroup hooks on this host, and if not, what is
+    /// therefore not guaranteed.
+    pub lsm: crate::kernel::LsmStatus,
     pub policies: Vec<PolicyStatus>,
     pub last_reload_error: Option<String>,
     pub active_sessions: u64,
@@ -125,6 +128,7 @@ impl State {
         Status {
             listen_port: self.config.listen_port,
             pin_dir: self.config.pin_dir.display().to_string(),
+            lsm: self.kernel.lock().unwrap_or_else(|e| e.into_inner()).lsm(),
             policies,
             last_reload_error: self
                 .last_reload_error

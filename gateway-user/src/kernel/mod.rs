@@ -3,6 +3,7 @@
 
 mod bpffs;
 mod link;
+mod lsm;
 pub mod origins;
 
 use std::{
@@ -25,6 +26,7 @@ use gateway_common::{
     GLOBAL_LISTEN_PORT, MAP_ACCEPTED, MAP_CONN_ORIGINS, MAP_GOVERNED, MAP_RESOLVERS,
     PROGRAM_ACCEPT, ResolverKey,
 };
+pub use lsm::LsmStatus;
 pub use origins::OriginTable;
 
 /// The eBPF object built from gateway-ebpf by build.rs.
@@ -96,6 +98,7 @@ pub struct Kernel {
     resolvers: HashMap<MapData, ResolverKey, u32>,
     /// The listener's program on the daemon's own cgroup: attached while this value lives.
     _accept: FdLink,
+    lsm: LsmStatus,
 }
 
 impl Kernel {
@@ -153,6 +156,8 @@ impl Kernel {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
         let generation = format!("{}-{}", now.as_nanos(), std::process::id());
+        // Beside links/, whose entries are governed cgroups.
+        let lsm = lsm::attach(&mut ebpf, &pin_dir.join("lsm"), &generation);
         let kernel = Kernel {
             ebpf,
             pin_dir: pin_dir.into(),
@@ -161,6 +166,7 @@ impl Kernel {
             governed,
             resolvers,
             _accept: accept,
+            lsm,
         };
         Ok((kernel, origins))
     }
@@ -290,6 +296,10 @@ impl Kernel {
             let _ = self.resolvers.remove(&key);
         }
         Ok(())
+    }
+
+    pub fn lsm(&self) -> LsmStatus {
+        self.lsm.clone()
     }
 
     pub fn governed_ids(&self) -> Vec<u64> {
