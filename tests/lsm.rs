@@ -82,9 +82,9 @@ fn sockets_and_processes_from_outside_are_refused_to_governed_tasks() {
     let _ = outside.wait();
 }
 
-/// A kernel that refuses BPF LSM programs (this one does under lockdown=integrity, see the
-/// README): the daemon says so, names what it cannot guarantee, and serves; the gap it names
-/// is real, so the status is the truth.
+/// A kernel that refuses BPF LSM programs (these test machines' sandbox kernel does for any
+/// process but PID 1, see the README): the daemon says so, names what it cannot guarantee, and
+/// serves; the gap it names is real, so the status is the truth.
 fn degraded(gw: &Gateway, status: &Value, procs: &str, host: &str, port: &str) {
     let detail = status["lsm"]["detail"].as_str().unwrap_or_default();
     eprintln!("BPF LSM unavailable here: {detail}");
