@@ -169,7 +169,7 @@ ctl status >/dev/null || die "gatewayd not ready"
 DAEMON_CG=$CG_ROOT$(sed -n 's/^0:://p' "/proc/$GATEWAYD_PID/cgroup")
 bpftool -j cgroup show "$CG" >"$TMP/cgroup-bench.json"
 bpftool -j cgroup show "$DAEMON_CG" >"$TMP/cgroup-daemon.json"
-python3 -c 'import json,sys; print(json.dumps([p for f in sys.argv[1:] for p in json.load(open(f))]))' \
+python3 -c 'import json,sys; print(json.dumps([p for f in sys.argv[1:] for p in json.loads(open(f).read().strip() or "[]")]))' \
     "$TMP/cgroup-bench.json" "$TMP/cgroup-daemon.json" >"$TMP/cgroup.json"
 sysctl -qw kernel.bpf_stats_enabled=1
 bpftool -j prog show >"$TMP/progs-before.json"

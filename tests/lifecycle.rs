@@ -65,8 +65,8 @@ fn kill9_fails_closed_and_a_restart_adopts_the_pins() {
     let programs = attached(gw.cgroup.dir());
     assert_eq!(
         programs.len(),
-        10,
-        "connect, getpeername, sendmsg, bind x2, sock_create, sockops"
+        12,
+        "connect, getpeername, sendmsg, bind x2, sock_create, sockops, setsockopt, egress"
     );
 
     gw.kill9();

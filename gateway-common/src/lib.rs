@@ -20,6 +20,8 @@ pub const MAP_SOCK_ORIGINS: &str = "GW_SOCK_ORIGINS";
 pub const MAP_CONN_ORIGINS: &str = "GW_CONN_ORIGINS";
 pub const MAP_GOVERNED: &str = "GW_GOVERNED";
 pub const MAP_RESOLVERS: &str = "GW_RESOLVERS";
+/// Not pinned: each daemon's own flags for its programs (index 0: BPF LSM attached).
+pub const MAP_FLAGS: &str = "GW_FLAGS";
 /// Not pinned: each daemon's own, filled by its listener's sock_ops program.
 pub const MAP_ACCEPTED: &str = "GW_ACCEPTED";
 

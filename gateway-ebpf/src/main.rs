@@ -27,7 +27,7 @@ use gateway_common::{AF_INET6, Addr, ConnKey, Origin, is_v4_mapped, v4_mapped};
 use crate::{
     maps::{
         ACCEPTED, CONN_ORIGINS, GOVERNED_SOCKS, SOCK_ORIGINS, governed_ancestor, listen_port,
-        resolver_allowed,
+        lsm_enforced, resolver_allowed,
     },
     sockaddr::{Family, SockAddr, V4, V6},
 };
@@ -169,6 +169,9 @@ pub fn sock_create(ctx: SockContext) -> i32 {
     // by capabilities instead (README, threat model).
     match (ty, protocol) {
         (SOCK_STREAM, IPPROTO_TCP) | (SOCK_DGRAM, IPPROTO_UDP) => {
+            if !lsm_enforced() {
+                return ALLOW;
+            }
             // What the LSM hooks accept from governed tasks: sockets these hooks judge.
             let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
             match GOVERNED_SOCKS.insert(cookie, 1, 0) {
@@ -190,7 +193,7 @@ pub fn sock_create(ctx: SockContext) -> i32 {
 pub fn rekey_sockops(ctx: SockOpsContext) -> u32 {
     match ctx.op() {
         BPF_SOCK_OPS_TCP_CONNECT_CB => on_tcp_connect(&ctx),
-        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB if lsm_enforced() => {
             // A connection a governed listener accepted: its socket is as governed as one
             // made by socket(), which the LSM hooks must know (sock_create never saw it).
             let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };

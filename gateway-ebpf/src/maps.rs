@@ -4,7 +4,7 @@
 use aya_ebpf::{
     helpers::bpf_get_current_ancestor_cgroup_id,
     macros::map,
-    maps::{HashMap, LruHashMap},
+    maps::{Array, HashMap, LruHashMap},
 };
 use gateway_common::{
     Addr, ConnKey, MAX_CGROUP_DEPTH, MAX_CONNECTIONS, MAX_GOVERNED_CGROUPS, MAX_RESOLVERS, Origin,
@@ -49,6 +49,16 @@ pub static ACCEPTED: LruHashMap<u64, Origin> =
 #[map(name = "GW_GOVERNED_SOCKS")]
 pub static GOVERNED_SOCKS: LruHashMap<u64, u8> =
     LruHashMap::pinned(MAX_CONNECTIONS * 4, BPF_F_NO_COMMON_LRU);
+
+/// Set by the daemon: index 0 is 1 when its BPF LSM programs are attached. Sockets are marked
+/// in `GOVERNED_SOCKS` only then: without those programs nobody reads the marks.
+#[map(name = "GW_FLAGS")]
+pub static FLAGS: Array<u32> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn lsm_enforced() -> bool {
+    FLAGS.get(0).is_some_and(|v| *v == 1)
+}
 
 /// cgroup ids that a policy is pinned to (value unused).
 #[map(name = "GW_GOVERNED")]

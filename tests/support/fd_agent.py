@@ -38,8 +38,12 @@ def move(procs):
 
 
 def tcp_roundtrip(s):
+    # The echo server answers once the request is complete (our write side shut).
+    s.settimeout(10)
     s.sendall(b"x")
-    s.recv(64)
+    s.shutdown(socket.SHUT_WR)
+    if not s.recv(64):
+        raise OSError(errno.ECONNRESET, "no answer")
 
 
 def main():

@@ -70,16 +70,14 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     audit.set_reserve(config.store_reserve_bytes);
     // Before any session opens: what a crash left open is sealed, so verify names it.
     audit.seal_leftovers()?;
+    // The daemon's own cgroup, where its listener's sockets are (a socket stays in the cgroup
+    // it was made in): the program that binds origins to accepted sockets is attached there.
+    let own_cgroup = own_cgroup(&hierarchy);
     // Listen before the programs attach, so redirected agents find a listener at once.
     let listeners = [
         listen(SocketAddr::from((Ipv4Addr::LOCALHOST, config.listen_port)))?,
         listen(SocketAddr::from((Ipv6Addr::LOCALHOST, config.listen_port)))?,
     ];
-    // The daemon's own cgroup, where its listener's sockets are: origins are bound to them.
-    let own_cgroup = match crate::cgroup::of_process(std::process::id()) {
-        Some(c) if c != "/" => hierarchy.dir(&c)?,
-        _ => hierarchy.root().to_owned(),
-    };
     let (kernel, origins) = Kernel::load(&config.pin_dir, config.listen_port, &own_cgroup)?;
     let admin = crate::admin::bind(&config.admin_socket).map_err(|source| DaemonError::Admin {
         path: config.admin_socket.display().to_string(),
@@ -219,6 +217,31 @@ fn refuse_self_governance(set: &PolicySet) -> Result<(), DaemonError> {
     match set.policies.iter().find(|p| inside(&p.cgroup)) {
         Some(_) => Err(DaemonError::SelfGoverned(own)),
         None => Ok(()),
+    }
+}
+
+/// The cgroup the daemon runs in. In the root cgroup (started by hand, not by systemd, which
+/// gives it gatewayd.service), it first moves into a `gatewayd` cgroup of its own: the
+/// listener's program runs for every socket of the cgroup it is attached to, and in the root
+/// that would be every process on the host that is in no other cgroup.
+fn own_cgroup(hierarchy: &Hierarchy) -> std::path::PathBuf {
+    match crate::cgroup::of_process(std::process::id()) {
+        Some(c) if c != "/" => {
+            if let Ok(dir) = hierarchy.dir(&c) {
+                return dir;
+            }
+        }
+        _ => {}
+    }
+    let own = hierarchy.root().join("gatewayd");
+    let moved = std::fs::create_dir_all(&own)
+        .and_then(|()| std::fs::write(own.join("cgroup.procs"), std::process::id().to_string()));
+    match moved {
+        Ok(()) => own,
+        Err(e) => {
+            tracing::warn!(error = %e, cgroup = %own.display(), "staying in the root cgroup");
+            hierarchy.root().to_owned()
+        }
     }
 }
 

@@ -23,7 +23,7 @@ use aya::{
     },
 };
 use gateway_common::{
-    GLOBAL_LISTEN_PORT, MAP_ACCEPTED, MAP_CONN_ORIGINS, MAP_GOVERNED, MAP_RESOLVERS,
+    GLOBAL_LISTEN_PORT, MAP_ACCEPTED, MAP_CONN_ORIGINS, MAP_FLAGS, MAP_GOVERNED, MAP_RESOLVERS,
     PROGRAM_ACCEPT, ResolverKey,
 };
 pub use lsm::LsmStatus;
@@ -158,6 +158,22 @@ impl Kernel {
         let generation = format!("{}-{}", now.as_nanos(), std::process::id());
         // Beside links/, whose entries are governed cgroups.
         let lsm = lsm::attach(&mut ebpf, &pin_dir.join("lsm"), &generation);
+        if lsm == LsmStatus::Enforced {
+            // Only now do the cgroup programs mark governed sockets for the LSM programs.
+            let map = ebpf.map_mut(MAP_FLAGS).ok_or(KernelError::Map {
+                name: MAP_FLAGS,
+                message: "missing from the object".into(),
+            })?;
+            let mut flags =
+                aya::maps::Array::<_, u32>::try_from(map).map_err(|e| KernelError::Map {
+                    name: MAP_FLAGS,
+                    message: e.to_string(),
+                })?;
+            flags.set(0, 1, 0).map_err(|e| KernelError::Map {
+                name: MAP_FLAGS,
+                message: e.to_string(),
+            })?;
+        }
         let kernel = Kernel {
             ebpf,
             pin_dir: pin_dir.into(),
