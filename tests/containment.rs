@@ -6,10 +6,9 @@ use std::{
     os::unix::fs::{MetadataExt as _, PermissionsExt as _, chown},
     path::{Path, PathBuf},
     process::Command,
-    time::{Duration, Instant},
 };
 
-use gateway_tests::{Cgroup, EchoServer, Gateway, bin, tcp_target};
+use gateway_tests::{Cgroup, EchoServer, Gateway, bin, tcp_target, wait_for};
 use nix::sys::signal::Signal;
 
 const NOBODY: u32 = 65534;
@@ -115,14 +114,6 @@ fn delegate(cgroup: &Cgroup, uid: u32) {
         "cgroup.threads",
     ] {
         chown(cgroup.dir().join(file), Some(uid), Some(uid)).unwrap();
-    }
-}
-
-fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

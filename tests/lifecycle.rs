@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use gateway_tests::{Cgroup, EchoServer, Gateway, bin, probe, tcp_target};
+use gateway_tests::{Cgroup, EchoServer, Gateway, bin, probe, tcp_target, wait_for};
 use gateway_user::audit::VerdictKind;
 use nix::sys::signal::Signal;
 use serde_json::Value;
@@ -46,14 +46,6 @@ fn pinned_links(gw: &Gateway) -> usize {
         .flatten()
         .map(|cgroup| std::fs::read_dir(cgroup.path()).unwrap().count())
         .sum()
-}
-
-fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]

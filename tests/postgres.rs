@@ -832,6 +832,17 @@ fn large_messages_share_one_memory_budget() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 
+    // A large message that stops arriving gives its share back: the session ends (08P01)
+    // within the stall bound, not when the agent chooses to leave.
+    let out = f.pg_agent(&["partial", &addr, "1", &size, "14"]);
+    let codes = &out["sessions"][0]["codes"];
+    assert_eq!(out["sessions"][0]["body"], true, "{out}");
+    assert!(
+        codes.as_array().unwrap().iter().any(|c| c == "08P01"),
+        "{out}"
+    );
+    assert_eq!(f.gw.status()["memory_in_use"], 0);
+
     // A row the upstream builds wider than the budget: that session ends, others go on.
     let (_, err, ok) = f.psql(&["-c", "SELECT repeat('x', 80000000)"], "");
     assert!(!ok && err.contains("memory budget"), "{err}");

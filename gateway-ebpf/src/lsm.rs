@@ -26,30 +26,28 @@ const SKC_FAMILY: usize = 16;
 /// `PTRACE_MODE_ATTACH`: ptrace attach, pidfd_getfd, process_vm_writev, /proc/PID/mem.
 const PTRACE_MODE_ATTACH: u32 = 0x02;
 
+// Both hooks take the socket first and three arguments, so the verdict of earlier programs
+// is the fourth:
+//   LSM_HOOK(int, 0, socket_connect, struct socket *sock, struct sockaddr *address, int addrlen)
+//   LSM_HOOK(int, 0, socket_sendmsg, struct socket *sock, struct msghdr *msg, int size)
 #[lsm(hook = "socket_connect")]
 pub fn socket_connect(ctx: LsmContext) -> i32 {
-    // LSM_HOOK(int, 0, socket_connect, struct socket *sock, struct sockaddr *address,
-    //          int addrlen); the last argument is the verdict of earlier programs.
-    let earlier: i32 = ctx.arg(3);
-    if earlier != 0 {
-        return earlier;
-    }
-    judge_socket(&ctx, ctx.arg(0))
+    judge_socket(&ctx)
 }
 
 #[lsm(hook = "socket_sendmsg")]
 pub fn socket_sendmsg(ctx: LsmContext) -> i32 {
-    // LSM_HOOK(int, 0, socket_sendmsg, struct socket *sock, struct msghdr *msg, int size)
-    let earlier: i32 = ctx.arg(3);
-    if earlier != 0 {
-        return earlier;
-    }
-    judge_socket(&ctx, ctx.arg(0))
+    judge_socket(&ctx)
 }
 
 /// A governed task may connect or send on an internet socket only if it was created in a
 /// governed cgroup, where the cgroup hooks judge every connection and datagram of it.
-fn judge_socket(ctx: &LsmContext, sock: *const u8) -> i32 {
+fn judge_socket(ctx: &LsmContext) -> i32 {
+    let earlier: i32 = ctx.arg(3);
+    if earlier != 0 {
+        return earlier;
+    }
+    let sock: *const u8 = ctx.arg(0);
     let governed = governed_ancestor();
     if governed == 0 {
         return ALLOW;

@@ -100,6 +100,11 @@ impl Budget {
 pub struct MessageLease(Option<Lease>);
 
 impl MessageLease {
+    /// Whether a large message holds part of the budget now.
+    pub fn held(&self) -> bool {
+        self.0.is_some()
+    }
+
     /// Covers a message of `declared` bytes (`None`: no message under way): a large one takes
     /// its size from the global budget before its bytes are read, a small one or none gives
     /// back what the previous message held.

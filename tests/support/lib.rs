@@ -29,6 +29,15 @@ pub use postgres::{APP_PASSWORD, APP_ROLE, PgServer, billing_target, es256_key, 
 pub use servers::{EchoServer, HttpServer, free_port, non_loopback_v4};
 
 /// A built binary of the workspace (`target/debug/NAME`, next to this test's own executable).
+/// Polls `ok` every 20 ms for up to 10 s; fails the test naming `what` if it never holds.
+pub fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");

@@ -32,7 +32,7 @@ impl AuditStore {
     }
 
     /// Why the store takes no sessions now (broken or full), if it does not.
-    pub fn broken(&self) -> Option<String> {
+    pub fn unavailable(&self) -> Option<String> {
         self.slot.unavailable()
     }
 
@@ -63,7 +63,7 @@ impl AuditStore {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(RETRY).await;
-                if store.broken().is_none() {
+                if store.unavailable().is_none() {
                     continue;
                 }
                 let s = store.clone();
@@ -84,20 +84,17 @@ impl AuditStore {
         for item in self.h()?.sessions.iter() {
             let (k, v) = item?;
             if super::chain::chain_of(&v).is_some_and(|c| c.seal.is_none()) {
-                open.push(u64::from_be_bytes(
-                    k.as_ref().try_into().unwrap_or_default(),
-                ));
+                let id = u64::from_be_bytes(k.as_ref().try_into().unwrap_or_default());
+                open.push(super::decode(id, &v)?);
             }
         }
-        for &id in &open {
-            let Some(mut record) = self.get(id)? else {
-                continue;
-            };
-            let last_event = self.events(id)?.last().map(|e| e.at_ms);
+        for record in &mut open {
+            let last_event = self.events(record.id)?.last().map(|e| e.at_ms);
             record.ended_at_ms = Some(last_event.unwrap_or(record.started_at_ms));
             record.end = Some(SessionEnd::Interrupted);
-            self.put(&record)?;
+            self.put(record)?;
         }
+        let open: Vec<u64> = open.iter().map(|r| r.id).collect();
         if !open.is_empty() {
             self.flush()?;
             tracing::warn!(sessions = ?open, "sealed sessions a previous run left open");

@@ -211,12 +211,12 @@ async fn a_broken_store_stops_open_sessions_refuses_writes_and_recovers_by_reope
     store.failed(&AuditError::Store(sled::Error::Io(std::io::Error::other(
         "No space left on device",
     ))));
-    assert!(store.broken().unwrap().contains("No space"));
+    assert!(store.unavailable().unwrap().contains("No space"));
     assert!(store.session_lost_events(id), "an open session must stop");
     // The slot lets go of the old opening and opens anew; clones see the new one.
     let other = store.clone();
     assert!(store.recover().unwrap());
-    assert!(store.broken().is_none());
+    assert!(store.unavailable().is_none());
     let next = other.next_id().unwrap();
     other
         .put_durable(&rec(next, VerdictKind::Deny))

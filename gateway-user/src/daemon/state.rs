@@ -139,7 +139,7 @@ impl State {
                 .active_sessions
                 .load(std::sync::atomic::Ordering::Relaxed),
             audit_events_lost: self.audit.events_lost(),
-            audit_broken: self.audit.broken(),
+            audit_broken: self.audit.unavailable(),
             memory_in_use: crate::memory::global().used(),
             memory_budget: crate::memory::global().limit(),
         }

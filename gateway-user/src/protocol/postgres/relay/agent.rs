@@ -28,6 +28,9 @@ use crate::protocol::postgres::{
     sql::SessionOp,
 };
 
+/// How long a message over the memory budget's free size may stall before it is complete.
+const LARGE_MESSAGE_STALL: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn space(kind: Kind) -> Space {
     match kind {
         Kind::Statement => Space::Statement,
@@ -332,7 +335,22 @@ where
         durable(ctx, &mut unflushed).await?;
         flush(&mut upstream, &mut out, bytes_up).await?;
         lease.cover(frame::declared_len(&buf))?;
-        if agent.read_buf(&mut buf).await? == 0 {
+        // A large message holds part of the shared budget until it is whole: it must keep
+        // arriving, or one agent could hold its share by sending a header and no more.
+        let read = agent.read_buf(&mut buf);
+        let n = if lease.held() {
+            tokio::time::timeout(LARGE_MESSAGE_STALL, read)
+                .await
+                .map_err(|_| {
+                    RelayError::Agent(FrameError::Malformed {
+                        what: "large",
+                        why: "it stopped arriving mid-way for 10 s while holding memory",
+                    })
+                })??
+        } else {
+            read.await?
+        };
+        if n == 0 {
             // Gone without a Terminate: say it for the agent, so that the upstream answers
             // what is in flight and then closes, and the upstream side can audit the answers.
             let _ = upstream.write_all(&[b'X', 0, 0, 0, 4]).await;
