@@ -7,21 +7,26 @@ use std::{hint::black_box, path::Path};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use gateway_user::{
-    audit::{AuditStore, StatementEvent, now_ms},
+    audit::{AuditStore, Detail, Event, SqlDetail, SqlStep, now_ms},
     policy::Policy,
+    protocol::TargetKind,
     protocol::postgres::{
         judge::{Judged, judge},
         mask::Masker,
         rules::Who,
         shape::Shape,
     },
+    rules::Action,
+    sql::StatementKind,
 };
 
 fn bench(c: &mut Criterion) {
     // The shipped example: seven rules, one of them a mask rule.
     let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/billing-bot.toml");
     let policy = Policy::parse(&file, &std::fs::read_to_string(&file).unwrap()).unwrap();
-    let target = policy.targets[0].postgres.clone().unwrap();
+    let TargetKind::Postgres(target) = policy.targets[0].kind.clone() else {
+        panic!("the example's first target is PostgreSQL")
+    };
     let who = Who::default();
     let select = "SELECT id, customer_id, amount FROM invoices WHERE customer_id = 42";
     let pgbench = "UPDATE pgbench_accounts SET abalance = abalance + -4321 WHERE aid = 77123;";
@@ -82,20 +87,22 @@ fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    let event = |session_id, seq, sql: &str| StatementEvent {
+    let event = |session_id, seq, sql: &str| Event {
         session_id,
         seq,
         at_ms: now_ms(),
-        step: "query".into(),
-        kind: "select".into(),
-        sql: sql.into(),
-        verdict: "allow".into(),
+        verdict: Action::Allow,
         rule: "app".into(),
         duration_us: 0,
-        rows: Some(1),
         masked: 0,
         error: None,
         approval: None,
+        detail: Detail::Sql(SqlDetail {
+            step: SqlStep::Query,
+            kind: StatementKind::Select.into(),
+            sql: sql.into(),
+            rows: Some(1),
+        }),
     };
     // Appends `iters` events from 8 sessions, then waits until the writer thread has them in
     // sled: the time per event includes the writer's work (chaining too), not only the
@@ -124,14 +131,14 @@ fn bench(c: &mut Criterion) {
                     let j = judged();
                     seq += 1;
                     let (kind, sql) = &j.statements[0];
-                    store
-                        .append(StatementEvent {
-                            kind: kind.clone(),
-                            verdict: j.verdict().into(),
-                            rule: j.rule.clone(),
-                            ..event(1 + i % 8, seq, sql)
-                        })
-                        .unwrap();
+                    let mut e = Event {
+                        verdict: j.action,
+                        rule: j.rule.clone(),
+                        ..event(1 + i % 8, seq, sql)
+                    };
+                    let Detail::Sql(d) = &mut e.detail;
+                    d.kind = *kind;
+                    store.append(e).unwrap();
                 }
                 rt.block_on(store.settle(false)).unwrap();
                 start.elapsed()

@@ -35,21 +35,23 @@ fn ended(mut r: SessionRecord, at: u64) -> SessionRecord {
     r
 }
 
-fn event(session_id: u64, seq: u64) -> StatementEvent {
-    StatementEvent {
+pub(super) fn event(session_id: u64, seq: u64) -> Event {
+    Event {
         session_id,
         seq,
         at_ms: 1_000 + seq,
-        step: "query".into(),
-        kind: "select".into(),
-        sql: format!("SELECT {seq}"),
-        verdict: "allow".into(),
+        verdict: crate::rules::Action::Allow,
         rule: "app".into(),
         duration_us: 10,
-        rows: Some(1),
         masked: 0,
         error: None,
         approval: None,
+        detail: super::Detail::Sql(super::SqlDetail {
+            step: super::SqlStep::Query,
+            kind: crate::sql::StatementKind::Select.into(),
+            sql: format!("SELECT {seq}"),
+            rows: Some(1),
+        }),
     }
 }
 
@@ -175,9 +177,11 @@ async fn a_busy_session_cut_into_several_values_chains_across_them() {
     let store = AuditStore::open(dir.path()).unwrap();
     let id = store.next_id().unwrap();
     store.put_durable(&opening(id, 1_000)).await.unwrap();
-    let long = |seq| StatementEvent {
-        sql: format!("SELECT {seq}, '{}'", "x".repeat(1_000)),
-        ..event(id, seq)
+    let long = |seq| {
+        let mut e = event(id, seq);
+        let super::Detail::Sql(d) = &mut e.detail;
+        d.sql = format!("SELECT {seq}, '{}'", "x".repeat(1_000));
+        e
     };
     for seq in 1..=1_000 {
         store.append(long(seq)).unwrap();

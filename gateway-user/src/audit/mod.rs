@@ -4,7 +4,7 @@
 //! Layout: tree `sessions`, key = session id (u64 big-endian, so iteration is in start
 //! order), value = JSON of [`SessionRecord`]; tree `events`, key = session id then the
 //! sequence number of the value's first event (both u64 big-endian, so a session's events are
-//! one ordered range), value = one or more [`StatementEvent`]s as JSON lines, as the
+//! one ordered range), value = one or more [`Event`]s as JSON lines, as the
 //! [`writer`] batched them; tree `meta`, the chain's head and anchors. Ids come from sled's
 //! persistent generator, so they keep growing across restarts. Records and events are chained
 //! by hashes ([`chain`]), checked by [`verify`], bounded by [`prune`].
@@ -37,7 +37,8 @@ use writer::Writer;
 pub use filter::SessionFilter;
 pub use prune::PruneReport;
 pub use record::{
-    Agent, ApprovalRecord, SessionEnd, SessionRecord, StatementEvent, VerdictKind, now_ms,
+    Agent, ApprovalOutcome, ApprovalRecord, Detail, Event, SessionEnd, SessionRecord, SqlDetail,
+    SqlStep, VerdictKind, now_ms,
 };
 pub use verify::{Problem, VerifyReport};
 
@@ -234,7 +235,7 @@ impl AuditStore {
 
     /// Hands a statement event to the writer thread: no I/O on the caller's path. The event is
     /// in the store within the writer's window, or once [`Self::settle`] returns.
-    pub fn append(&self, event: StatementEvent) -> Result<(), AuditError> {
+    pub fn append(&self, event: Event) -> Result<(), AuditError> {
         let writer = match self.writer.get() {
             Some(w) => w,
             None => {
@@ -281,7 +282,7 @@ impl AuditStore {
     }
 
     /// A session's events in order.
-    pub fn events(&self, session_id: u64) -> Result<Vec<StatementEvent>, AuditError> {
+    pub fn events(&self, session_id: u64) -> Result<Vec<Event>, AuditError> {
         let mut out = Vec::new();
         for item in self.h()?.events.scan_prefix(session_id.to_be_bytes()) {
             let (_, v) = item?;

@@ -2,23 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy::Protocol;
+use crate::{rules::Action, sql::SqlKind, target::Protocol};
 
-/// Who opened a connection: attested by the kernel (pid, uid, cgroup) and read from /proc at
-/// accept time (names, executable, command line), since the process may be gone later.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Agent {
-    pub pid: u32,
-    pub tid: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub user: Option<String>,
-    pub exe: Option<String>,
-    pub cmdline: Option<String>,
-    /// cgroup2 path of the process (`/agents/bot/job-1`).
-    pub cgroup: Option<String>,
-    pub cgroup_id: u64,
-}
+pub use crate::identity::Agent;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -47,6 +33,8 @@ pub enum SessionEnd {
     /// The daemon stopped (crashed, was killed) before the session's end was written; sealed
     /// at the next start with the events the store had.
     Interrupted,
+    /// The daemon itself failed (a task ended without an answer): a bug, logged with detail.
+    Internal(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,42 +61,144 @@ pub struct SessionRecord {
     pub end: Option<SessionEnd>,
     /// A verified agent token (subject, issuer, groups), when the target asked for one.
     #[serde(default)]
-    pub token: Option<crate::protocol::postgres::TokenIdentity>,
+    pub token: Option<crate::identity::TokenIdentity>,
 }
 
-/// One statement (or refused protocol step) of a session, in the order the agent sent them.
+/// One command of a session (a statement, a refused protocol step, later an SSH exec or an
+/// HTTP request), in the order the agent sent them: what every protocol records alike, and
+/// the protocol's own [`Detail`].
+///
+/// Stored as one JSON object with the detail's fields beside the common ones and `detail`
+/// naming its kind; lines written before details existed (PostgreSQL's only, without
+/// `detail`) read as [`Detail::Sql`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StatementEvent {
+#[serde(from = "EventWire")]
+pub struct Event {
     pub session_id: u64,
     /// 1, 2, ... within the session.
     pub seq: u64,
     pub at_ms: u64,
-    /// The protocol step that carried it: `query`, `parse`, `bind`, `execute`.
-    pub step: String,
-    /// The statement kind (`select`, `update`, ...), or `unparsed`.
-    pub kind: String,
-    /// The SQL, with literals replaced by `?` unless the policy keeps them.
-    pub sql: String,
-    /// `allow`, `deny`, `mask` or `hold`.
-    pub verdict: String,
+    pub verdict: Action,
     pub rule: String,
     /// From forwarding to the upstream's completion.
     pub duration_us: u64,
-    pub rows: Option<u64>,
     /// How many values were masked; never the values themselves.
     pub masked: u64,
     pub error: Option<String>,
-    /// For a held statement: the approval it waited for and how that ended.
+    /// For a held command: the approval it waited for and how that ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<Box<ApprovalRecord>>,
+    #[serde(flatten)]
+    pub detail: Detail,
+}
+
+/// What a protocol adds to an event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "detail", rename_all = "snake_case")]
+pub enum Detail {
+    Sql(SqlDetail),
+}
+
+impl Detail {
+    /// One line for listings and replay: the command as the audit keeps it.
+    pub fn summary(&self) -> String {
+        match self {
+            Detail::Sql(d) => d.sql.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SqlDetail {
+    /// The protocol step that carried it.
+    pub step: SqlStep,
+    pub kind: SqlKind,
+    /// The SQL, with literals replaced by `?` unless the policy keeps them.
+    pub sql: String,
+    pub rows: Option<u64>,
+}
+
+/// The PostgreSQL message that carried a statement; `*_sent` events are written before a
+/// statement is forwarded under `before-forward` durability.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SqlStep {
+    #[serde(rename = "query")]
+    Query,
+    #[serde(rename = "parse")]
+    Parse,
+    #[serde(rename = "bind")]
+    Bind,
+    #[serde(rename = "execute")]
+    Execute,
+    #[serde(rename = "query:sent")]
+    QuerySent,
+    #[serde(rename = "execute:sent")]
+    ExecuteSent,
+}
+
+impl SqlStep {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SqlStep::Query => "query",
+            SqlStep::Parse => "parse",
+            SqlStep::Bind => "bind",
+            SqlStep::Execute => "execute",
+            SqlStep::QuerySent => "query:sent",
+            SqlStep::ExecuteSent => "execute:sent",
+        }
+    }
+}
+
+/// How an event reads from the store, in either layout.
+#[derive(Deserialize)]
+struct EventWire {
+    session_id: u64,
+    seq: u64,
+    at_ms: u64,
+    verdict: Action,
+    rule: String,
+    duration_us: u64,
+    masked: u64,
+    error: Option<String>,
+    #[serde(default)]
+    approval: Option<Box<ApprovalRecord>>,
+    #[serde(flatten)]
+    detail: DetailWire,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum DetailWire {
+    Tagged(Detail),
+    /// Before `detail` was written: every event was PostgreSQL's.
+    Untagged(SqlDetail),
+}
+
+impl From<EventWire> for Event {
+    fn from(w: EventWire) -> Event {
+        Event {
+            session_id: w.session_id,
+            seq: w.seq,
+            at_ms: w.at_ms,
+            verdict: w.verdict,
+            rule: w.rule,
+            duration_us: w.duration_us,
+            masked: w.masked,
+            error: w.error,
+            approval: w.approval,
+            detail: match w.detail {
+                DetailWire::Tagged(d) => d,
+                DetailWire::Untagged(sql) => Detail::Sql(sql),
+            },
+        }
+    }
 }
 
 /// What the audit keeps of one approval.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApprovalRecord {
     pub id: u64,
-    /// `approved`, `denied`, `expired` or `withdrawn`.
-    pub outcome: String,
+    pub outcome: ApprovalOutcome,
     /// The approver's user name and uid, from the admin socket's peer credentials.
     pub by: Option<String>,
     pub by_uid: Option<u32>,
@@ -120,8 +210,65 @@ pub struct ApprovalRecord {
     pub covered_by: Option<u64>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalOutcome {
+    Approved,
+    Denied,
+    Expired,
+    Withdrawn,
+}
+
+impl ApprovalOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalOutcome::Approved => "approved",
+            ApprovalOutcome::Denied => "denied",
+            ApprovalOutcome::Expired => "expired",
+            ApprovalOutcome::Withdrawn => "withdrawn",
+        }
+    }
+}
+
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A line as stores written before events had details hold it (flat SQL fields, the
+    /// chain's `prev` appended): it reads as an SQL event, and writes back in the new layout.
+    #[test]
+    fn events_stored_before_details_still_read() {
+        let old = r#"{"session_id":7,"seq":2,"at_ms":1700000000000,"step":"query:sent","kind":"unparsed","sql":"(12 bytes, not kept)","verdict":"deny","rule":"unparsed","duration_us":0,"rows":null,"masked":0,"error":null,"approval":{"id":3,"outcome":"expired","by":null,"by_uid":null,"note":null,"waited_ms":120000},"prev":"00"}"#;
+        let e: Event = serde_json::from_str(old).unwrap();
+        assert_eq!((e.session_id, e.seq, e.verdict), (7, 2, Action::Deny));
+        assert_eq!(
+            e.detail,
+            Detail::Sql(SqlDetail {
+                step: SqlStep::QuerySent,
+                kind: SqlKind::UNPARSED,
+                sql: "(12 bytes, not kept)".into(),
+                rows: None,
+            })
+        );
+        assert_eq!(
+            e.approval.as_ref().map(|a| a.outcome),
+            Some(ApprovalOutcome::Expired)
+        );
+        let new = serde_json::to_value(&e).unwrap();
+        assert_eq!(new["detail"], "sql");
+        // The SQL fields stay where readers of the old layout look for them.
+        assert_eq!(
+            (new["step"].as_str(), new["kind"].as_str()),
+            (Some("query:sent"), Some("unparsed"))
+        );
+        assert_eq!(serde_json::from_value::<Event>(new).unwrap(), e);
+        // A kind or step no version wrote is an error, not a guess.
+        assert!(serde_json::from_str::<Event>(&old.replace("query:sent", "shout")).is_err());
+    }
 }

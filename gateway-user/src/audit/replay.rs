@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use super::{AuditError, AuditStore, SessionEnd, SessionRecord, StatementEvent};
+use super::{AuditError, AuditStore, Detail, Event, SessionEnd, SessionRecord};
 
 /// One line of a replay and how long the session was quiet before it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,7 +18,7 @@ pub struct Step {
 }
 
 /// The record's `show` form (record fields and `events`) split into its parts.
-pub fn from_show(v: serde_json::Value) -> Result<(SessionRecord, Vec<StatementEvent>), String> {
+pub fn from_show(v: serde_json::Value) -> Result<(SessionRecord, Vec<Event>), String> {
     let events = serde_json::from_value(v.get("events").cloned().unwrap_or_default())
         .map_err(|e| format!("session events: {e}"))?;
     let record = serde_json::from_value(v).map_err(|e| format!("session record: {e}"))?;
@@ -27,7 +27,7 @@ pub fn from_show(v: serde_json::Value) -> Result<(SessionRecord, Vec<StatementEv
 
 /// The lines of a replay: a header, one per event (two when it has an error or approval), and
 /// how the session ended.
-pub fn steps(record: &SessionRecord, events: &[StatementEvent]) -> Vec<Step> {
+pub fn steps(record: &SessionRecord, events: &[Event]) -> Vec<Step> {
     let start = record.started_at_ms;
     let offset = |at: u64| at.saturating_sub(start) as f64 / 1000.0;
     let mut out = vec![Step {
@@ -36,28 +36,36 @@ pub fn steps(record: &SessionRecord, events: &[StatementEvent]) -> Vec<Step> {
     }];
     let mut before = start;
     for e in events {
+        // What the protocol's detail says: what carried the command, its count of results,
+        // and the command itself.
+        let (what, rows, command) = match &e.detail {
+            Detail::Sql(d) => (
+                format!("{}  {}", d.step.as_str(), d.kind.as_str()),
+                d.rows,
+                d.sql.as_str(),
+            ),
+        };
         let mut text = format!(
-            "+{:.3}s  #{}  {}  {}  {} ({})  {:.1} ms",
+            "+{:.3}s  #{}  {}  {} ({})  {:.1} ms",
             offset(e.at_ms),
             e.seq,
-            e.step,
-            e.kind,
-            e.verdict,
+            what,
+            e.verdict.as_str(),
             e.rule,
             e.duration_us as f64 / 1000.0
         );
-        if let Some(rows) = e.rows {
+        if let Some(rows) = rows {
             text.push_str(&format!("  rows {rows}"));
         }
         if e.masked > 0 {
             text.push_str(&format!("  masked {}", e.masked));
         }
-        text.push_str(&format!("\n    {}", e.sql));
+        text.push_str(&format!("\n    {command}"));
         if let Some(err) = &e.error {
             text.push_str(&format!("\n    error: {err}"));
         }
         if let Some(a) = &e.approval {
-            text.push_str(&format!("\n    approval #{} {}", a.id, a.outcome));
+            text.push_str(&format!("\n    approval #{} {}", a.id, a.outcome.as_str()));
             if let Some(by) = &a.by {
                 text.push_str(&format!(" by {by}"));
             }
@@ -87,6 +95,7 @@ pub fn steps(record: &SessionRecord, events: &[StatementEvent]) -> Vec<Step> {
         Some(SessionEnd::UpstreamError(e)) => format!("upstream error: {e}"),
         Some(SessionEnd::AuditUnavailable(e)) => format!("stopped, audit unavailable: {e}"),
         Some(SessionEnd::Interrupted) => "interrupted: the daemon stopped first".into(),
+        Some(SessionEnd::Internal(e)) => format!("internal error: {e}"),
     };
     let ended = record.ended_at_ms.unwrap_or(before);
     out.push(Step {

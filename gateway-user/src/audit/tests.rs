@@ -77,21 +77,11 @@ fn reopen(dir: &Path) -> AuditStore {
         .expect("reopen")
 }
 
-fn event(session_id: u64, seq: u64) -> StatementEvent {
-    StatementEvent {
-        session_id,
-        seq,
+fn event(session_id: u64, seq: u64) -> Event {
+    Event {
         at_ms: seq,
-        step: "query".into(),
-        kind: "select".into(),
-        sql: format!("SELECT {seq}"),
-        verdict: "allow".into(),
-        rule: "app".into(),
         duration_us: 1,
-        rows: Some(1),
-        masked: 0,
-        error: None,
-        approval: None,
+        ..super::integrity_tests::event(session_id, seq)
     }
 }
 

@@ -26,7 +26,7 @@ use std::{
 use tokio::sync::oneshot;
 
 use super::{
-    Slot, StatementEvent,
+    Event, Slot,
     chain::{self, Chains, Tail},
     event_key,
 };
@@ -43,7 +43,7 @@ const BATCH: usize = 4096;
 const VALUE: usize = 96 * 1024;
 
 enum Msg {
-    Event(StatementEvent),
+    Event(Event),
     Settle { flush: bool, done: Done },
 }
 
@@ -88,7 +88,7 @@ impl Writer {
     }
 
     /// Hands an event to the writer. Returns at once unless the queue is full.
-    pub fn append(&self, event: StatementEvent) {
+    pub fn append(&self, event: Event) {
         // Counted before the send, so the writer can never have chained more than this says.
         self.chains.appended.fetch_add(1, Ordering::AcqRel);
         if self.tx.send(Msg::Event(event)).is_err() {

@@ -94,7 +94,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         audit,
         last_reload_error: Mutex::new(None),
         active_sessions: Default::default(),
-        pg_cancels: Default::default(),
+        handlers: Default::default(),
         approvals: Default::default(),
     });
     state.apply(set)?;

@@ -1,8 +1,16 @@
-//! One accepted connection, from the kernel's record of it to the audit's last word.
+//! One accepted connection, in the phases every protocol shares: the kernel's record of it
+//! (origin), who the agent is (identity), whether its policy lets it reach that destination
+//! (connection verdict), the audit's opening record, the upstream it may reach, the
+//! protocol's handler serving it, and the closing record. Everything protocol-specific is the
+//! handler's ([`crate::session::Handler`]).
 
 use std::{
+    future::Future,
     net::SocketAddr,
-    sync::atomic::{AtomicU64, Ordering},
+    panic::AssertUnwindSafe,
+    pin::Pin,
+    sync::atomic::Ordering,
+    task::{Context, Poll},
     time::Instant,
 };
 
@@ -12,11 +20,8 @@ use crate::{
     audit::{SessionEnd, SessionRecord, VerdictKind, now_ms},
     identity,
     kernel::origins::destination,
-    policy::{Denial, Protocol, Verdict, decide},
-    protocol::{
-        postgres,
-        tcp::{self, Side},
-    },
+    policy::{Denial, Host, Verdict, decide},
+    session::{Admitted, Handler, Phase, Session, SessionError, Source, Upstream, handler::reset},
 };
 
 use super::state::State;
@@ -44,34 +49,32 @@ pub async fn handle(state: &State, agent: TcpStream, peer: SocketAddr) {
         duration_ms = started.elapsed().as_millis() as u64,
         "session complete"
     );
-    // Its statement events are in the store before its end is, and the end's flush takes
-    // them to disk with it.
-    if record.protocol == Some(Protocol::Postgres)
-        && let Err(e) = state.audit.settle(false).await
-    {
-        tracing::error!(session.id = record.id, error = %e, "audit events not written");
-    }
     // Durable before the session counts as over: a kill -9 right after must not lose how it
     // ended. Concurrent sessions share the flush (group commit).
-    let written = state.audit.put_durable(&record).await;
-    if let Err(e) = written {
+    if let Err(e) = state.audit.put_durable(&record).await {
         tracing::error!(session.id = record.id, error = %e, "audit write failed");
     }
 }
 
-/// Runs the session and returns its final record. The opening record is written before any
-/// byte reaches the upstream.
+/// Runs the phases and returns the session's final record. The opening record is written
+/// before any byte reaches the upstream.
 async fn serve(state: &State, agent: TcpStream, peer: SocketAddr) -> SessionRecord {
     let id = state.audit.next_id().unwrap_or_else(|e| {
         tracing::error!(error = %e, "audit id");
         0
     });
+    // Origin: the kernel's record of where the agent meant to go, bound to this socket.
     let origin = state.origins.take(&agent);
+    // Identity: what /proc says of the process, read off the async workers.
+    let who = match &origin {
+        Some(o) => identity::capture_off_workers(*o).await,
+        None => None,
+    };
     let mut record = SessionRecord {
         id,
         started_at_ms: now_ms(),
         ended_at_ms: None,
-        agent: origin.as_ref().map(identity::capture),
+        agent: who,
         peer: peer.to_string(),
         policy: None,
         destination: origin.as_ref().map(|o| destination(o).to_string()),
@@ -87,6 +90,7 @@ async fn serve(state: &State, agent: TcpStream, peer: SocketAddr) -> SessionReco
     let Some(origin) = origin else {
         return refused(record, &agent, &Verdict::Deny(Denial::UnknownOrigin));
     };
+    // Connection verdict: the policy pinned to the agent's cgroup, for this destination.
     let dst = destination(&origin);
     let policy = state
         .policies()
@@ -95,115 +99,121 @@ async fn serve(state: &State, agent: TcpStream, peer: SocketAddr) -> SessionReco
         .cloned();
     record.policy = policy.as_ref().map(|p| p.name.clone());
     let verdict = decide(policy.as_deref(), &state.resolved(), dst);
-    let Verdict::Allow { target, protocol } = &verdict else {
+    let (Verdict::Allow { target, protocol }, Some(policy)) = (&verdict, &policy) else {
         return refused(record, &agent, &verdict);
+    };
+    let Some(target) = policy.targets.iter().find(|t| &t.name == target) else {
+        return refused(record, &agent, &Verdict::Deny(Denial::NoTarget));
     };
     record.rule = verdict.rule();
     record.verdict = VerdictKind::Allow;
-    record.target = Some(target.clone());
+    record.target = Some(target.name.clone());
     record.protocol = Some(*protocol);
-    let protocol = *protocol;
-    // The audit must know of the session before the upstream sees a byte: an audit failure
-    // refuses the session rather than let it run unrecorded.
+    let handler = state.handlers.for_target(&target.kind);
+    // Opening record: the audit must know of the session before the upstream sees a byte;
+    // an audit failure refuses the session rather than let it run unrecorded.
     if let Err(e) = state.audit.put_durable(&record).await {
         tracing::error!(session.id = id, error = %e, "audit unavailable; refusing");
         // The verdict and rule stay as the opening record (which may have reached the store)
         // has them: they are under its hash. How it ended says why it did not run.
-        if protocol == Protocol::Postgres {
-            postgres::refuse_unrecorded(agent, &e.to_string()).await;
-        } else {
-            refuse(&agent);
-        }
-        record.end = Some(SessionEnd::AuditUnavailable(e.to_string()));
-        record.ended_at_ms = Some(now_ms());
-        return record;
+        let why = SessionError::audit(Phase::Open, e);
+        handler.refuse(agent, &why).await;
+        return ended(record, Err(why));
     }
-    let timeout = state.config.upstream_connect_timeout();
-    match protocol {
-        Protocol::Postgres => {
-            let Some((pg, host)) = policy
-                .as_ref()
-                .and_then(|p| p.targets.iter().find(|t| &t.name == target))
-                .and_then(|t| Some((t.postgres.clone()?, &t.destination.host)))
-            else {
-                unreachable!("a validated postgres target has its settings")
-            };
-            // Certificates are checked against the name the policy gives, or the address.
-            let server_name = match host {
-                crate::policy::Host::Name(n) => n.clone(),
-                crate::policy::Host::Net(_) => dst.ip().to_string(),
-            };
-            let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
-            let params = postgres::Params {
-                policy: record.policy.clone().unwrap_or_default(),
-                target_name: target.clone(),
-                agent: record.agent.clone(),
-                approvals: state.approvals.clone(),
-                target: pg,
-                audit: state.audit.clone(),
-                session_id: id,
-                cancels: &state.pg_cancels,
-                governed_cgroup_id: origin.governed_cgroup_id,
-                upstream_addr: dst,
-                connect_timeout: timeout,
-                server_name,
-                bytes_up: &up,
-                bytes_down: &down,
-            };
-            let _ = agent.set_nodelay(true);
-            // PostgreSQL connects upstream itself, once the agent's startup is complete.
-            let served = postgres::serve(params, agent).await;
-            record.token = served.token;
-            let outcome = served.outcome;
-            record.bytes_up = up.load(Ordering::Relaxed);
-            record.bytes_down = down.load(Ordering::Relaxed);
-            record.end = Some(match outcome {
-                postgres::Outcome::Closed | postgres::Outcome::Cancel => SessionEnd::Closed,
-                postgres::Outcome::Agent(e) => SessionEnd::AgentError(e),
-                postgres::Outcome::Upstream(e) => SessionEnd::UpstreamError(e),
-                postgres::Outcome::UpstreamLogin(e) | postgres::Outcome::UpstreamUnreachable(e) => {
-                    SessionEnd::UpstreamUnreachable(e)
-                }
-                postgres::Outcome::Audit(e) => SessionEnd::AuditUnavailable(e),
-            });
-        }
-        Protocol::Tcp => {
-            let upstream = match crate::protocol::connect_upstream(dst, timeout).await {
-                Ok(s) => s,
-                Err(why) => return unreachable(record, &agent, why),
-            };
-            let _ = agent.set_nodelay(true);
-            let out = tcp::relay(agent, upstream).await;
-            record.bytes_up = out.bytes_up;
-            record.bytes_down = out.bytes_down;
-            record.end = Some(match out.error {
-                None => SessionEnd::Closed,
-                Some((Side::Agent, e)) => SessionEnd::AgentError(e.to_string()),
-                Some((Side::Upstream, e)) => SessionEnd::UpstreamError(e.to_string()),
-            });
-        }
+    let session = Session::new(
+        Admitted {
+            id,
+            policy: policy.name.clone(),
+            target: target.name.clone(),
+            protocol: *protocol,
+            governed_cgroup_id: origin.governed_cgroup_id,
+            destination: dst,
+            agent: record.agent.clone(),
+        },
+        state.audit.clone(),
+        state.approvals.clone(),
+    );
+    let upstream = upstream(state, &target.destination.host, dst);
+    let result = run(handler.as_ref(), &session, agent, upstream).await;
+    record.token = session.token().cloned();
+    record.bytes_up = session.bytes_up.load(Ordering::Relaxed);
+    record.bytes_down = session.bytes_down.load(Ordering::Relaxed);
+    // Closing record: the session's events are in the store before its end is, and the end's
+    // flush takes them to disk with it.
+    if session.has_events()
+        && let Err(e) = state.audit.settle(false).await
+    {
+        tracing::error!(session.id = id, error = %e, "audit events not written");
     }
-    record.ended_at_ms = Some(now_ms());
-    record
+    ended(record, result)
 }
 
-fn unreachable(mut record: SessionRecord, agent: &TcpStream, why: String) -> SessionRecord {
-    refuse(agent);
-    record.end = Some(SessionEnd::UpstreamUnreachable(why));
+/// Upstream: the address the agent dialled, checked by the verdict; certificates and host
+/// keys are checked against the name the policy gives, or the address.
+fn upstream(state: &State, host: &Host, dst: SocketAddr) -> Upstream {
+    Upstream {
+        addr: dst,
+        timeout: state.config.upstream_connect_timeout(),
+        server_name: match host {
+            Host::Name(n) => n.clone(),
+            Host::Net(_) => dst.ip().to_string(),
+        },
+    }
+}
+
+/// Serve: the handler, with a panic in it caught, so that it ends this session alone, as an
+/// internal failure with its closing record, rather than the task and its record with it.
+async fn run(
+    handler: &(dyn Handler + '_),
+    session: &Session,
+    agent: TcpStream,
+    upstream: Upstream,
+) -> Result<(), SessionError> {
+    match CatchPanic(handler.serve(session, agent, upstream)).await {
+        Ok(result) => result,
+        Err(what) => {
+            tracing::error!(session.id = session.admitted.id, panic = %what, "handler panicked");
+            Err(SessionError::new(Source::Internal, Phase::Serve, what))
+        }
+    }
+}
+
+/// A future whose panics become an error (the message), polled in place: the handler borrows
+/// the session, so it cannot move to a task of its own.
+struct CatchPanic<F>(F);
+
+impl<F: Future + Unpin> Future for CatchPanic<F> {
+    type Output = Result<F::Output, String>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = &mut self.0;
+        // The handler's state is dropped with this future on a panic, never polled again, so
+        // no broken invariant of it can be observed.
+        match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(inner).poll(cx))) {
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(payload) => Poll::Ready(Err(payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".to_owned()))),
+        }
+    }
+}
+
+fn ended(mut record: SessionRecord, result: Result<(), SessionError>) -> SessionRecord {
+    record.end = Some(match result {
+        Ok(()) => SessionEnd::Closed,
+        Err(e) => e.end(),
+    });
     record.ended_at_ms = Some(now_ms());
     record
 }
 
 fn refused(mut record: SessionRecord, agent: &TcpStream, verdict: &Verdict) -> SessionRecord {
-    refuse(agent);
+    reset(agent);
     record.rule = verdict.rule();
     record.end = Some(SessionEnd::Refused);
     record.ended_at_ms = Some(now_ms());
     record
-}
-
-/// Plain TCP has no way to say why; a reset (not a clean close) at least tells the agent it
-/// was refused rather than served an empty answer.
-fn refuse(agent: &TcpStream) {
-    let _ = socket2::SockRef::from(agent).set_linger(Some(std::time::Duration::ZERO));
 }

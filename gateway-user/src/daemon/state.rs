@@ -33,8 +33,8 @@ pub struct State {
     pub audit: AuditStore,
     pub last_reload_error: Mutex<Option<String>>,
     pub active_sessions: AtomicU64,
-    /// Cancel keys handed to PostgreSQL agents, mapped to their upstream backends.
-    pub pg_cancels: crate::protocol::postgres::CancelRegistry,
+    /// Each protocol's state shared by its sessions.
+    pub handlers: crate::protocol::Handlers,
     /// Commands held for a human decision, from every session.
     pub approvals: Arc<crate::approval::Broker>,
 }

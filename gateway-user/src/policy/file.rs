@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use serde::Deserialize;
 
 use super::destination::Destination;
-use crate::protocol::postgres::PostgresFile;
+use crate::{protocol::postgres::PostgresFile, target::Protocol};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -38,19 +38,9 @@ pub struct TargetFile {
     pub name: String,
     pub address: Destination,
     pub protocol: Protocol,
-    /// Required for, and only for, `protocol = "postgres"`.
+    /// Each protocol's own table, required for and only for that protocol
+    /// ([`crate::protocol::TargetKind::validate`]).
     pub postgres: Option<PostgresFile>,
-}
-
-/// How the daemon speaks to a target. Later protocols (mysql, ssh, http) add variants here
-/// and a handler under `protocol/`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    /// Bytes relayed both ways; the connection is the unit of policy.
-    Tcp,
-    /// The wire protocol terminated; each statement is judged.
-    Postgres,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -11,11 +11,14 @@ use std::{
     sync::Arc,
 };
 
+pub use crate::target::Protocol;
 pub use destination::{Destination, Host};
-pub use file::Protocol;
 pub use verdict::{Denial, Resolved, Verdict, decide};
 
-use crate::{cgroup, protocol::postgres::PostgresTarget};
+use crate::{
+    cgroup,
+    protocol::{TargetKind, TargetTables},
+};
 
 /// One validated policy, pinned to one cgroup.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,8 +35,7 @@ pub struct Policy {
 pub struct Target {
     pub name: String,
     pub destination: Destination,
-    pub protocol: Protocol,
-    pub postgres: Option<Arc<PostgresTarget>>,
+    pub kind: TargetKind,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,30 +71,15 @@ impl Policy {
             if !names.insert(t.name.clone()) {
                 return Err(err(format!("two targets are named {:?}", t.name)));
             }
-            let postgres = match (t.protocol, t.postgres) {
-                (Protocol::Postgres, Some(pg)) => Some(Arc::new(
-                    PostgresTarget::validate(pg)
-                        .map_err(|e| err(format!("target {:?}: {e}", t.name)))?,
-                )),
-                (Protocol::Postgres, None) => {
-                    return Err(err(format!(
-                        "target {:?}: protocol \"postgres\" needs a [targets.postgres] table",
-                        t.name
-                    )));
-                }
-                (_, Some(_)) => {
-                    return Err(err(format!(
-                        "target {:?}: a [targets.postgres] table needs protocol \"postgres\"",
-                        t.name
-                    )));
-                }
-                (_, None) => None,
+            let tables = TargetTables {
+                postgres: t.postgres,
             };
+            let kind = TargetKind::validate(t.protocol, tables)
+                .map_err(|e| err(format!("target {:?}: {e}", t.name)))?;
             targets.push(Target {
                 name: t.name,
                 destination: t.address,
-                protocol: t.protocol,
-                postgres,
+                kind,
             });
         }
         Ok(Policy {

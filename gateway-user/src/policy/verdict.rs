@@ -65,7 +65,7 @@ pub fn decide(policy: Option<&Policy>, resolved: &Resolved, dst: SocketAddr) -> 
         })
         .map_or(Verdict::Deny(Denial::NoTarget), |t| Verdict::Allow {
             target: t.name.clone(),
-            protocol: t.protocol,
+            protocol: t.kind.protocol(),
         })
 }
 

@@ -5,10 +5,13 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::{
-    jwt::{JwtFile, JwtVerifier},
-    rules::SqlRule,
-    upstream::UpstreamError,
+use super::rules::SqlRule;
+use crate::{
+    identity::token::{JwtFile, JwtVerifier},
+    session::{
+        credential::Credential,
+        tls::{TlsMode, UpstreamTls},
+    },
 };
 
 #[derive(Debug, Deserialize)]
@@ -48,14 +51,6 @@ pub struct PostgresFile {
     pub rules: Vec<SqlRule>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum TlsMode {
-    Disable,
-    Require,
-    VerifyFull,
-}
-
 /// When a statement's audit reaches the disk.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -91,21 +86,13 @@ fn search_path(raw: Option<Vec<String>>) -> Result<Vec<String>, String> {
     Ok(path)
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Credential {
-    None,
-    File(PathBuf),
-    Env(String),
-}
-
 /// A validated `postgres` target.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PostgresTarget {
     pub user: String,
     pub database: String,
     pub credential: Credential,
-    pub tls: TlsMode,
-    pub ca_file: Option<PathBuf>,
+    pub tls: UpstreamTls,
     pub unparsed: Unparsed,
     pub audit_literals: bool,
     pub durability: Durability,
@@ -142,23 +129,8 @@ impl PostgresTarget {
         if raw.user.is_empty() || raw.database.is_empty() {
             return Err("`user` and `database` must not be empty".into());
         }
-        let credential = match (raw.password_file, raw.password_env) {
-            (Some(_), Some(_)) => {
-                return Err("set one of `password_file` and `password_env`, not both".into());
-            }
-            (Some(f), None) => Credential::File(f),
-            (None, Some(v)) => Credential::Env(v),
-            (None, None) => Credential::None,
-        };
-        match (raw.tls, &raw.ca_file) {
-            (TlsMode::VerifyFull, None) => {
-                return Err("tls = \"verify-full\" needs `ca_file`".into());
-            }
-            (TlsMode::Disable | TlsMode::Require, Some(_)) => {
-                return Err("`ca_file` is only used with tls = \"verify-full\"".into());
-            }
-            _ => {}
-        }
+        let credential = Credential::from_settings(raw.password_file, raw.password_env)?;
+        let tls = UpstreamTls::new(raw.tls, raw.ca_file)?;
         let mut names = std::collections::BTreeSet::new();
         for r in &raw.rules {
             r.validate().map_err(|e| e.to_string())?;
@@ -170,12 +142,15 @@ impl PostgresTarget {
             user: raw.user,
             database: raw.database,
             credential,
-            tls: raw.tls,
-            ca_file: raw.ca_file,
+            tls,
             unparsed: raw.unparsed,
             audit_literals: raw.audit_literals,
             durability: raw.durability,
-            jwt: raw.agent_jwt.map(JwtVerifier::load).transpose()?,
+            jwt: raw
+                .agent_jwt
+                .map(JwtVerifier::load)
+                .transpose()
+                .map_err(|e| e.to_string())?,
             rules: raw.rules,
             search_path: search_path(raw.search_path)?,
             statement_timeout: raw.statement_timeout,
@@ -208,24 +183,5 @@ impl PostgresTarget {
             p.push(("statement_timeout", t.as_millis().to_string()));
         }
         p
-    }
-
-    /// The upstream password. Never logged, never audited, never sent to the agent.
-    pub fn password(&self) -> Result<Vec<u8>, UpstreamError> {
-        match &self.credential {
-            Credential::None => Err(UpstreamError::NoCredential),
-            Credential::File(path) => std::fs::read(path)
-                .map(|mut v| {
-                    // A trailing newline is how editors end files, not part of the secret.
-                    while v.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-                        v.pop();
-                    }
-                    v
-                })
-                .map_err(|e| UpstreamError::Credential(format!("{}: {e}", path.display()))),
-            Credential::Env(var) => std::env::var(var)
-                .map(String::into_bytes)
-                .map_err(|_| UpstreamError::Credential(format!("${var} is not set"))),
-        }
     }
 }

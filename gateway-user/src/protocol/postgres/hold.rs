@@ -14,8 +14,9 @@ use super::{
     relay::Ctx,
 };
 use crate::{
-    approval::{Ask, Decision},
+    approval::Decision,
     audit::ApprovalRecord,
+    session::hold::{HoldEnd, HoldRequest, hold},
 };
 
 /// How a hold ended, as the relay acts on it.
@@ -27,7 +28,7 @@ pub enum Held {
 }
 
 pub async fn wait<R>(
-    ctx: &Ctx,
+    ctx: &Ctx<'_>,
     judged: &Arc<Judged>,
     sql: &str,
     agent: &mut R,
@@ -42,13 +43,20 @@ where
     let cancelled = ctx.cancelled.notified();
     tokio::pin!(cancelled);
     cancelled.as_mut().enable();
-    let mut waiting = ctx.approvals.ask(Ask {
-        session_id: ctx.session_id,
-        policy: ctx.policy.clone(),
-        target: ctx.target_name.clone(),
-        protocol: "postgres",
-        agent: ctx.agent.clone(),
-        subject: ctx.who.subject.clone(),
+    // What the agent pipelines meanwhile waits in `buf`, up to what a session may hold
+    // without a lease on the memory budget; past it the session stops reading (and so stops
+    // noticing a departure) until the decision.
+    let left = async {
+        loop {
+            if buf.len() >= crate::memory::FREE_MESSAGE {
+                std::future::pending::<()>().await;
+            }
+            if agent.read_buf(buf).await? == 0 {
+                return Ok(());
+            }
+        }
+    };
+    let request = HoldRequest {
         command: sql.to_owned(),
         command_redacted: judged
             .statements
@@ -57,48 +65,21 @@ where
             .collect::<Vec<_>>()
             .join("; "),
         rule: judged.rule.clone(),
-        timeout: terms.timeout,
-        scope: terms.scope,
-    });
-    tracing::info!(
-        session.id = ctx.session_id,
-        approval.id = waiting.request.id,
-        rule = %judged.rule,
-        "statement held for approval"
-    );
-    let started = std::time::Instant::now();
-    let decision = loop {
-        tokio::select! {
-            d = waiting.decision() => break d,
-            // The agent's cancel (psql's Ctrl-C) withdraws the request, answered as PostgreSQL
-            // answers a cancelled statement.
-            () = &mut cancelled => {
-                let id = waiting.request.id;
-                drop(waiting);
-                let mut record = record(id, &Decision::Withdrawn, started);
-                record.note = Some("cancelled by the agent".into());
-                let refusal = ErrorFields::error("57014", "canceling statement due to user request")
-                    .with_detail(format!("gatewayd: it was waiting for approval {id} and was not run."));
-                return Ok(Held::Decided(decided(judged, Some(refusal), record)));
-            }
-            // What the agent pipelines meanwhile waits in `buf`, up to what a session may hold
-            // without a lease on the memory budget; past it the session stops reading (and so
-            // stops noticing a departure) until the decision.
-            n = agent.read_buf(buf), if buf.len() < crate::memory::FREE_MESSAGE => {
-                if n? == 0 {
-                    let id = waiting.request.id;
-                    drop(waiting);
-                    let record = record(id, &Decision::Withdrawn, started);
-                    return Ok(Held::AgentLeft(decided(judged, None, record)));
-                }
-            }
-        }
+        terms,
     };
-    let id = waiting.request.id;
-    let record = record(id, &decision, started);
-    let refusal = match &decision {
-        Decision::Approved { .. } => None,
-        Decision::Denied { by, reason } => Some(
+    let held = hold(ctx.session, request, cancelled, left).await?;
+    let id = held.id;
+    let refusal = match &held.end {
+        HoldEnd::AgentLeft => return Ok(Held::AgentLeft(decided(judged, None, held.record))),
+        // The agent's cancel (psql's Ctrl-C) withdraws the request, answered as PostgreSQL
+        // answers a cancelled statement.
+        HoldEnd::Cancelled => Some(
+            ErrorFields::error("57014", "canceling statement due to user request").with_detail(
+                format!("gatewayd: it was waiting for approval {id} and was not run."),
+            ),
+        ),
+        HoldEnd::Decided(Decision::Approved { .. }) => None,
+        HoldEnd::Decided(Decision::Denied { by, reason }) => Some(
             ErrorFields::error(
                 POLICY_DENIED,
                 format!(
@@ -108,7 +89,7 @@ where
             )
             .with_detail("It was not run."),
         ),
-        Decision::Expired => Some(
+        HoldEnd::Decided(Decision::Expired) => Some(
             ErrorFields::error(
                 POLICY_DENIED,
                 format!(
@@ -119,9 +100,9 @@ where
             )
             .with_detail("It was not run: an unanswered hold counts as a deny."),
         ),
-        Decision::Withdrawn => judged.refusal.clone(),
+        HoldEnd::Decided(Decision::Withdrawn) => judged.refusal.clone(),
     };
-    Ok(Held::Decided(decided(judged, refusal, record)))
+    Ok(Held::Decided(decided(judged, refusal, held.record)))
 }
 
 fn decided(judged: &Judged, refusal: Option<ErrorFields>, record: ApprovalRecord) -> Arc<Judged> {
@@ -130,29 +111,6 @@ fn decided(judged: &Judged, refusal: Option<ErrorFields>, record: ApprovalRecord
         approval: Some(record),
         ..judged.clone()
     })
-}
-
-fn record(id: u64, decision: &Decision, started: std::time::Instant) -> ApprovalRecord {
-    let waited_ms = started.elapsed().as_millis() as u64;
-    let (outcome, by, note, covered_by) = match decision {
-        Decision::Approved {
-            by,
-            note,
-            covered_by,
-        } => ("approved", Some(by), note.clone(), *covered_by),
-        Decision::Denied { by, reason } => ("denied", Some(by), Some(reason.clone()), None),
-        Decision::Expired => ("expired", None, None, None),
-        Decision::Withdrawn => ("withdrawn", None, None, None),
-    };
-    ApprovalRecord {
-        id,
-        outcome: outcome.into(),
-        by: by.map(|b| b.user.clone()),
-        by_uid: by.map(|b| b.uid),
-        note,
-        waited_ms,
-        covered_by,
-    }
 }
 
 /// A held prepared statement as its approver reads it: the SQL, then the values its Bind gave

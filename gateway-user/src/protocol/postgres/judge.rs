@@ -4,7 +4,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use crate::{approval::Scope, audit::ApprovalRecord};
+use crate::{audit::ApprovalRecord, session::hold::HoldTerms, sql::SqlKind};
 
 use super::{
     codec::backend::ErrorFields,
@@ -31,7 +31,7 @@ pub struct Judged {
     pub refusal: Option<ErrorFields>,
     pub masker: Option<Arc<Masker>>,
     /// One entry per statement: its kind and its SQL as the audit keeps it.
-    pub statements: Vec<(String, String)>,
+    pub statements: Vec<(SqlKind, String)>,
     /// Whether every text of this one's shape gets this judgement and this audit text: true
     /// unless the audit keeps literals or a statement's description read one.
     pub by_shape: bool,
@@ -43,30 +43,15 @@ pub struct Judged {
     pub session: Option<SessionOp>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct HoldTerms {
-    pub timeout: Duration,
-    pub scope: Scope,
-}
-
 impl Judged {
-    pub fn verdict(&self) -> &'static str {
-        match self.action {
-            Action::Allow => "allow",
-            Action::Deny => "deny",
-            Action::Mask => "mask",
-            Action::Hold => "hold",
-        }
-    }
-
     /// A refusal the gateway decides without a rule (the rule name says why).
-    pub fn refused(rule: &str, kind: &str, text: String, error: ErrorFields) -> Judged {
+    pub fn refused(rule: &str, kind: SqlKind, text: String, error: ErrorFields) -> Judged {
         Judged {
             action: Action::Deny,
             rule: rule.into(),
             refusal: Some(error),
             masker: None,
-            statements: vec![(kind.into(), text)],
+            statements: vec![(kind, text)],
             by_shape: false,
             hold: None,
             approval: None,
@@ -179,7 +164,7 @@ pub fn judge(policy: &str, target: &PostgresTarget, who: &Who, sql: &str) -> Jud
     if sql.len() > MAX_STATEMENT {
         return Judged::refused(
             "statement-size",
-            "unparsed",
+            SqlKind::UNPARSED,
             format!("({} bytes, not kept)", sql.len()),
             denied(
                 policy,
@@ -203,7 +188,7 @@ pub fn judge(policy: &str, target: &PostgresTarget, who: &Who, sql: &str) -> Jud
                     rule: "unparsed".into(),
                     refusal: None,
                     masker: None,
-                    statements: vec![("unparsed".into(), text)],
+                    statements: vec![(SqlKind::UNPARSED, text)],
                     by_shape: false,
                     hold: None,
                     approval: None,
@@ -211,7 +196,7 @@ pub fn judge(policy: &str, target: &PostgresTarget, who: &Who, sql: &str) -> Jud
                 },
                 Unparsed::Deny => Judged::refused(
                     "unparsed",
-                    "unparsed",
+                    SqlKind::UNPARSED,
                     text,
                     denied(policy, "refuses a statement it cannot parse")
                         .with_detail(e.to_string())
@@ -252,7 +237,7 @@ pub fn judge(policy: &str, target: &PostgresTarget, who: &Who, sql: &str) -> Jud
         verdict.action = Action::Deny;
     }
     let by_shape = !target.audit_literals && !stmts.iter().any(|s| s.reads_literals);
-    let mut statements: Vec<(String, String)> = stmts
+    let mut statements: Vec<(SqlKind, String)> = stmts
         .iter()
         .map(|s| {
             let text = if target.audit_literals {
@@ -260,13 +245,13 @@ pub fn judge(policy: &str, target: &PostgresTarget, who: &Who, sql: &str) -> Jud
             } else {
                 s.redacted.clone()
             };
-            (s.kind.as_str().to_owned(), text)
+            (s.kind.into(), text)
         })
         .collect();
     if statements.is_empty() {
         // An empty message (blanks, comments, `;`) runs nothing, but it went upstream: the
         // audit still says so.
-        statements.push(("empty".into(), String::new()));
+        statements.push((SqlKind::EMPTY, String::new()));
     }
     let refusal = refusal.or(match verdict.action {
         Action::Deny => Some(denied(

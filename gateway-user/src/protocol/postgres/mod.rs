@@ -6,7 +6,6 @@ pub mod codec;
 pub mod config;
 pub mod hold;
 pub mod judge;
-pub mod jwt;
 pub mod mask;
 pub(crate) mod names;
 pub mod relay;
@@ -19,5 +18,4 @@ pub mod upstream;
 
 pub use cancel::CancelRegistry;
 pub use config::{PostgresFile, PostgresTarget};
-pub use jwt::TokenIdentity;
-pub use session::{Outcome, Params, Served, refuse_unrecorded, serve};
+pub use session::{Postgres, Shared};

@@ -1,144 +1,15 @@
-//! The per-statement verdict: which configured rule applies to a classified
-//! statement, with precedence that fails closed regardless of rule order.
+//! The per-statement rules of a `postgres` target: what each condition of a rule means for a
+//! classified statement. Which rule decides, and the precedence that fails closed whatever
+//! the rules' order, is the core's ([`crate::rules`]).
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-use crate::protocol::postgres::mask::Detector;
+use crate::detect::Detector;
 use crate::protocol::postgres::sql::{StatementInfo, StatementKind};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Action {
-    Allow,
-    Deny,
-    Mask,
-    Hold,
-}
-
-impl Action {
-    /// Deny over hold over mask over allow: a more permissive rule can never
-    /// cancel a stricter one, so rule order cannot open a hole.
-    fn strictness(self) -> u8 {
-        match self {
-            Action::Allow => 0,
-            Action::Mask => 1,
-            Action::Hold => 2,
-            Action::Deny => 3,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum GlobError {
-    #[error("empty pattern")]
-    Empty,
-    #[error("pattern {0:?} has leading or trailing whitespace or a control character")]
-    Whitespace(String),
-    #[error("pattern {pattern:?} uses {found:?}; only `*` and `?` are wildcards")]
-    Unsupported { pattern: String, found: char },
-}
-
-/// A case-insensitive pattern where `*` matches any run of characters
-/// (dots included) and `?` exactly one.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct Glob {
-    source: String,
-    folded: Vec<char>,
-}
-
-impl Glob {
-    pub fn new(pattern: &str) -> Result<Glob, GlobError> {
-        if pattern.is_empty() {
-            return Err(GlobError::Empty);
-        }
-        if pattern.trim() != pattern || pattern.chars().any(char::is_control) {
-            return Err(GlobError::Whitespace(pattern.to_string()));
-        }
-        // Reject syntax from other pattern languages so `[a-z]*` in a deny
-        // rule is an error instead of a rule that silently never matches.
-        // (`$` stays legal: PostgreSQL identifiers may contain it.)
-        if let Some(found) = pattern.chars().find(|c| "[]{}\\|^".contains(*c)) {
-            return Err(GlobError::Unsupported {
-                pattern: pattern.to_string(),
-                found,
-            });
-        }
-        Ok(Glob {
-            source: pattern.to_string(),
-            folded: pattern.chars().map(fold).collect(),
-        })
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.source
-    }
-
-    /// Whole-string match, ignoring case.
-    pub fn matches(&self, text: &str) -> bool {
-        let (mut p, mut t) = (0, 0);
-        let mut backtrack: Option<(usize, usize)> = None;
-        loop {
-            let next = text[t..].chars().next();
-            match (self.folded.get(p), next) {
-                (Some('*'), _) => {
-                    backtrack = Some((p + 1, t));
-                    p += 1;
-                    continue;
-                }
-                (Some('?'), Some(c)) => {
-                    p += 1;
-                    t += c.len_utf8();
-                    continue;
-                }
-                (Some(&pc), Some(c)) if pc == fold(c) => {
-                    p += 1;
-                    t += c.len_utf8();
-                    continue;
-                }
-                (None, None) => return true,
-                _ => {}
-            }
-            // Let the last `*` absorb one more character and retry.
-            match backtrack {
-                Some((bp, bt)) if bt < text.len() => {
-                    let step = text[bt..].chars().next().map_or(1, char::len_utf8);
-                    backtrack = Some((bp, bt + step));
-                    p = bp;
-                    t = bt + step;
-                }
-                _ => return false,
-            }
-        }
-    }
-
-    /// For schema-qualified names: a pattern without a dot names the object
-    /// in any schema, one with a dot names `schema.object`.
-    pub fn matches_qualified(&self, name: &str) -> bool {
-        if self.folded.contains(&'.') {
-            self.matches(name)
-        } else {
-            self.matches(name.rsplit('.').next().unwrap_or(name))
-        }
-    }
-}
-
-fn fold(c: char) -> char {
-    c.to_lowercase().next().unwrap_or(c)
-}
-
-impl TryFrom<String> for Glob {
-    type Error = GlobError;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        Glob::new(&s)
-    }
-}
-
-impl From<Glob> for String {
-    fn from(g: Glob) -> String {
-        g.source
-    }
-}
+pub use crate::rules::{
+    Action, DEFAULT_HOLD_SECS, DEFAULT_RULE, EMPTY_RULE, Verdict as StatementVerdict, Who,
+};
+use crate::rules::{Audience, Glob, Rule};
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -174,9 +45,6 @@ pub struct SqlRule {
     /// such as `15m` (the same command from the same cgroup to the same target).
     pub approval: Option<crate::approval::Scope>,
 }
-
-/// How long a hold waits when its rule names no `timeout_secs`.
-pub const DEFAULT_HOLD_SECS: u64 = 120;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RuleError {
@@ -216,7 +84,7 @@ impl SqlRule {
     /// A statement that reads values of relations it does not name (statistics views,
     /// relation-by-name functions) matches every refusing condition and only an allow
     /// condition of `*`.
-    pub fn matches(&self, who: &Who, stmt: &StatementInfo) -> bool {
+    pub fn matches(&self, stmt: &StatementInfo) -> bool {
         let grants = self.action == Action::Allow;
         let everything = stmt.reads_everything;
         let relations = |globs: &[Glob], names: &mut dyn Iterator<Item = &String>, reads: bool| {
@@ -258,16 +126,6 @@ impl SqlRule {
             && any(&self.functions, &stmt.functions)
             && self.without_where.is_none_or(|w| w == stmt.without_where)
             && self.copy_program.is_none_or(|c| c == stmt.copy_program)
-            && (self.subjects.is_empty()
-                || who
-                    .subject
-                    .as_deref()
-                    .is_some_and(|s| self.subjects.iter().any(|g| g.matches(s))))
-            && (self.groups.is_empty()
-                || who
-                    .groups
-                    .iter()
-                    .any(|n| self.groups.iter().any(|g| g.matches(n))))
     }
 }
 
@@ -282,89 +140,31 @@ pub fn validate_rules(rules: &[SqlRule]) -> Result<(), RuleError> {
     Ok(())
 }
 
-/// Who the agent proved to be beyond what the kernel attests: a verified token's subject
-/// and groups, when the target asks for one.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Who {
-    pub subject: Option<String>,
-    pub groups: Vec<String>,
+impl Rule for SqlRule {
+    type Command = StatementInfo;
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn action(&self) -> Action {
+        self.action
+    }
+    fn audience(&self) -> Audience<'_> {
+        Audience {
+            subjects: &self.subjects,
+            groups: &self.groups,
+        }
+    }
+    fn matches(&self, stmt: &StatementInfo) -> bool {
+        SqlRule::matches(self, stmt)
+    }
 }
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct StatementVerdict {
-    pub action: Action,
-    pub rule: String,
-    /// Indexes of every matching mask rule, kept even when a hold wins so an
-    /// approved statement still has its results masked.
-    pub masks: Vec<usize>,
-}
-
-pub const DEFAULT_RULE: &str = "default";
-pub const EMPTY_RULE: &str = "empty";
 
 pub fn decide(rules: &[SqlRule], who: &Who, stmt: &StatementInfo) -> StatementVerdict {
-    let mut first: [Option<usize>; 4] = [None; 4];
-    let mut masks = Vec::new();
-    for (i, rule) in rules.iter().enumerate() {
-        if !rule.matches(who, stmt) {
-            continue;
-        }
-        first[usize::from(rule.action.strictness())].get_or_insert(i);
-        if rule.action == Action::Mask {
-            masks.push(i);
-        }
-    }
-    // Masking never grants: it narrows what an allowed (or held, then approved) statement
-    // returns. So the winner is the strictest of deny, hold and allow; a statement only a
-    // mask rule matches is refused by default.
-    let winner = [Action::Deny, Action::Hold, Action::Allow]
-        .into_iter()
-        .find_map(|a| first[usize::from(a.strictness())]);
-    match winner {
-        Some(i) => {
-            let action = match rules[i].action {
-                Action::Allow if !masks.is_empty() => Action::Mask,
-                a => a,
-            };
-            let rule = if action == Action::Mask {
-                rules[masks[0]].name.clone()
-            } else {
-                rules[i].name.clone()
-            };
-            StatementVerdict {
-                action,
-                rule,
-                masks,
-            }
-        }
-        None => StatementVerdict {
-            action: Action::Deny,
-            rule: DEFAULT_RULE.to_string(),
-            masks,
-        },
-    }
+    crate::rules::decide(rules, who, stmt)
 }
 
-/// One verdict for a multi-statement message, which PostgreSQL runs as a
-/// unit: the strictest statement decides, and masks from all statements
-/// apply to every result set. An empty message runs nothing and is allowed.
 pub fn decide_all(rules: &[SqlRule], who: &Who, stmts: &[StatementInfo]) -> StatementVerdict {
-    let mut verdict = StatementVerdict {
-        action: Action::Allow,
-        rule: EMPTY_RULE.to_string(),
-        masks: Vec::new(),
-    };
-    for (n, stmt) in stmts.iter().enumerate() {
-        let v = decide(rules, who, stmt);
-        if n == 0 || v.action.strictness() > verdict.action.strictness() {
-            verdict.action = v.action;
-            verdict.rule = v.rule;
-        }
-        verdict.masks.extend(v.masks);
-    }
-    verdict.masks.sort_unstable();
-    verdict.masks.dedup();
-    verdict
+    crate::rules::decide_all(rules, who, stmts)
 }
 
 #[cfg(test)]
@@ -414,42 +214,8 @@ mod tests {
         ];
         for (body, sql, expected) in cases {
             let rules = parse(&format!("[[rules]]\nname = 'r'\naction = 'deny'\n{body}"));
-            assert_eq!(
-                rules[0].matches(&Who::default(), &stmt(sql)),
-                expected,
-                "{body} / {sql}"
-            );
+            assert_eq!(rules[0].matches(&stmt(sql)), expected, "{body} / {sql}");
         }
-    }
-
-    #[test]
-    fn globs() {
-        // (pattern, text, matches as plain, matches as qualified name)
-        #[rustfmt::skip]
-        let cases = [
-            ("users", "USERS", true, true),
-            ("users", "public.users", false, true),
-            ("us?rs", "users", true, true),
-            ("*", "anything.at.all", true, true),
-            ("a*b*c", "aXXbYYc", true, true),
-            ("a*b*c", "aXXbYY", false, false),
-            ("secret.*", "secret.keys", true, true),
-            ("secret.*", "public.secret", false, false),
-            ("*secret*", "secret_schema.users", true, false),
-            ("Ä*", "äpfel", true, true),
-            ("?", "", false, false),
-            ("a$b", "A$B", true, true),
-        ];
-        for (pattern, text, plain, qualified) in cases {
-            let g = Glob::new(pattern).unwrap();
-            assert_eq!(g.matches(text), plain, "{pattern} ~ {text}");
-            assert_eq!(g.matches_qualified(text), qualified, "{pattern} ~q {text}");
-        }
-        for bad in ["", " users", "users\n", "[a-z]*", "a|b", "x{1}"] {
-            assert!(Glob::new(bad).is_err(), "{bad:?}");
-        }
-        let err = toml::from_str::<File>("[[rules]]\nname='r'\naction='deny'\ntables=['[x]']");
-        assert!(err.unwrap_err().to_string().contains("only `*` and `?`"));
     }
 
     #[test]

@@ -1,11 +1,7 @@
 //! One PostgreSQL session through the gateway: the agent's startup answered locally, the
 //! daemon's own login upstream, then the judged relay until either side ends.
 
-use std::{
-    net::SocketAddr,
-    sync::{Arc, atomic::AtomicU64},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use bytes::BytesMut;
 use tokio::{
@@ -22,77 +18,60 @@ use super::{
     },
     config::{PostgresTarget, reported_setting_ok},
     judge::POLICY_DENIED,
-    jwt::TokenIdentity,
     relay::{self, Ctx, RelayError},
     tls,
     upstream::{self, UpstreamError},
 };
-use crate::{
-    approval::Broker,
-    audit::{Agent, AuditStore},
+use crate::session::{
+    BoxFuture, Handler, Phase, Session, SessionError, Source, Upstream, handler::reset,
 };
 
-/// How the session ended, for the session record.
 /// How long a session whose agent has left waits for the upstream to answer what is in flight.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
-#[derive(Debug)]
-
-pub enum Outcome {
-    Closed,
-    /// The agent only asked to cancel another session's query.
-    Cancel,
-    Agent(String),
-    Upstream(String),
-    UpstreamLogin(String),
-    /// The upstream could not be reached.
-    UpstreamUnreachable(String),
-    /// The audit store failed under a `before-forward` target.
-    Audit(String),
+/// What PostgreSQL sessions share: the cancel keys handed to agents.
+#[derive(Default)]
+pub struct Shared {
+    cancels: CancelRegistry,
 }
 
-pub struct Params<'a> {
-    pub policy: String,
-    pub target_name: String,
-    pub agent: Option<Agent>,
-    pub approvals: Arc<Broker>,
-    pub target: Arc<PostgresTarget>,
-    pub audit: AuditStore,
-    pub session_id: u64,
-    pub cancels: &'a CancelRegistry,
-    /// The agent's governed cgroup: a cancel key only works from where it was handed out.
-    pub governed_cgroup_id: u64,
-    pub upstream_addr: SocketAddr,
-    /// How long connecting upstream may take; each step of the agent's startup and of the
-    /// upstream login is bounded by [`HANDSHAKE_STEP`].
-    pub connect_timeout: Duration,
-    /// The target's host as the policy names it, for certificate checks.
-    pub server_name: String,
-    pub bytes_up: &'a AtomicU64,
-    pub bytes_down: &'a AtomicU64,
+/// One PostgreSQL session's handler: the agent's startup answered locally, the daemon's own
+/// login upstream, then the judged relay until either side ends.
+pub struct Postgres<'a> {
+    shared: &'a Shared,
+    target: Arc<PostgresTarget>,
 }
 
-/// How the session ended, and who the agent proved to be, if the target asked.
-pub struct Served {
-    pub outcome: Outcome,
-    pub token: Option<TokenIdentity>,
+impl<'a> Postgres<'a> {
+    pub fn new(shared: &'a Shared, target: Arc<PostgresTarget>) -> Postgres<'a> {
+        Postgres { shared, target }
+    }
+}
+
+impl Handler for Postgres<'_> {
+    fn serve<'a>(
+        &'a self,
+        session: &'a Session,
+        agent: TcpStream,
+        upstream: Upstream,
+    ) -> BoxFuture<'a, Result<(), SessionError>> {
+        Box::pin(run(self, session, agent, upstream))
+    }
+
+    fn refuse<'a>(&'a self, agent: TcpStream, why: &'a SessionError) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            match why.source {
+                Source::Audit => refuse_unrecorded(agent, &why.what).await,
+                _ => reset(&agent),
+            }
+        })
+    }
 }
 
 /// The longest the agent's startup, its token, or the upstream login may take: an agent that
 /// says nothing holds nothing (no upstream connection is opened before its startup is
 /// complete), and a stalled server does not hold the agent forever.
 pub const HANDSHAKE_STEP: Duration = Duration::from_secs(10);
-
-pub async fn serve(p: Params<'_>, agent: TcpStream) -> Served {
-    let mut token = None;
-    let outcome = run(p, agent, &mut token).await;
-    Served { outcome, token }
-}
-
-/// The upstream connection, opened only once the agent has said who it is and what it wants.
-async fn connect(p: &Params<'_>) -> Result<TcpStream, String> {
-    crate::protocol::connect_upstream(p.upstream_addr, p.connect_timeout).await
-}
 
 fn too_slow(what: &'static str) -> super::codec::FrameError {
     super::codec::FrameError::Malformed {
@@ -101,7 +80,14 @@ fn too_slow(what: &'static str) -> super::codec::FrameError {
     }
 }
 
-async fn run(p: Params<'_>, mut agent: TcpStream, token: &mut Option<TokenIdentity>) -> Outcome {
+async fn run(
+    p: &Postgres<'_>,
+    session: &Session,
+    mut agent: TcpStream,
+    upstream: Upstream,
+) -> Result<(), SessionError> {
+    let _ = agent.set_nodelay(true);
+    let agent_failed = |phase, e: &dyn std::fmt::Display| SessionError::agent(phase, e);
     let mut abuf = BytesMut::with_capacity(8 * 1024);
     let startup = tokio::time::timeout(HANDSHAKE_STEP, agent_startup(&mut agent, &mut abuf))
         .await
@@ -112,12 +98,18 @@ async fn run(p: Params<'_>, mut agent: TcpStream, token: &mut Option<TokenIdenti
             process_id,
             secret_key,
         }) => {
-            if let Ok(mut upstream) = connect(&p).await {
-                p.cancels
-                    .cancel(process_id, secret_key, p.governed_cgroup_id, &mut upstream)
+            if let Ok(mut upstream) = upstream.connect().await {
+                p.shared
+                    .cancels
+                    .cancel(
+                        process_id,
+                        secret_key,
+                        session.admitted.governed_cgroup_id,
+                        &mut upstream,
+                    )
                     .await;
             }
-            return Outcome::Cancel;
+            return Ok(());
         }
         Err(e) => {
             let _ = reply(
@@ -125,7 +117,7 @@ async fn run(p: Params<'_>, mut agent: TcpStream, token: &mut Option<TokenIdenti
                 ErrorFields::fatal("08P01", format!("gatewayd: {e}")),
             )
             .await;
-            return Outcome::Agent(e.to_string());
+            return Err(agent_failed(Phase::Handshake, &e));
         }
     };
 
@@ -135,7 +127,7 @@ async fn run(p: Params<'_>, mut agent: TcpStream, token: &mut Option<TokenIdenti
             .unwrap_or_else(|_| Err(too_slow("password message")));
         match raw {
             Ok(raw) => match verifier.verify(&raw) {
-                Ok(id) => *token = Some(id),
+                Ok(id) => session.set_token(id),
                 Err(e) => {
                     let _ = reply(
                         &mut agent,
@@ -143,7 +135,10 @@ async fn run(p: Params<'_>, mut agent: TcpStream, token: &mut Option<TokenIdenti
                             .with_hint("This target wants a JWT from the configured issuer as the password."),
                     )
                     .await;
-                    return Outcome::Agent(format!("token rejected: {e}"));
+                    return Err(agent_failed(
+                        Phase::Handshake,
+                        &format_args!("token rejected: {e}"),
+                    ));
                 }
             },
             Err(e) => {
@@ -152,31 +147,30 @@ async fn run(p: Params<'_>, mut agent: TcpStream, token: &mut Option<TokenIdenti
                     ErrorFields::fatal("08P01", format!("gatewayd: {e}")),
                 )
                 .await;
-                return Outcome::Agent(e.to_string());
+                return Err(agent_failed(Phase::Handshake, &e));
             }
         }
     }
 
-    let upstream = match connect(&p).await {
+    let upstream_addr = upstream.addr;
+    let server_name = upstream.server_name.clone();
+    let upstream = match upstream.connect().await {
         Ok(s) => s,
         Err(why) => {
             let e = ErrorFields::fatal(
                 "08001",
-                format!("gatewayd: upstream {} is unreachable: {why}", p.target_name),
+                format!(
+                    "gatewayd: upstream {} is unreachable: {}",
+                    session.admitted.target, why.what
+                ),
             );
             let _ = reply(&mut agent, e).await;
-            return Outcome::UpstreamUnreachable(why);
+            return Err(why);
         }
     };
     let mut ubuf = BytesMut::with_capacity(8 * 1024);
     let login = async {
-        let mut io = tls::negotiate(
-            upstream,
-            p.target.tls,
-            p.target.ca_file.as_deref(),
-            &p.server_name,
-        )
-        .await?;
+        let mut io = tls::negotiate(upstream, &p.target.tls, &server_name).await?;
         let s = upstream::login(&mut io, &mut ubuf, &p.target, &params).await?;
         Ok::<_, UpstreamError>((io, s))
     };
@@ -187,10 +181,10 @@ async fn run(p: Params<'_>, mut agent: TcpStream, token: &mut Option<TokenIdenti
                 "login not complete within {HANDSHAKE_STEP:?}"
             )))
         });
-    let (upstream, session) = match login {
+    let (upstream, server) = match login {
         Ok(s) => s,
         Err(e) => {
-            tracing::warn!(session.id = p.session_id, error = %e, "upstream login failed");
+            tracing::warn!(session.id = session.admitted.id, error = %e, "upstream login failed");
             // The upstream's own words may name the daemon's role; the agent learns only
             // that the gateway could not log in.
             // Neither the agent nor the audit gets the role name or the credential's path:
@@ -211,11 +205,11 @@ async fn run(p: Params<'_>, mut agent: TcpStream, token: &mut Option<TokenIdenti
                 ),
             )
             .await;
-            return Outcome::UpstreamLogin(msg);
+            return Err(SessionError::upstream(Phase::Connect, msg));
         }
     };
 
-    if let Some((k, v)) = session
+    if let Some((k, v)) = server
         .parameters
         .iter()
         .find(|(k, v)| !reported_setting_ok(k, v))
@@ -228,13 +222,13 @@ async fn run(p: Params<'_>, mut agent: TcpStream, token: &mut Option<TokenIdenti
             ),
         )
         .await;
-        return Outcome::UpstreamLogin(why);
+        return Err(SessionError::upstream(Phase::Connect, why));
     }
-    let registered: Registered = p.cancels.register(
-        p.upstream_addr,
-        session.process_id,
-        session.secret_key,
-        p.governed_cgroup_id,
+    let registered: Registered = p.shared.cancels.register(
+        upstream_addr,
+        server.process_id,
+        server.secret_key,
+        session.admitted.governed_cgroup_id,
     );
     let mut out = BytesMut::new();
     backend::authentication_ok(&mut out);
@@ -243,7 +237,7 @@ async fn run(p: Params<'_>, mut agent: TcpStream, token: &mut Option<TokenIdenti
         .iter()
         .find(|(k, _)| k == "user")
         .map_or("agent", |(_, v)| v.as_str());
-    for (k, v) in &session.parameters {
+    for (k, v) in &server.parameters {
         let v = if k == "session_authorization" {
             agent_user
         } else {
@@ -254,22 +248,15 @@ async fn run(p: Params<'_>, mut agent: TcpStream, token: &mut Option<TokenIdenti
     backend::backend_key_data(registered.process_id, registered.secret_key, &mut out);
     backend::ready_for_query(b'I', &mut out);
     if let Err(e) = agent.write_all(&out).await {
-        return Outcome::Agent(e.to_string());
+        return Err(agent_failed(Phase::Handshake, &e));
     }
 
     let ctx = Ctx {
+        session,
         texts: relay::text_masker(&p.target),
         names: Default::default(),
-        policy: p.policy,
-        target_name: p.target_name,
-        agent: p.agent,
-        approvals: p.approvals,
-        seq: Default::default(),
         cancelled: registered.cancelled.clone(),
-        target: p.target,
-        audit: p.audit,
-        session_id: p.session_id,
-        who: token.as_ref().map(TokenIdentity::who).unwrap_or_default(),
+        target: p.target.clone(),
     };
     let (agent_rd, mut agent_wr) = agent.into_split();
     let (up_rd, up_wr) = tokio::io::split(upstream);
@@ -279,9 +266,15 @@ async fn run(p: Params<'_>, mut agent: TcpStream, token: &mut Option<TokenIdenti
         Upstream(Result<(), RelayError>),
     }
     let ended = {
-        let to_upstream = relay::agent_side(&ctx, agent_rd, abuf, up_wr, tx, p.bytes_up);
-        let to_agent =
-            relay::upstream_side(&ctx, up_rd, ubuf, &mut agent_wr, &mut rx, p.bytes_down);
+        let to_upstream = relay::agent_side(&ctx, agent_rd, abuf, up_wr, tx, &session.bytes_up);
+        let to_agent = relay::upstream_side(
+            &ctx,
+            up_rd,
+            ubuf,
+            &mut agent_wr,
+            &mut rx,
+            &session.bytes_down,
+        );
         tokio::pin!(to_upstream, to_agent);
         let ended = tokio::select! {
             r = &mut to_upstream => Ended::Agent(r),
@@ -295,12 +288,14 @@ async fn run(p: Params<'_>, mut agent: TcpStream, token: &mut Option<TokenIdenti
         }
         ended
     };
+    let serve =
+        |source, what: &dyn std::fmt::Display| SessionError::new(source, Phase::Serve, what);
     let outcome = match ended {
-        Ended::Agent(Ok(())) => Outcome::Closed,
+        Ended::Agent(Ok(())) => Ok(()),
         Ended::Agent(Err(RelayError::Agent(e))) => {
             let fatal = ErrorFields::fatal("08P01", format!("gatewayd: {e}"));
             let _ = reply_half(&mut agent_wr, fatal).await;
-            Outcome::Agent(e.to_string())
+            Err(serve(Source::Agent, &e))
         }
         Ended::Agent(Err(RelayError::Audit(e))) => {
             // before-forward: a statement that cannot be recorded is not sent.
@@ -309,16 +304,16 @@ async fn run(p: Params<'_>, mut agent: TcpStream, token: &mut Option<TokenIdenti
                 "gatewayd: the audit store failed; statements are not forwarded unrecorded",
             );
             let _ = reply_half(&mut agent_wr, fatal).await;
-            Outcome::Audit(e)
+            Err(serve(Source::Audit, &e))
         }
         Ended::Agent(Err(RelayError::Memory(e))) | Ended::Upstream(Err(RelayError::Memory(e))) => {
             // out_of_memory, as the server reports its own.
             let fatal = ErrorFields::fatal("53200", format!("gatewayd: {e}"));
             let _ = reply_half(&mut agent_wr, fatal).await;
-            Outcome::Agent(e.to_string())
+            Err(serve(Source::Agent, &e))
         }
-        Ended::Agent(Err(e)) => Outcome::Agent(e.to_string()),
-        Ended::Upstream(Ok(())) => Outcome::Upstream("upstream closed the connection".into()),
+        Ended::Agent(Err(e)) => Err(serve(Source::Agent, &e)),
+        Ended::Upstream(Ok(())) => Err(serve(Source::Upstream, &"upstream closed the connection")),
         Ended::Upstream(Err(e)) => {
             let code = match e {
                 RelayError::PinnedSetting(_) => POLICY_DENIED,
@@ -328,16 +323,16 @@ async fn run(p: Params<'_>, mut agent: TcpStream, token: &mut Option<TokenIdenti
             };
             let fatal = ErrorFields::fatal(code, format!("gatewayd: {e}"));
             let _ = reply_half(&mut agent_wr, fatal).await;
-            Outcome::Upstream(e.to_string())
+            Err(serve(Source::Upstream, &e))
         }
     };
     let why = match &outcome {
-        Outcome::Closed => "no answer: the agent left and the upstream did not answer in time",
-        Outcome::Agent(_) => "no answer: the session ended on an agent error",
+        Ok(()) => "no answer: the agent left and the upstream did not answer in time",
+        Err(e) if e.source == Source::Agent => "no answer: the session ended on an agent error",
         _ => "no answer: the upstream connection ended",
     };
     rx.abandon(&ctx, why);
-    ctx.approvals.session_ended(ctx.session_id);
+    session.approvals.session_ended(session.admitted.id);
     drop(registered);
     outcome
 }

@@ -16,6 +16,7 @@ use super::{
     },
     config::PostgresTarget,
 };
+use crate::session::{credential::CredentialError, tls::TlsError};
 
 /// Startup parameters an agent may pass on. Anything else (notably `options`, which can set
 /// `role` or `session_authorization`, and `client_encoding`, which the gateway pins to UTF8
@@ -42,6 +43,12 @@ pub enum UpstreamError {
     Tls(String),
     #[error("upstream protocol: {0}")]
     Protocol(String),
+}
+
+impl From<TlsError> for UpstreamError {
+    fn from(e: TlsError) -> Self {
+        UpstreamError::Tls(e.0)
+    }
 }
 
 impl From<FrameError> for UpstreamError {
@@ -97,13 +104,21 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
         let mut out = BytesMut::new();
         match frame.tag {
             b'R' => {
+                // Read when the server asks, never before (a trust login needs none), off the
+                // async workers, and again at each login: a rotated secret needs no reload.
+                let password = || async {
+                    target.credential.read().await.map_err(|e| match e {
+                        CredentialError::NotConfigured => UpstreamError::NoCredential,
+                        CredentialError::Unreadable(why) => UpstreamError::Credential(why),
+                    })
+                };
                 match Auth::decode(&frame.body)? {
                     Auth::Ok => {}
                     Auth::Cleartext => {
-                        frontend::password_message(&target.password()?, &mut out)?;
+                        frontend::password_message(&password().await?, &mut out)?;
                     }
                     Auth::Md5 { salt } => {
-                        let hash = md5_hash(target.user.as_bytes(), &target.password()?, salt);
+                        let hash = md5_hash(target.user.as_bytes(), &password().await?, salt);
                         frontend::password_message(hash.as_bytes(), &mut out)?;
                     }
                     Auth::Sasl { mechanisms } => {
@@ -114,7 +129,7 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
                         }
                         // Channel binding needs TLS; without it the server must not require it.
                         let s = sasl::ScramSha256::new(
-                            &target.password()?,
+                            &password().await?,
                             sasl::ChannelBinding::unsupported(),
                         );
                         frontend::sasl_initial_response(

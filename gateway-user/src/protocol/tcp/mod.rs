@@ -1,4 +1,5 @@
-//! Plain TCP targets: bytes relayed both ways, counted for the audit.
+//! Plain TCP targets: bytes relayed both ways, counted for the audit. The connection is the
+//! unit of policy, so there is nothing to judge after the daemon's verdict.
 
 use std::io;
 
@@ -9,6 +10,47 @@ use tokio::{
         tcp::{OwnedReadHalf, OwnedWriteHalf},
     },
 };
+
+use crate::session::{
+    BoxFuture, Handler, Phase, Session, SessionError, Source, Upstream, handler::reset,
+};
+
+/// The handler of `tcp` targets.
+pub struct Tcp;
+
+impl Handler for Tcp {
+    fn serve<'a>(
+        &'a self,
+        session: &'a Session,
+        agent: TcpStream,
+        upstream: Upstream,
+    ) -> BoxFuture<'a, Result<(), SessionError>> {
+        Box::pin(async move {
+            let upstream = match upstream.connect().await {
+                Ok(s) => s,
+                Err(e) => {
+                    reset(&agent);
+                    return Err(e);
+                }
+            };
+            let _ = agent.set_nodelay(true);
+            let out = relay(agent, upstream).await;
+            session.add_up(out.bytes_up);
+            session.add_down(out.bytes_down);
+            match out.error {
+                None => Ok(()),
+                Some((Side::Agent, e)) => Err(SessionError::new(Source::Agent, Phase::Serve, e)),
+                Some((Side::Upstream, e)) => {
+                    Err(SessionError::new(Source::Upstream, Phase::Serve, e))
+                }
+            }
+        })
+    }
+
+    fn refuse<'a>(&'a self, agent: TcpStream, _why: &'a SessionError) -> BoxFuture<'a, ()> {
+        Box::pin(async move { reset(&agent) })
+    }
+}
 
 /// Big enough for bulk transfers to run at memory speed, small enough per session.
 const BUF_SIZE: usize = 64 * 1024;

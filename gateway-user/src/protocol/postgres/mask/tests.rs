@@ -1,4 +1,5 @@
 use super::*;
+use crate::detect::Detectors;
 use Detector as D;
 
 const JWT: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIiwiaWF0IjoxNTE2MjM5MDIyfQ.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c";
@@ -170,7 +171,7 @@ fn never_splits_multibyte_text() {
 
 #[test]
 fn from_rules_unions_columns_and_detectors() {
-    #[derive(Deserialize)]
+    #[derive(serde::Deserialize)]
     struct File {
         rules: Vec<SqlRule>,
     }
@@ -191,7 +192,7 @@ fn from_rules_unions_columns_and_detectors() {
     .unwrap();
     let refs: Vec<&SqlRule> = file.rules.iter().collect();
     let m = Masker::from_rules(&refs);
-    assert_eq!(m.detectors, [D::Email, D::Card]);
+    assert_eq!(m.detectors, Detectors::new([D::Email, D::Card]));
     assert!(m.masks_column("SSN"));
     let (text, _) = m.mask_text("x", "x@y.org 4111111111111111").unwrap();
     assert_eq!(text, "[redacted:email] [redacted:card]");

@@ -12,7 +12,6 @@ use super::{
     Ctx, Expect, ExpectTx, Judgements, Pending, RelayError, describe, flush, refused_function_call,
     refused_now, stand_in_bind, stand_in_execute, stand_in_parse, stand_in_query, unknown_name,
 };
-use crate::memory::MessageLease;
 use crate::protocol::postgres::{
     codec::{
         FrameError,
@@ -27,6 +26,11 @@ use crate::protocol::postgres::{
     rules::Action,
     sql::SessionOp,
 };
+use crate::{
+    audit::SqlStep,
+    memory::MessageLease,
+    sql::{SqlKind, StatementKind},
+};
 
 /// How long a message over the memory budget's free size may stall before it is complete.
 const LARGE_MESSAGE_STALL: std::time::Duration = std::time::Duration::from_secs(10);
@@ -40,7 +44,7 @@ fn space(kind: Kind) -> Space {
 
 /// Agent to upstream. Returns when the agent terminates or closes.
 pub async fn agent_side<R, W>(
-    ctx: &Ctx,
+    ctx: &Ctx<'_>,
     mut agent: R,
     mut buf: BytesMut,
     mut upstream: W,
@@ -74,7 +78,11 @@ where
             let msg = Message::decode(frame.tag, &frame.body).map_err(RelayError::Agent)?;
             // The audit is the product: once an event of this session could not be stored,
             // nothing more of it goes upstream (the agent gets FATAL 58000).
-            if ctx.audit.session_lost_events(ctx.session_id) {
+            if ctx
+                .session
+                .audit
+                .session_lost_events(ctx.session.admitted.id)
+            {
                 return Err(RelayError::Audit(
                     "events of this session could not be stored".into(),
                 ));
@@ -102,12 +110,12 @@ where
                         Some(SessionOp::Execute { name }) => {
                             match lookup!(Space::Statement, name) {
                                 Some(j) => Arc::new(used(&j, &judged)),
-                                None => Arc::new(unknown_name(&ctx.policy, "statement", name)),
+                                None => Arc::new(unknown_name(ctx.policy(), "statement", name)),
                             }
                         }
                         Some(SessionOp::Fetch { name }) => match lookup!(Space::Portal, name) {
                             Some(j) => Arc::new(used(&j, &judged)),
-                            None => Arc::new(unknown_name(&ctx.policy, "cursor", name)),
+                            None => Arc::new(unknown_name(ctx.policy(), "cursor", name)),
                         },
                         _ => judged,
                     };
@@ -139,7 +147,7 @@ where
                             .transpose()?;
                     }
                     if before_forward && !refused {
-                        ctx.sent("query", &judged)?;
+                        ctx.sent(SqlStep::QuerySent, &judged)?;
                         unflushed = true;
                     }
                     push(Expect::Simple(pending));
@@ -155,13 +163,13 @@ where
                     // What PostgreSQL answers for bytes that are not UTF-8 in a UTF8 session.
                     let judged = Arc::new(Judged::refused(
                         "encoding",
-                        "unparsed",
+                        SqlKind::UNPARSED,
                         String::new(),
                         ErrorFields::error(
                             "22021",
                             format!(
                                 "gatewayd: policy {} refuses bytes that are not UTF-8: invalid byte sequence for encoding \"UTF8\"",
-                                ctx.policy
+                                ctx.policy()
                             ),
                         ),
                     ));
@@ -181,7 +189,7 @@ where
                     }
                 }
                 Message::FunctionCall => {
-                    let judged = Arc::new(refused_function_call(&ctx.policy));
+                    let judged = Arc::new(refused_function_call(ctx.policy()));
                     push(Expect::Simple(Pending::new(judged)));
                     ctx.names.sync();
                     stand_in_query(&mut out);
@@ -195,13 +203,13 @@ where
                         // only: through Parse/Execute their effect would come at Execute.
                         judged = Arc::new(Judged::refused(
                             "session-op",
-                            "unparsed",
+                            SqlKind::UNPARSED,
                             String::new(),
                             ErrorFields::error(
                                 POLICY_DENIED,
                                 format!(
                                     "gatewayd: policy {} refuses SQL PREPARE, EXECUTE, DECLARE, FETCH, CLOSE or DEALLOCATE through Parse",
-                                    ctx.policy
+                                    ctx.policy()
                                 ),
                             )
                             .with_hint("Send it as a simple query."),
@@ -232,7 +240,7 @@ where
                 }
                 Message::Bind { portal, statement } => {
                     let judged = lookup!(Space::Statement, &statement).unwrap_or_else(|| {
-                        Arc::new(unknown_name(&ctx.policy, "statement", &statement))
+                        Arc::new(unknown_name(ctx.policy(), "statement", &statement))
                     });
                     if refused_now(&judged) {
                         push(Expect::Bind {
@@ -269,7 +277,7 @@ where
                 }
                 Message::Execute { portal, .. } => {
                     let mut judged = lookup!(Space::Portal, &portal)
-                        .unwrap_or_else(|| Arc::new(unknown_name(&ctx.policy, "portal", &portal)));
+                        .unwrap_or_else(|| Arc::new(unknown_name(ctx.policy(), "portal", &portal)));
                     if judged.hold.is_some() && judged.approval.is_none() {
                         let command = held_portals.get(&portal).cloned().unwrap_or_default();
                         durable(ctx, &mut unflushed).await?;
@@ -295,7 +303,7 @@ where
                         describe(b'P', &portal, &mut out);
                     }
                     if before_forward {
-                        ctx.sent("execute", &judged)?;
+                        ctx.sent(SqlStep::ExecuteSent, &judged)?;
                         unflushed = true;
                     }
                     push(Expect::Execute(Pending::new(judged)));
@@ -401,11 +409,11 @@ fn used(declared: &Judged, sent: &Judged) -> Judged {
     let kind = declared
         .statements
         .first()
-        .map_or_else(|| "execute".to_owned(), |(k, _)| k.clone());
+        .map_or(SqlKind::Statement(StatementKind::Execute), |(k, _)| *k);
     j.statements = sent
         .statements
         .iter()
-        .map(|(_, text)| (kind.clone(), text.clone()))
+        .map(|(_, text)| (kind, text.clone()))
         .collect();
     j.by_shape = false;
     j
@@ -422,9 +430,10 @@ fn prepared_view(held: &Judged) -> Judged {
 }
 
 /// Makes the `sent` events appended so far durable before what they describe goes upstream.
-pub(super) async fn durable(ctx: &Ctx, unflushed: &mut bool) -> Result<(), RelayError> {
+pub(super) async fn durable(ctx: &Ctx<'_>, unflushed: &mut bool) -> Result<(), RelayError> {
     if std::mem::take(unflushed) {
-        ctx.audit
+        ctx.session
+            .audit
             .settle(true)
             .await
             .map_err(|e| RelayError::Audit(e.to_string()))?;

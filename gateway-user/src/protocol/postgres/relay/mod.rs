@@ -29,15 +29,15 @@ use super::{
     judge::{Judged, MAX_STATEMENT, POLICY_DENIED, judge},
     mask::Masker,
     names::{SharedNames, Ticket},
-    rules::Who,
     shape::Shape,
 };
 
 mod agent;
 use crate::{
-    approval::Broker,
-    audit::{Agent, AuditStore, StatementEvent, now_ms},
+    audit::{Detail, SqlDetail, SqlStep},
     memory::MessageLease,
+    session::Session,
+    sql::{SqlKind, StatementKind},
 };
 pub use agent::agent_side;
 
@@ -50,18 +50,10 @@ const STAND_IN_SQL: &str = "GATEWAYD POLICY REFUSAL";
 /// A prepared statement name no client uses: Bind and Describe of it fail upstream.
 const STAND_IN_NAME: &str = "gatewayd refused statement";
 
-pub struct Ctx {
-    pub policy: String,
-    pub target_name: String,
+pub struct Ctx<'s> {
+    /// Who the agent is and where its events go: the session core's.
+    pub session: &'s Session,
     pub target: Arc<PostgresTarget>,
-    pub audit: AuditStore,
-    pub session_id: u64,
-    pub who: Who,
-    /// The agent as attested at connect, for approvers.
-    pub agent: Option<Agent>,
-    pub approvals: Arc<Broker>,
-    /// The last audit event's sequence number in this session (both relay halves write).
-    pub seq: AtomicU64,
     /// The agent's CancelRequests, for a statement held by the gateway rather than running.
     pub cancelled: Arc<tokio::sync::Notify>,
     /// The target's detectors, run on every text the agent receives besides rows: error and
@@ -122,31 +114,27 @@ fn mask_texts(frame: &Frame, masker: &Masker) -> Option<Frame> {
     })
 }
 
-impl Ctx {
-    fn next_seq(&self) -> u64 {
-        self.seq.fetch_add(1, Ordering::Relaxed) + 1
+impl Ctx<'_> {
+    fn policy(&self) -> &str {
+        &self.session.admitted.policy
     }
 
     /// In `before-forward` durability: the `sent` events of a statement about to go upstream.
-    fn sent(&self, step: &str, judged: &Judged) -> Result<(), RelayError> {
+    fn sent(&self, step: SqlStep, judged: &Judged) -> Result<(), RelayError> {
         for (kind, sql) in &judged.statements {
-            let event = StatementEvent {
-                session_id: self.session_id,
-                seq: self.next_seq(),
-                at_ms: now_ms(),
-                step: format!("{step}:sent"),
-                kind: kind.clone(),
-                sql: sql.clone(),
-                verdict: judged.verdict().into(),
-                rule: judged.rule.clone(),
-                duration_us: 0,
-                rows: None,
-                masked: 0,
-                error: None,
-                approval: judged.approval.clone().map(Box::new),
-            };
-            self.audit
-                .append(event)
+            let mut event = self.session.event(
+                judged.action,
+                &judged.rule,
+                Detail::Sql(SqlDetail {
+                    step,
+                    kind: *kind,
+                    sql: sql.clone(),
+                    rows: None,
+                }),
+            );
+            event.approval = judged.approval.clone().map(Box::new);
+            self.session
+                .record(event)
                 .map_err(|e| RelayError::Audit(e.to_string()))?;
         }
         Ok(())
@@ -223,7 +211,7 @@ pub fn expectations() -> (ExpectTx, ExpectRx) {
 
 impl ExpectRx {
     /// Audits whatever never got its answer, with `why` as its error.
-    pub fn abandon(&mut self, ctx: &Ctx, why: &str) {
+    pub fn abandon(&mut self, ctx: &Ctx<'_>, why: &str) {
         while let Ok(e) = self.rx.try_recv() {
             self.queue.push_back(e);
         }
@@ -319,7 +307,7 @@ impl Judgements {
 
     /// `repeats`: the text is likely to come again verbatim (a Parse: drivers re-parse the
     /// same statement text with new parameters), so it is worth keeping by text as well.
-    async fn get(&mut self, ctx: &Ctx, sql: &str, repeats: bool) -> Arc<Judged> {
+    async fn get(&mut self, ctx: &Ctx<'_>, sql: &str, repeats: bool) -> Arc<Judged> {
         if let Some(j) = self.by_text.get(sql) {
             return j.clone();
         }
@@ -331,10 +319,14 @@ impl Judgements {
             }
             (
                 shape,
-                Arc::new(judge(&ctx.policy, &ctx.target, &ctx.who, sql)),
+                Arc::new(judge(ctx.policy(), &ctx.target, ctx.session.who(), sql)),
             )
         } else {
-            let (policy, target, who) = (ctx.policy.clone(), ctx.target.clone(), ctx.who.clone());
+            let (policy, target, who) = (
+                ctx.session.admitted.policy.clone(),
+                ctx.target.clone(),
+                ctx.session.who().clone(),
+            );
             let text = sql.to_owned();
             let judged = crate::offload::cpu()
                 .run(move || {
@@ -352,16 +344,16 @@ impl Judgements {
                     (shape, Arc::new(j))
                 }
                 Err(e) => {
-                    tracing::error!(session.id = ctx.session_id, error = %e, "judging failed");
+                    tracing::error!(session.id = ctx.session.admitted.id, error = %e, "judging failed");
                     return Arc::new(Judged::refused(
                         "internal",
-                        "unparsed",
+                        SqlKind::UNPARSED,
                         format!("({} bytes, not kept)", sql.len()),
                         ErrorFields::error(
                             "XX000",
                             format!(
                                 "gatewayd: policy {} could not judge this statement",
-                                ctx.policy
+                                ctx.policy()
                             ),
                         ),
                     ));
@@ -389,12 +381,12 @@ impl Judgements {
 
 /// Upstream to agent. Returns when the upstream closes.
 pub async fn upstream_side<R, W>(
-    ctx: &Ctx,
+    ctx: &Ctx<'_>,
     mut upstream: R,
     mut buf: BytesMut,
     mut agent: W,
     expect: &mut ExpectRx,
-    bytes_down: &std::sync::atomic::AtomicU64,
+    bytes_down: &AtomicU64,
 ) -> Result<(), RelayError>
 where
     R: AsyncRead + Unpin,
@@ -574,7 +566,7 @@ where
 }
 
 /// Forwards a frame with free text, its detectors' findings masked.
-fn encode_masked(ctx: &Ctx, frame: &Frame, out: &mut BytesMut) {
+fn encode_masked(ctx: &Ctx<'_>, frame: &Frame, out: &mut BytesMut) {
     match ctx.texts.as_deref().and_then(|m| mask_texts(frame, m)) {
         Some(masked) => masked.encode(out),
         None => frame.encode(out),
@@ -585,10 +577,10 @@ fn encode_masked(ctx: &Ctx, frame: &Frame, out: &mut BytesMut) {
 async fn flush<W: AsyncWrite + Unpin>(
     to: &mut W,
     out: &mut BytesMut,
-    bytes: &std::sync::atomic::AtomicU64,
+    bytes: &AtomicU64,
 ) -> std::io::Result<()> {
     if !out.is_empty() {
-        bytes.fetch_add(out.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        bytes.fetch_add(out.len() as u64, Ordering::Relaxed);
         to.write_all(out).await?;
         out.clear();
     }
@@ -605,42 +597,41 @@ pub fn parameter_ok(body: &[u8]) -> bool {
 }
 
 /// Writes the audit events of a completed expectation.
-fn finish(ctx: &Ctx, mut e: Expect) {
+fn finish(ctx: &Ctx<'_>, mut e: Expect) {
     // A names change still unresolved here never ran: skipped after an error, or the
     // session ended first.
     if let Some(t) = e.ticket() {
         ctx.names.skipped(t);
     }
     let (step, p) = match e {
-        Expect::Simple(p) => ("query", p),
-        Expect::Execute(p) => ("execute", p),
+        Expect::Simple(p) => (SqlStep::Query, p),
+        Expect::Execute(p) => (SqlStep::Execute, p),
         Expect::Parse {
             refused: Some(p), ..
-        } => ("parse", p),
+        } => (SqlStep::Parse, p),
         Expect::Bind {
             refused: Some(p), ..
-        } => ("bind", p),
+        } => (SqlStep::Bind, p),
         _ => return,
     };
     let duration_us = p.started.elapsed().as_micros() as u64;
     for (kind, sql) in &p.judged.statements {
-        let event = StatementEvent {
-            session_id: ctx.session_id,
-            seq: ctx.next_seq(),
-            at_ms: now_ms(),
-            step: step.into(),
-            kind: kind.clone(),
-            sql: sql.clone(),
-            verdict: p.judged.verdict().into(),
-            rule: p.judged.rule.clone(),
-            duration_us,
-            rows: p.rows,
-            masked: p.masked,
-            error: p.error.clone(),
-            approval: p.judged.approval.clone().map(Box::new),
-        };
-        if let Err(e) = ctx.audit.append(event) {
-            tracing::error!(session.id = ctx.session_id, error = %e, "audit event lost");
+        let mut event = ctx.session.event(
+            p.judged.action,
+            &p.judged.rule,
+            Detail::Sql(SqlDetail {
+                step,
+                kind: *kind,
+                sql: sql.clone(),
+                rows: p.rows,
+            }),
+        );
+        event.duration_us = duration_us;
+        event.masked = p.masked;
+        event.error = p.error.clone();
+        event.approval = p.judged.approval.clone().map(Box::new);
+        if let Err(e) = ctx.session.record(event) {
+            tracing::error!(session.id = ctx.session.admitted.id, error = %e, "audit event lost");
         }
     }
 }
@@ -738,7 +729,7 @@ fn describe(kind: u8, name: &str, out: &mut BytesMut) {
 fn refused_function_call(policy: &str) -> Judged {
     Judged::refused(
         "function-call",
-        "function_call",
+        SqlKind::FUNCTION_CALL,
         String::new(),
         ErrorFields::error(
             POLICY_DENIED,
@@ -754,7 +745,7 @@ fn refused_function_call(policy: &str) -> Judged {
 fn unknown_name(policy: &str, what: &str, name: &str) -> Judged {
     Judged::refused(
         "unknown-name",
-        "execute",
+        SqlKind::Statement(StatementKind::Execute),
         String::new(),
         ErrorFields::error(
             POLICY_DENIED,
@@ -767,13 +758,13 @@ fn unknown_name(policy: &str, what: &str, name: &str) -> Judged {
 /// The agent left while a statement waited for approval: the statement is audited as
 /// withdrawn (it never reached the upstream), and the upstream is told goodbye.
 async fn left_while_held<W: AsyncWrite + Unpin>(
-    ctx: &Ctx,
+    ctx: &Ctx<'_>,
     mut held: Expect,
     expect: &ExpectTx,
     mut upstream: W,
 ) -> Result<(), RelayError> {
     tracing::info!(
-        session.id = ctx.session_id,
+        session.id = ctx.session.admitted.id,
         "agent left while its statement was held"
     );
     if let Some(p) = held.pending() {

@@ -8,84 +8,13 @@ mod kinds;
 pub(crate) mod scan;
 mod walk;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 
 pub use walk::SQL_TEXT_FUNCTIONS;
 use walk::{Walker, node, string_node};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StatementKind {
-    Select,
-    Insert,
-    Update,
-    Delete,
-    Merge,
-    Copy,
-    Create,
-    Alter,
-    Drop,
-    Truncate,
-    Grant,
-    Revoke,
-    Set,
-    Show,
-    Call,
-    /// An anonymous code block: what it runs is out of the judge's sight, so it is refused
-    /// (rule `sql-text`) whatever the rules say.
-    Do,
-    Transaction,
-    Prepare,
-    Execute,
-    Deallocate,
-    Explain,
-    Maintenance,
-    Lock,
-    Notify,
-    Load,
-    /// `SET ROLE`, `SET SESSION AUTHORIZATION` and their RESETs: who the session is, for a
-    /// rule to allow by name (not a `set`).
-    Role,
-    Other,
-}
-
-impl StatementKind {
-    /// The name rules and audits use (the serde name), without going through serde on the
-    /// per-statement path.
-    pub fn as_str(self) -> &'static str {
-        use StatementKind as K;
-        match self {
-            K::Select => "select",
-            K::Insert => "insert",
-            K::Update => "update",
-            K::Delete => "delete",
-            K::Merge => "merge",
-            K::Copy => "copy",
-            K::Create => "create",
-            K::Alter => "alter",
-            K::Drop => "drop",
-            K::Truncate => "truncate",
-            K::Grant => "grant",
-            K::Revoke => "revoke",
-            K::Set => "set",
-            K::Show => "show",
-            K::Call => "call",
-            K::Do => "do",
-            K::Transaction => "transaction",
-            K::Prepare => "prepare",
-            K::Execute => "execute",
-            K::Deallocate => "deallocate",
-            K::Explain => "explain",
-            K::Maintenance => "maintenance",
-            K::Lock => "lock",
-            K::Notify => "notify",
-            K::Load => "load",
-            K::Role => "role",
-            K::Other => "other",
-        }
-    }
-}
+pub use crate::sql::StatementKind;
 
 /// A column the statement returns as it is: `col`, `t.col` (with its alias, if any), or a
 /// star (`column: None`), whose columns keep their own names.

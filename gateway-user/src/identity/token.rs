@@ -1,5 +1,6 @@
-//! Agent tokens. A target may require the agent to present a JWT as its password (in clear
-//! on the loopback leg, which never leaves the host); it is verified against configured keys
+//! Agent tokens. A target may require the agent to present a JWT (PostgreSQL reads it as the
+//! password, in clear on the loopback leg, which never leaves the host; SSH and HTTP carry it
+//! their own ways); it is verified against configured keys
 //! with issuer, audience and expiry checked, and its subject and groups go into the audit and
 //! the rules.
 
@@ -11,7 +12,24 @@ use jsonwebtoken::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::rules::Who;
+use super::Who;
+
+/// Why a token was not accepted, as the agent and the audit read it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TokenError(String);
+
+impl From<String> for TokenError {
+    fn from(s: String) -> Self {
+        TokenError(s)
+    }
+}
+
+impl From<&str> for TokenError {
+    fn from(s: &str) -> Self {
+        TokenError(s.to_owned())
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -80,7 +98,7 @@ impl PartialEq for JwtVerifier {
 }
 
 impl JwtVerifier {
-    pub fn load(config: JwtFile) -> Result<JwtVerifier, String> {
+    pub fn load(config: JwtFile) -> Result<JwtVerifier, TokenError> {
         if config.algorithms.is_empty() {
             return Err("agent_jwt.algorithms must not be empty".into());
         }
@@ -119,10 +137,10 @@ impl JwtVerifier {
         })
     }
 
-    pub fn verify(&self, token: &str) -> Result<TokenIdentity, String> {
+    pub fn verify(&self, token: &str) -> Result<TokenIdentity, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| e.to_string())?;
         if !self.config.algorithms.contains(&header.alg) {
-            return Err(format!("algorithm {:?} is not accepted", header.alg));
+            return Err(format!("algorithm {:?} is not accepted", header.alg).into());
         }
         let owned;
         let key = match &*self.keys {

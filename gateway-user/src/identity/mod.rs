@@ -1,9 +1,46 @@
-//! Who an agent is, captured at accept time: the kernel attests pid, uid, gid and cgroup;
-//! /proc adds the names an auditor reads (user, executable, command line, cgroup path).
+//! Who an agent is: what the kernel attests at connect (pid, uid, gid, cgroup), the names
+//! /proc adds for an auditor (user, executable, command line, cgroup path), and, when a
+//! protocol carries one, the subject and groups of a verified token ([`token`]).
+
+pub mod token;
 
 use gateway_common::Origin;
+use serde::{Deserialize, Serialize};
 
-use crate::{audit::Agent, cgroup};
+use crate::cgroup;
+
+pub use token::{TokenError, TokenIdentity};
+
+/// Who opened a connection: attested by the kernel (pid, uid, cgroup) and read from /proc at
+/// accept time (names, executable, command line), since the process may be gone later.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Agent {
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub user: Option<String>,
+    pub exe: Option<String>,
+    pub cmdline: Option<String>,
+    /// cgroup2 path of the process (`/agents/bot/job-1`).
+    pub cgroup: Option<String>,
+    pub cgroup_id: u64,
+}
+
+/// Who the agent proved to be with a token, as rules match it. Empty when it presented none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Who {
+    pub subject: Option<String>,
+    pub groups: Vec<String>,
+}
+
+/// [`capture`] on the blocking pool: /proc reads and the NSS user lookup (which may ask a
+/// directory service) must not stall the async workers on every accept.
+pub async fn capture_off_workers(origin: Origin) -> Option<Agent> {
+    tokio::task::spawn_blocking(move || capture(&origin))
+        .await
+        .ok()
+}
 
 /// A command line longer than this is cut: the audit is not a place for megabytes of argv.
 const MAX_CMDLINE: usize = 4096;
