@@ -7,7 +7,7 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::{admin::auth::Principals, approval::webhook::WebhookConfig};
+use crate::approval::webhook::WebhookConfig;
 
 /// The default configuration, compiled in so that `gatewayd --policies DIR` needs nothing else.
 pub const DEFAULT_CONFIG: &str = include_str!("../gatewayd.toml");
@@ -183,6 +183,16 @@ fn set<T>(field: &mut T, value: Option<T>) {
     if let Some(v) = value {
         *field = v;
     }
+}
+
+/// Users and groups, by name (the admin socket's approvers and auditors).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Principals {
+    #[serde(default)]
+    pub users: Vec<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
 }
 
 #[cfg(test)]

@@ -3,19 +3,10 @@
 //! only read. Root may do both. The socket itself is open to every local user, so that an
 //! approver needs no membership in the daemon's own group: every request is checked here.
 
-use serde::Deserialize;
 
 use super::Request;
 
-/// Users and groups, by name.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Principals {
-    #[serde(default)]
-    pub users: Vec<String>,
-    #[serde(default)]
-    pub groups: Vec<String>,
-}
+pub use crate::config::Principals;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {

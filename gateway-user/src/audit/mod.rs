@@ -246,8 +246,7 @@ impl AuditStore {
                 self.writer.get().expect("set above")
             }
         };
-        writer.append(event);
-        Ok(())
+        writer.append(event).map_err(AuditError::Writer)
     }
 
     /// Whether this session must not forward another statement: some of its events could not

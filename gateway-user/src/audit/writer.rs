@@ -87,14 +87,23 @@ impl Writer {
         })
     }
 
-    /// Hands an event to the writer. Returns at once unless the queue is full.
-    pub fn append(&self, event: Event) {
+    /// Hands an event to the writer; never waits (the caller is an async worker). An event
+    /// the queue cannot take is lost, and its session is marked so it forwards nothing more:
+    /// the session stops rather than run on unrecorded, and verify shows the gap.
+    pub fn append(&self, event: Event) -> Result<(), String> {
         // Counted before the send, so the writer can never have chained more than this says.
         self.chains.appended.fetch_add(1, Ordering::AcqRel);
-        if self.tx.send(Msg::Event(event)).is_err() {
-            self.lost.fetch_add(1, Ordering::Relaxed);
-            self.chains.written.fetch_add(1, Ordering::AcqRel);
-        }
+        let session = event.session_id;
+        let why = match self.tx.try_send(Msg::Event(event)) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::TrySendError::Full(_)) => "the audit writer's queue is full",
+            Err(mpsc::TrySendError::Disconnected(_)) => "the audit writer stopped",
+        };
+        self.lost.fetch_add(1, Ordering::Relaxed);
+        self.chains.written.fetch_add(1, Ordering::AcqRel);
+        self.chains.mark_lost([session]);
+        tracing::error!(session.id = session, why, "audit event lost");
+        Err(why.to_owned())
     }
 
     /// Waits until every event appended before this call is written (and flushed, if `flush`).

@@ -4,7 +4,6 @@
 pub mod cancel;
 pub mod codec;
 pub mod config;
-pub mod hold;
 pub mod judge;
 pub mod mask;
 pub(crate) mod names;

@@ -9,8 +9,10 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 use super::{
-    Ctx, Expect, ExpectTx, Judgements, Pending, RelayError, describe, flush, refused_function_call,
-    refused_now, stand_in_bind, stand_in_execute, stand_in_parse, stand_in_query, unknown_name,
+    Ctx, Expect, ExpectTx, Judgements, Pending, RelayError, describe, flush,
+    hold::{self, Held},
+    refused_function_call, refused_now, stand_in_bind, stand_in_execute, stand_in_parse,
+    stand_in_query, unknown_name,
 };
 use crate::protocol::postgres::{
     codec::{
@@ -20,7 +22,6 @@ use crate::protocol::postgres::{
         frontend::{Kind, Message},
     },
     config::Durability,
-    hold::{self, Held},
     judge::{Judged, POLICY_DENIED},
     names::{Effect, Lookup, Space, Ticket},
     rules::Action,

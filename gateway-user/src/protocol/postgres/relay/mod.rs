@@ -33,6 +33,7 @@ use super::{
 };
 
 mod agent;
+pub mod hold;
 use crate::{
     audit::{Detail, SqlDetail, SqlStep},
     memory::MessageLease,

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 
-use super::{
+use super::Ctx;
+use crate::protocol::postgres::{
     codec::backend::ErrorFields,
     judge::{Judged, POLICY_DENIED},
-    relay::Ctx,
 };
 use crate::{
     approval::Decision,
