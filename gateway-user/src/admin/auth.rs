@@ -3,7 +3,6 @@
 //! only read. Root may do both. The socket itself is open to every local user, so that an
 //! approver needs no membership in the daemon's own group: every request is checked here.
 
-
 use super::Request;
 
 pub use crate::config::Principals;

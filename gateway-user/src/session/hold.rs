@@ -130,3 +130,112 @@ fn record(id: u64, end: &HoldEnd, waited: Duration) -> ApprovalRecord {
         covered_by,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::{
+        approval::{Approver, Broker},
+        audit::AuditStore,
+        session::Admitted,
+        target::Protocol,
+    };
+
+    fn session(dir: &std::path::Path) -> Session {
+        Session::new(
+            Admitted {
+                id: 9,
+                policy: "p".into(),
+                target: "t".into(),
+                protocol: Protocol::Tcp,
+                governed_cgroup_id: 1,
+                destination: "127.0.0.1:1".parse().unwrap(),
+                agent: None,
+            },
+            AuditStore::open(dir).unwrap(),
+            Arc::new(Broker::default()),
+        )
+    }
+
+    fn request(secs: u64) -> HoldRequest {
+        HoldRequest {
+            command: "rm -rf /srv/x".into(),
+            command_redacted: "rm ? ?".into(),
+            rule: "hold-rm".into(),
+            terms: HoldTerms {
+                timeout: Duration::from_secs(secs),
+                scope: Scope::Once,
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn every_way_a_hold_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = session(dir.path());
+        let never = || std::future::pending::<()>();
+        let stays = || std::future::pending::<std::io::Result<()>>();
+
+        // An approver decides: the request approvers saw is the session's, the record says who.
+        let approve = async {
+            loop {
+                if let Some(r) = s.approvals.pending().first() {
+                    assert_eq!((r.session_id, r.protocol.as_str()), (9, "tcp"));
+                    assert_eq!(
+                        (r.command.as_str(), r.rule.as_str()),
+                        ("rm -rf /srv/x", "hold-rm")
+                    );
+                    let by = Approver {
+                        uid: 1000,
+                        user: "ana".into(),
+                    };
+                    let decision = Decision::Approved {
+                        by,
+                        note: Some("ok".into()),
+                        covered_by: None,
+                    };
+                    s.approvals.decide(r.id, decision).unwrap();
+                    return;
+                }
+                tokio::task::yield_now().await;
+            }
+        };
+        let (held, ()) = tokio::join!(hold(&s, request(60), never(), stays()), approve);
+        let held = held.unwrap();
+        assert!(matches!(
+            held.end,
+            HoldEnd::Decided(Decision::Approved { .. })
+        ));
+        assert_eq!(held.record.outcome, ApprovalOutcome::Approved);
+        assert_eq!(
+            (held.record.by.as_deref(), held.record.by_uid),
+            (Some("ana"), Some(1000))
+        );
+
+        // The agent cancels: withdrawn, and the record says so.
+        let held = hold(&s, request(60), async {}, stays()).await.unwrap();
+        assert!(matches!(held.end, HoldEnd::Cancelled));
+        assert_eq!(held.record.outcome, ApprovalOutcome::Withdrawn);
+        assert_eq!(held.record.note.as_deref(), Some("cancelled by the agent"));
+        assert!(s.approvals.pending().is_empty(), "withdrawn from approvers");
+
+        // The agent leaves, or its connection fails.
+        let held = hold(&s, request(60), never(), async { Ok(()) })
+            .await
+            .unwrap();
+        assert!(matches!(held.end, HoldEnd::AgentLeft));
+        let failed = hold(&s, request(60), never(), async {
+            Err(std::io::ErrorKind::ConnectionReset.into())
+        })
+        .await;
+        assert!(failed.is_err());
+        assert!(s.approvals.pending().is_empty());
+
+        // Nobody decides within the rule's timeout: a deny.
+        let held = hold(&s, request(1), never(), stays()).await.unwrap();
+        assert!(matches!(held.end, HoldEnd::Decided(Decision::Expired)));
+        assert_eq!(held.record.outcome, ApprovalOutcome::Expired);
+    }
+}
