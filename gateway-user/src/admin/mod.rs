@@ -14,7 +14,7 @@ use tokio::net::UnixListener;
 
 use crate::{
     approval::{Approver, DecideError, Decision},
-    audit::{AuditStore, SessionFilter},
+    audit::{AuditError, AuditStore, SessionFilter},
     daemon::state::State,
 };
 use auth::{Caller, Role};
@@ -68,6 +68,29 @@ fn failed(status: u16, error: String) -> Answer {
     (status, serde_json::json!({ "error": error }))
 }
 
+/// Why a request the store answers ([`answer_from_store`]) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("no {what} {id}")]
+    NotFound { what: &'static str, id: u64 },
+    #[error(transparent)]
+    Store(#[from] AuditError),
+    #[error("{0:?} needs the running daemon")]
+    NeedsDaemon(Request),
+    #[error(transparent)]
+    Encode(#[from] serde_json::Error),
+}
+
+impl AdminError {
+    /// The HTTP status the admin socket answers it with.
+    pub fn status(&self) -> u16 {
+        match self {
+            AdminError::NotFound { .. } => 404,
+            AdminError::Store(_) | AdminError::NeedsDaemon(_) | AdminError::Encode(_) => 500,
+        }
+    }
+}
+
 /// Answers one request for `caller`, whose `role` the server has already checked against the
 /// request's route (before reading its body).
 fn answer(state: &State, caller: &Caller, role: Role, req: Request) -> Answer {
@@ -106,41 +129,42 @@ fn answer(state: &State, caller: &Caller, role: Role, req: Request) -> Answer {
         ),
         req => match answer_from_store(&state.audit, req) {
             Ok(v) => (200, v),
-            Err(e) if e.starts_with("no session") => failed(404, e),
-            Err(e) => failed(500, e),
+            Err(e) => failed(e.status(), e.to_string()),
         },
     }
 }
 
 /// The requests a store alone can answer: the daemon's, and gatewayctl's with `--store`.
-pub fn answer_from_store(store: &AuditStore, req: Request) -> Result<serde_json::Value, String> {
+pub fn answer_from_store(
+    store: &AuditStore,
+    req: Request,
+) -> Result<serde_json::Value, AdminError> {
+    let no_session = |id| AdminError::NotFound {
+        what: "session",
+        id,
+    };
     match req {
-        Request::SessionsList { filter, limit } => store
-            .list(&filter, limit.unwrap_or(DEFAULT_LIMIT))
-            .map_err(|e| e.to_string())
-            .and_then(|v| serde_json::to_value(v).map_err(|e| e.to_string())),
-        Request::SessionsShow { id } => store
-            .show(id)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("no session {id}")),
+        Request::SessionsList { filter, limit } => Ok(serde_json::to_value(
+            store.list(&filter, limit.unwrap_or(DEFAULT_LIMIT))?,
+        )?),
+        Request::SessionsShow { id } => store.show(id)?.ok_or_else(|| no_session(id)),
         Request::AuditVerify => {
             // It reads the whole store: on a multi-thread runtime (the daemon's) the worker
             // first hands its other tasks to the others.
-            let verify = || store.verify().map_err(|e| e.to_string());
+            let verify = || store.verify();
             let report = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
                 Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
                     tokio::task::block_in_place(verify)
                 }
                 _ => verify(),
             }?;
-            serde_json::to_value(report).map_err(|e| e.to_string())
+            Ok(serde_json::to_value(report)?)
         }
         Request::AuditExport { id } => store
-            .export(id)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("no session {id}"))
-            .map(serde_json::Value::from),
-        other => Err(format!("{other:?} needs the running daemon")),
+            .export(id)?
+            .map(serde_json::Value::from)
+            .ok_or_else(|| no_session(id)),
+        other => Err(AdminError::NeedsDaemon(other)),
     }
 }
 
@@ -156,4 +180,43 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     // Any local user may connect; each request is authorized from the peer's credentials.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
     Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, AuditStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = AuditStore::open(dir.path()).unwrap();
+        (dir, store)
+    }
+
+    /// What gatewayctl --store prints and what the admin socket answers, by status.
+    fn outcome(
+        r: Result<serde_json::Value, AdminError>,
+    ) -> Result<serde_json::Value, (u16, String)> {
+        r.map_err(|e| (e.status(), e.to_string()))
+    }
+
+    /// The offline path: no runtime at all, as in gatewayctl.
+    #[test]
+    fn store_answers_keep_their_texts_and_statuses() {
+        let (_dir, store) = store();
+        let ask = |req| outcome(answer_from_store(&store, req));
+        let missing = Err((404, "no session 42".to_owned()));
+        assert_eq!(ask(Request::SessionsShow { id: 42 }), missing);
+        assert_eq!(ask(Request::AuditExport { id: 42 }), missing);
+        assert_eq!(
+            ask(Request::Health),
+            Err((500, "Health needs the running daemon".to_owned()))
+        );
+        let list = Request::SessionsList {
+            filter: SessionFilter::default(),
+            limit: None,
+        };
+        assert_eq!(ask(list), Ok(serde_json::json!([])));
+        let report = ask(Request::AuditVerify).unwrap();
+        assert_eq!(report["sessions"], 0);
+    }
 }
