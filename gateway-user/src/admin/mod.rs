@@ -79,6 +79,9 @@ pub enum AdminError {
     NeedsDaemon(Request),
     #[error(transparent)]
     Encode(#[from] serde_json::Error),
+    /// The blocking task that read the store panicked (or the runtime is shutting down).
+    #[error("reading the store: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 impl AdminError {
@@ -86,14 +89,17 @@ impl AdminError {
     pub fn status(&self) -> u16 {
         match self {
             AdminError::NotFound { .. } => 404,
-            AdminError::Store(_) | AdminError::NeedsDaemon(_) | AdminError::Encode(_) => 500,
+            AdminError::Store(_)
+            | AdminError::NeedsDaemon(_)
+            | AdminError::Encode(_)
+            | AdminError::Task(_) => 500,
         }
     }
 }
 
 /// Answers one request for `caller`, whose `role` the server has already checked against the
 /// request's route (before reading its body).
-fn answer(state: &State, caller: &Caller, role: Role, req: Request) -> Answer {
+async fn answer(state: &State, caller: &Caller, role: Role, req: Request) -> Answer {
     let by = || Approver {
         uid: caller.uid,
         user: caller.user.clone(),
@@ -127,14 +133,21 @@ fn answer(state: &State, caller: &Caller, role: Role, req: Request) -> Answer {
                 .approvals
                 .decide(id, Decision::Denied { by: by(), reason }),
         ),
-        req => match answer_from_store(&state.audit, req) {
+        req => match from_store(state.audit.clone(), req).await {
             Ok(v) => (200, v),
             Err(e) => failed(e.status(), e.to_string()),
         },
     }
 }
 
-/// The requests a store alone can answer: the daemon's, and gatewayctl's with `--store`.
+/// [`answer_from_store`] on tokio's blocking pool: the store's reads are sled scans (a verify
+/// reads all of it), which on an async worker would hold up the tasks queued behind them.
+async fn from_store(store: AuditStore, req: Request) -> Result<serde_json::Value, AdminError> {
+    tokio::task::spawn_blocking(move || answer_from_store(&store, req)).await?
+}
+
+/// The requests a store alone can answer: the daemon's (through [`from_store`]), and
+/// gatewayctl's with `--store`, which calls it with no runtime. It blocks while it reads.
 pub fn answer_from_store(
     store: &AuditStore,
     req: Request,
@@ -148,18 +161,7 @@ pub fn answer_from_store(
             store.list(&filter, limit.unwrap_or(DEFAULT_LIMIT))?,
         )?),
         Request::SessionsShow { id } => store.show(id)?.ok_or_else(|| no_session(id)),
-        Request::AuditVerify => {
-            // It reads the whole store: on a multi-thread runtime (the daemon's) the worker
-            // first hands its other tasks to the others.
-            let verify = || store.verify();
-            let report = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-                Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
-                    tokio::task::block_in_place(verify)
-                }
-                _ => verify(),
-            }?;
-            Ok(serde_json::to_value(report)?)
-        }
+        Request::AuditVerify => Ok(serde_json::to_value(store.verify()?)?),
         Request::AuditExport { id } => store
             .export(id)?
             .map(serde_json::Value::from)
@@ -218,5 +220,24 @@ mod tests {
         assert_eq!(ask(list), Ok(serde_json::json!([])));
         let report = ask(Request::AuditVerify).unwrap();
         assert_eq!(report["sessions"], 0);
+    }
+
+    /// The daemon's path, on the blocking pool, from either kind of runtime.
+    #[test]
+    fn from_store_runs_on_either_runtime() {
+        let (_dir, store) = store();
+        let multi = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        let current = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        for rt in [multi, current] {
+            let verified = rt.block_on(from_store(store.clone(), Request::AuditVerify));
+            assert_eq!(verified.unwrap()["sessions"], 0);
+            let shown = rt.block_on(from_store(store.clone(), Request::SessionsShow { id: 7 }));
+            assert_eq!(outcome(shown), Err((404, "no session 7".to_owned())));
+        }
     }
 }
