@@ -3,8 +3,13 @@
 //! Each hook is a thin entry point over a `try_` function. The programs only redirect and
 //! record; every decision about what an agent may reach is taken by the daemon, except the
 //! ones that must be taken before a packet exists (UDP, raw sockets, binds).
+//!
+//! Every `unsafe` block says why it is sound in a `// SAFETY:` comment (clippy holds us to it).
+//! Most are reads of the context the kernel handed to the program, or helper calls with it:
+//! valid for the program's run, and checked again by the verifier at load time.
 #![no_std]
 #![no_main]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod lsm;
 mod maps;
@@ -12,7 +17,7 @@ mod route;
 mod sockaddr;
 
 use aya_ebpf::{
-    EbpfContext as _,
+    EbpfContext,
     bindings::{
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
         BPF_SOCK_OPS_TCP_CONNECT_CB,
@@ -81,10 +86,11 @@ fn try_connect<F: Family>(ctx: &SockAddrContext, sa: SockAddr<F>) -> Result<i32,
         uid: uid_gid as u32,
         gid: (uid_gid >> 32) as u32,
         _pad: 0,
+        // SAFETY: the helper takes no arguments and only reads the current task's cgroup.
         cgroup_id: unsafe { aya_ebpf::helpers::bpf_get_current_cgroup_id() },
         governed_cgroup_id: governed,
     };
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let cookie = socket_cookie(ctx);
     // No room to remember the origin means the daemon could not judge it: refuse.
     SOCK_ORIGINS.insert(cookie, origin, 0)?;
     if is_v4_mapped(&dst) {
@@ -132,9 +138,10 @@ pub fn getpeername6(ctx: SockAddrContext) -> i32 {
 
 /// The agent sees the address it dialled, never the daemon's listener.
 fn restore_peer<F: Family>(ctx: &SockAddrContext, sa: SockAddr<F>) {
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let cookie = socket_cookie(ctx);
     if let Some(origin) = SOCK_ORIGINS.get_ptr(cookie) {
-        let origin = unsafe { *origin };
+        // SAFETY: `origin` comes from `get_ptr` in this run.
+        let origin = unsafe { read_origin(origin) };
         sa.set_addr(&origin.dst_addr);
         sa.set_port(origin.dst_port);
     }
@@ -161,6 +168,8 @@ fn judge_bind<F: Family>(ctx: &SockAddrContext, sa: SockAddr<F>) -> i32 {
 
 #[cgroup_sock(sock_create)]
 pub fn sock_create(ctx: SockContext) -> i32 {
+    // SAFETY: `ctx.sock` is the `bpf_sock` the kernel handed to this run, live until it
+    // returns; these are u32 fields the hook may read.
     let (family, ty, protocol) =
         unsafe { ((*ctx.sock).family, (*ctx.sock).type_, (*ctx.sock).protocol) };
     // Only the sockets the other hooks can judge: TCP (redirected to the daemon) and UDP
@@ -173,7 +182,7 @@ pub fn sock_create(ctx: SockContext) -> i32 {
                 return ALLOW;
             }
             // What the LSM hooks accept from governed tasks: sockets these hooks judge.
-            let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+            let cookie = socket_cookie(&ctx);
             match GOVERNED_SOCKS.insert(cookie, 1, 0) {
                 Ok(()) => ALLOW,
                 Err(_) => REFUSE,
@@ -196,7 +205,7 @@ pub fn rekey_sockops(ctx: SockOpsContext) -> u32 {
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB if lsm_enforced() => {
             // A connection a governed listener accepted: its socket is as governed as one
             // made by socket(), which the LSM hooks must know (sock_create never saw it).
-            let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+            let cookie = socket_cookie(&ctx);
             if GOVERNED_SOCKS.insert(cookie, 1, 0).is_ok() {
                 let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
             }
@@ -209,11 +218,12 @@ pub fn rekey_sockops(ctx: SockOpsContext) -> u32 {
 
 /// Runs inside connect(), before the SYN: the entry exists before the daemon can accept.
 fn on_tcp_connect(ctx: &SockOpsContext) {
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let cookie = socket_cookie(ctx);
     let Some(origin) = SOCK_ORIGINS.get_ptr(cookie) else {
         return;
     };
-    let origin = unsafe { *origin };
+    // SAFETY: `origin` comes from `get_ptr` in this run.
+    let origin = unsafe { read_origin(origin) };
     // Failure leaves the daemon without an origin, which it refuses: fail closed.
     let _ = CONN_ORIGINS.insert(conn_key(ctx), origin, 0);
     // Ask for state changes so the entries go when the connection does.
@@ -225,15 +235,17 @@ fn on_tcp_connect(ctx: &SockOpsContext) {
 /// or it never completed), it must not wait for a later connection from the same address and
 /// port to inherit it. Removed only while it is still this socket's (the same origin).
 fn on_tcp_close(ctx: &SockOpsContext) {
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let cookie = socket_cookie(ctx);
     let _ = GOVERNED_SOCKS.remove(cookie);
     let Some(mine) = SOCK_ORIGINS.get_ptr(cookie) else {
         return;
     };
-    let mine = unsafe { *mine };
+    // SAFETY: `mine` comes from `get_ptr` in this run.
+    let mine = unsafe { read_origin(mine) };
     let key = conn_key(ctx);
     if let Some(entry) = CONN_ORIGINS.get_ptr(key)
-        && unsafe { *entry } == mine
+        // SAFETY: `entry` comes from `get_ptr` in this run.
+        && unsafe { read_origin(entry) } == mine
     {
         let _ = CONN_ORIGINS.remove(key);
     }
@@ -247,7 +259,7 @@ pub fn accept_sockops(ctx: SockOpsContext) -> u32 {
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => on_accepted(&ctx),
         BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == TCP_CLOSE => {
             // Closed before the daemon took it (it stopped, or refused the connection).
-            let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+            let cookie = socket_cookie(&ctx);
             let _ = ACCEPTED.remove(cookie);
         }
         _ => {}
@@ -266,9 +278,10 @@ fn on_accepted(ctx: &SockOpsContext) {
     let Some(origin) = CONN_ORIGINS.get_ptr(key) else {
         return;
     };
-    let origin = unsafe { *origin };
+    // SAFETY: `origin` comes from `get_ptr` in this run.
+    let origin = unsafe { read_origin(origin) };
     let _ = CONN_ORIGINS.remove(key);
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let cookie = socket_cookie(ctx);
     // No room means no origin for this socket, which the daemon refuses: fail closed.
     if ACCEPTED.insert(cookie, origin, 0).is_ok() {
         let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
@@ -282,7 +295,9 @@ fn peer_key(ctx: &SockOpsContext) -> ConnKey {
     // The big-endian port sits in the upper half (DESIGN.md, kernel facts).
     let port = u32::from(u16::from_be((ctx.remote_port() >> 16) as u16));
     if ctx.family() == AF_INET6 as u32 {
-        let remote = sockaddr::read_words(unsafe { core::ptr::addr_of!((*ops).remote_ip6) });
+        // SAFETY: `ops` is the `bpf_sock_ops` the kernel handed to this run, live until it
+        // returns; `remote_ip6` is a readable `[u32; 4]` field of it.
+        let remote = unsafe { sockaddr::read_words(core::ptr::addr_of!((*ops).remote_ip6)) };
         return ConnKey { addr: remote, port };
     }
     ConnKey {
@@ -295,18 +310,47 @@ fn peer_key(ctx: &SockOpsContext) -> ConnKey {
 /// IPv4-mapped connection as mapped IPv6, a pure IPv6 one (dialled to `::1`) as itself.
 fn conn_key(ctx: &SockOpsContext) -> ConnKey {
     let ops = ctx.ops;
+    // SAFETY: `ops` is the `bpf_sock_ops` the kernel handed to this run, live until it
+    // returns; `local_port`, `local_ip4` and the `[u32; 4]` fields `remote_ip6` and
+    // `local_ip6` (read in the blocks below) are readable fields of it.
     let port = unsafe { (*ops).local_port };
     if ctx.family() == AF_INET6 as u32 {
-        let remote = sockaddr::read_words(unsafe { core::ptr::addr_of!((*ops).remote_ip6) });
+        // SAFETY: as above.
+        let remote = unsafe { sockaddr::read_words(core::ptr::addr_of!((*ops).remote_ip6)) };
         if !is_v4_mapped(&remote) && remote != [0; 4] {
-            let local = sockaddr::read_words(unsafe { core::ptr::addr_of!((*ops).local_ip6) });
+            // SAFETY: as above.
+            let local = unsafe { sockaddr::read_words(core::ptr::addr_of!((*ops).local_ip6)) };
             return ConnKey { addr: local, port };
         }
     }
     ConnKey {
+        // SAFETY: as above.
         addr: v4_mapped(unsafe { (*ops).local_ip4 }),
         port,
     }
+}
+
+/// The kernel's cookie of the socket this program runs for.
+#[inline(always)]
+fn socket_cookie(ctx: &impl EbpfContext) -> u64 {
+    // SAFETY: `ctx.as_ptr()` is the context the kernel handed to this run, and the program
+    // types that call this (cgroup sock_addr and sock, sock_ops) take their context as the
+    // helper's argument, as the verifier checks; the helper only reads the socket.
+    unsafe { bpf_get_socket_cookie(ctx.as_ptr()) }
+}
+
+/// Copies an origin out of a map.
+///
+/// # Safety
+///
+/// `origin` must come from a lookup (`get_ptr`) in a map of `Origin`s in this run. It then
+/// points into the map's preallocated memory, which outlives the run: an element deleted
+/// meanwhile stays readable. A concurrent update may be read half old, half new, but
+/// `Origin` is plain integers, so every bit pattern is a value.
+#[inline(always)]
+unsafe fn read_origin(origin: *const Origin) -> Origin {
+    // SAFETY: the caller's contract above.
+    unsafe { *origin }
 }
 
 #[cfg(not(test))]
@@ -315,6 +359,8 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 
+// SAFETY: (both attributes) the kernel reads the license from this section by its name, and
+// nothing else in the object is named LICENSE.
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -12,11 +12,15 @@ use gateway_common::{
 };
 
 /// Set by the daemon at load time (read-only data): the port of its listener.
+// SAFETY: the daemon finds the global by this name; nothing else in the object has it.
 #[unsafe(no_mangle)]
 static GW_LISTEN_PORT: u16 = 0;
 
 #[inline(always)]
 pub fn listen_port() -> u16 {
+    // SAFETY: a reference to a static is valid and aligned. Volatile because the loader
+    // writes the value into the object's read-only data before the program runs, where the
+    // compiler would otherwise fold in the 0 it was compiled with.
     unsafe { core::ptr::read_volatile(&GW_LISTEN_PORT) }
 }
 

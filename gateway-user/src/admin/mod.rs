@@ -14,7 +14,7 @@ use tokio::net::UnixListener;
 
 use crate::{
     approval::{Approver, DecideError, Decision},
-    audit::{AuditStore, SessionFilter},
+    audit::{AuditError, AuditStore, SessionFilter},
     daemon::state::State,
 };
 use auth::{Caller, Role};
@@ -68,9 +68,38 @@ fn failed(status: u16, error: String) -> Answer {
     (status, serde_json::json!({ "error": error }))
 }
 
+/// Why a request the store answers ([`answer_from_store`]) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("no {what} {id}")]
+    NotFound { what: &'static str, id: u64 },
+    #[error(transparent)]
+    Store(#[from] AuditError),
+    #[error("{0:?} needs the running daemon")]
+    NeedsDaemon(Request),
+    #[error(transparent)]
+    Encode(#[from] serde_json::Error),
+    /// The blocking task that read the store panicked (or the runtime is shutting down).
+    #[error("reading the store: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl AdminError {
+    /// The HTTP status the admin socket answers it with.
+    pub fn status(&self) -> u16 {
+        match self {
+            AdminError::NotFound { .. } => 404,
+            AdminError::Store(_)
+            | AdminError::NeedsDaemon(_)
+            | AdminError::Encode(_)
+            | AdminError::Task(_) => 500,
+        }
+    }
+}
+
 /// Answers one request for `caller`, whose `role` the server has already checked against the
 /// request's route (before reading its body).
-fn answer(state: &State, caller: &Caller, role: Role, req: Request) -> Answer {
+async fn answer(state: &State, caller: &Caller, role: Role, req: Request) -> Answer {
     let by = || Approver {
         uid: caller.uid,
         user: caller.user.clone(),
@@ -104,43 +133,40 @@ fn answer(state: &State, caller: &Caller, role: Role, req: Request) -> Answer {
                 .approvals
                 .decide(id, Decision::Denied { by: by(), reason }),
         ),
-        req => match answer_from_store(&state.audit, req) {
+        req => match from_store(state.audit.clone(), req).await {
             Ok(v) => (200, v),
-            Err(e) if e.starts_with("no session") => failed(404, e),
-            Err(e) => failed(500, e),
+            Err(e) => failed(e.status(), e.to_string()),
         },
     }
 }
 
-/// The requests a store alone can answer: the daemon's, and gatewayctl's with `--store`.
-pub fn answer_from_store(store: &AuditStore, req: Request) -> Result<serde_json::Value, String> {
+/// [`answer_from_store`] on tokio's blocking pool: the store's reads are sled scans (a verify
+/// reads all of it), which on an async worker would hold up the tasks queued behind them.
+async fn from_store(store: AuditStore, req: Request) -> Result<serde_json::Value, AdminError> {
+    tokio::task::spawn_blocking(move || answer_from_store(&store, req)).await?
+}
+
+/// The requests a store alone can answer: the daemon's (through [`from_store`]), and
+/// gatewayctl's with `--store`, which calls it with no runtime. It blocks while it reads.
+pub fn answer_from_store(
+    store: &AuditStore,
+    req: Request,
+) -> Result<serde_json::Value, AdminError> {
+    let no_session = |id| AdminError::NotFound {
+        what: "session",
+        id,
+    };
     match req {
-        Request::SessionsList { filter, limit } => store
-            .list(&filter, limit.unwrap_or(DEFAULT_LIMIT))
-            .map_err(|e| e.to_string())
-            .and_then(|v| serde_json::to_value(v).map_err(|e| e.to_string())),
-        Request::SessionsShow { id } => store
-            .show(id)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("no session {id}")),
-        Request::AuditVerify => {
-            // It reads the whole store: on a multi-thread runtime (the daemon's) the worker
-            // first hands its other tasks to the others.
-            let verify = || store.verify().map_err(|e| e.to_string());
-            let report = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-                Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
-                    tokio::task::block_in_place(verify)
-                }
-                _ => verify(),
-            }?;
-            serde_json::to_value(report).map_err(|e| e.to_string())
-        }
+        Request::SessionsList { filter, limit } => Ok(serde_json::to_value(
+            store.list(&filter, limit.unwrap_or(DEFAULT_LIMIT))?,
+        )?),
+        Request::SessionsShow { id } => store.show(id)?.ok_or_else(|| no_session(id)),
+        Request::AuditVerify => Ok(serde_json::to_value(store.verify()?)?),
         Request::AuditExport { id } => store
-            .export(id)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("no session {id}"))
-            .map(serde_json::Value::from),
-        other => Err(format!("{other:?} needs the running daemon")),
+            .export(id)?
+            .map(serde_json::Value::from)
+            .ok_or_else(|| no_session(id)),
+        other => Err(AdminError::NeedsDaemon(other)),
     }
 }
 
@@ -156,4 +182,62 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     // Any local user may connect; each request is authorized from the peer's credentials.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
     Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, AuditStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = AuditStore::open(dir.path()).unwrap();
+        (dir, store)
+    }
+
+    /// What gatewayctl --store prints and what the admin socket answers, by status.
+    fn outcome(
+        r: Result<serde_json::Value, AdminError>,
+    ) -> Result<serde_json::Value, (u16, String)> {
+        r.map_err(|e| (e.status(), e.to_string()))
+    }
+
+    /// The offline path: no runtime at all, as in gatewayctl.
+    #[test]
+    fn store_answers_keep_their_texts_and_statuses() {
+        let (_dir, store) = store();
+        let ask = |req| outcome(answer_from_store(&store, req));
+        let missing = Err((404, "no session 42".to_owned()));
+        assert_eq!(ask(Request::SessionsShow { id: 42 }), missing);
+        assert_eq!(ask(Request::AuditExport { id: 42 }), missing);
+        assert_eq!(
+            ask(Request::Health),
+            Err((500, "Health needs the running daemon".to_owned()))
+        );
+        let list = Request::SessionsList {
+            filter: SessionFilter::default(),
+            limit: None,
+        };
+        assert_eq!(ask(list), Ok(serde_json::json!([])));
+        let report = ask(Request::AuditVerify).unwrap();
+        assert_eq!(report["sessions"], 0);
+    }
+
+    /// The daemon's path, on the blocking pool, from either kind of runtime.
+    #[test]
+    fn from_store_runs_on_either_runtime() {
+        let (_dir, store) = store();
+        let multi = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        let current = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        for rt in [multi, current] {
+            let verified = rt.block_on(from_store(store.clone(), Request::AuditVerify));
+            assert_eq!(verified.unwrap()["sessions"], 0);
+            let shown = rt.block_on(from_store(store.clone(), Request::SessionsShow { id: 7 }));
+            assert_eq!(outcome(shown), Err((404, "no session 7".to_owned())));
+        }
+    }
 }

@@ -124,7 +124,7 @@ async fn handle(
     if req == Request::ApprovalsWatch {
         return watch(state, role == Role::Auditor);
     }
-    json(answer(state, caller, role, req))
+    json(answer(state, caller, role, req).await)
 }
 
 /// The body, at most [`MAX_REQUEST`] bytes of it and within [`REQUEST_TIMEOUT`].

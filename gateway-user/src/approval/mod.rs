@@ -12,7 +12,7 @@ pub mod webhook;
 use std::{
     collections::BTreeMap,
     sync::{
-        Mutex,
+        Mutex, MutexGuard, PoisonError,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -214,6 +214,12 @@ impl Default for Broker {
 }
 
 impl Broker {
+    /// The broker's state, even if a thread panicked holding it: `Drop for Waiting` takes this
+    /// lock, and a panic there while unwinding would abort the daemon.
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Waits for a decision on `ask`. Dropping the future (the agent left) withdraws it.
     pub async fn hold(&self, ask: Ask) -> (Request, Decision) {
         let mut waiting = self.ask(ask);
@@ -248,7 +254,7 @@ impl Broker {
         }
         let (answer, decided) = oneshot::channel();
         {
-            let mut inner = self.inner.lock().expect("approvals lock");
+            let mut inner = self.lock();
             inner.pending.insert(
                 request.id,
                 Pending {
@@ -279,7 +285,7 @@ impl Broker {
             _ => None,
         };
         {
-            let inner = self.inner.lock().expect("approvals lock");
+            let inner = self.lock();
             let p = inner.pending.get(&id).ok_or(DecideError::NotFound(id))?;
             // An agent whose uid is unknown could be anyone's: only root decides for it.
             let agent_uid = p.request.agent.as_ref().map_or(0, |a| a.uid);
@@ -293,7 +299,7 @@ impl Broker {
     }
 
     pub fn pending(&self) -> Vec<Request> {
-        let inner = self.inner.lock().expect("approvals lock");
+        let inner = self.lock();
         inner.pending.values().map(|p| p.request.clone()).collect()
     }
 
@@ -304,7 +310,7 @@ impl Broker {
     /// Removes a pending request, answers its waiter, records a grant, publishes.
     fn finish(&self, id: u64, decision: Decision) -> Option<Request> {
         let p = {
-            let mut inner = self.inner.lock().expect("approvals lock");
+            let mut inner = self.lock();
             let p = inner.pending.remove(&id)?;
             let cgroup = p.request.agent.as_ref().and_then(|a| a.cgroup.clone());
             // A window covers one cgroup: without a known one it covers nothing more.
@@ -344,7 +350,7 @@ impl Broker {
     }
 
     fn covered(&self, r: &Request) -> Option<Decision> {
-        let inner = self.inner.lock().expect("approvals lock");
+        let inner = self.lock();
         let now = Instant::now();
         let cgroup = r.agent.as_ref().and_then(|a| a.cgroup.as_ref());
         inner
@@ -368,7 +374,7 @@ impl Broker {
 
     /// Session-scoped grants end with their session.
     pub fn session_ended(&self, session_id: u64) {
-        let mut inner = self.inner.lock().expect("approvals lock");
+        let mut inner = self.lock();
         inner.grants.retain(|g| g.session_id != Some(session_id));
     }
 }

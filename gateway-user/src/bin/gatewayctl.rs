@@ -284,7 +284,7 @@ fn ask(cli: &Cli, req: Request) -> Result<serde_json::Value, String> {
     if let Some(path) = &cli.store {
         let store = AuditStore::open(path)
             .map_err(|e| format!("{e} (is a daemon holding it? ask it with --socket)"))?;
-        return admin::answer_from_store(&store, req);
+        return admin::answer_from_store(&store, req).map_err(|e| e.to_string());
     }
     client::call(&socket(cli)?, &req).map_err(|e| e.to_string())
 }

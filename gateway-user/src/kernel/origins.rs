@@ -4,33 +4,89 @@
 //! that another connection may have used before or since.
 
 use std::{
+    mem::MaybeUninit,
     net::{IpAddr, Ipv6Addr, SocketAddr},
-    os::fd::AsRawFd,
-    sync::Mutex,
+    os::fd::{AsFd as _, AsRawFd, BorrowedFd},
 };
 
-use aya::maps::{HashMap, MapData};
+use aya::maps::{HashMap, IterableMap as _, MapData};
 use gateway_common::{Addr, ConnKey, Origin};
 
 pub struct OriginTable {
-    accepted: Mutex<HashMap<MapData, u64, Origin>>,
+    accepted: HashMap<MapData, u64, Origin>,
 }
 
 impl OriginTable {
     pub(super) fn new(accepted: HashMap<MapData, u64, Origin>) -> Self {
-        OriginTable {
-            accepted: Mutex::new(accepted),
-        }
+        OriginTable { accepted }
     }
 
     /// The origin of the connection `socket` (one the listener accepted), removed from the map
     /// as it is read.
     pub fn take(&self, socket: &impl AsRawFd) -> Option<Origin> {
-        let cookie = socket_cookie(socket).ok()?;
-        let mut map = self.accepted.lock().unwrap_or_else(|e| e.into_inner());
-        let origin = map.get(&cookie, 0).ok()?;
-        let _ = map.remove(&cookie);
-        Some(origin)
+        self.take_cookie(socket_cookie(socket).ok()?)
+    }
+
+    /// One `BPF_MAP_LOOKUP_AND_DELETE_ELEM`: the kernel reads and removes the entry at once, so
+    /// concurrent takes need no lock around a lookup and a delete.
+    fn take_cookie(&self, cookie: u64) -> Option<Origin> {
+        match lookup_and_delete(self.accepted.map().fd().as_fd(), &cookie) {
+            Ok(origin) => origin,
+            Err(e) => {
+                // Kernels before 5.14 refuse the command on hash maps: no origin, so the
+                // connection is refused (fail closed), and the log says why.
+                tracing::warn!(error = %e, "taking a connection's origin from the kernel");
+                None
+            }
+        }
+    }
+}
+
+/// `enum bpf_cmd` (linux/bpf.h).
+const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+
+/// The part of `union bpf_attr` the map element commands read; the kernel takes the rest as
+/// zero.
+#[repr(C)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// aya 0.14 offers lookup-and-delete for queues and stacks only, so the command is issued
+/// here; `None` when the key is not in the map.
+fn lookup_and_delete(map: BorrowedFd<'_>, key: &u64) -> std::io::Result<Option<Origin>> {
+    let mut value = MaybeUninit::<Origin>::uninit();
+    let attr = ElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        _pad: 0,
+        key: (&raw const *key) as u64,
+        value: value.as_mut_ptr() as u64,
+        flags: 0,
+    };
+    // SAFETY: `attr` is a live bpf_attr prefix of the size passed, naming a map fd borrowed for
+    // the call, a readable u64 key and a writable `Origin`. The map's key and value sizes are
+    // those of u64 and Origin (aya checked them when it made the `HashMap`), so the kernel
+    // reads and writes within them.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_AND_DELETE_ELEM,
+            (&raw const attr).cast::<libc::c_void>(),
+            std::mem::size_of::<ElemAttr>(),
+        )
+    };
+    if rc == 0 {
+        // SAFETY: on success the kernel copied the whole value, and `Origin` is plain integers.
+        return Ok(Some(unsafe { value.assume_init() }));
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::ENOENT) => Ok(None),
+        _ => Err(e),
     }
 }
 
@@ -93,6 +149,42 @@ pub fn destination(origin: &Origin) -> SocketAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn origin(port: u16) -> Origin {
+        Origin {
+            dst_addr: to_words(IpAddr::from([10, 0, 0, 1])),
+            dst_port: port,
+            family: gateway_common::AF_INET,
+            pid: 1,
+            tid: 2,
+            uid: 3,
+            gid: 4,
+            _pad: 0,
+            cgroup_id: 5,
+            governed_cgroup_id: 6,
+        }
+    }
+
+    /// Needs a kernel and the privilege to make a BPF map (root here); says so and passes where
+    /// it has neither.
+    #[test]
+    fn take_reads_and_removes_at_once() {
+        let mut map = match HashMap::<MapData, u64, Origin>::create(8, 0) {
+            Ok(map) => map,
+            Err(e) => {
+                eprintln!("skipped: cannot make a BPF map here: {e}");
+                return;
+            }
+        };
+        map.insert(7, origin(5432), 0).unwrap();
+        map.insert(8, origin(443), 0).unwrap();
+        let table = OriginTable::new(map);
+        assert_eq!(table.take_cookie(7), Some(origin(5432)));
+        assert_eq!(table.take_cookie(7), None, "taken once");
+        assert_eq!(table.take_cookie(9), None, "never there");
+        assert_eq!(table.take_cookie(8), Some(origin(443)), "others stay");
+        assert_eq!(table.accepted.keys().count(), 0);
+    }
 
     #[test]
     fn words_match_the_kernel_layout() {
