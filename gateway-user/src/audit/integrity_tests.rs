@@ -17,7 +17,7 @@ fn opening(id: u64, started_at_ms: u64) -> SessionRecord {
         policy: Some("billing".into()),
         destination: Some("127.10.0.5:5432".into()),
         target: Some("billing-db".into()),
-        protocol: Some(crate::policy::Protocol::Postgres),
+        protocol: Some(crate::target::Protocol::Postgres),
         verdict: VerdictKind::Allow,
         rule: "targets.billing-db".into(),
         bytes_up: 0,

@@ -18,7 +18,7 @@ pub enum Source {
     Internal,
 }
 
-/// The phases of a session, in order ([`crate::daemon`] runs them).
+/// The phases of a session, in order (the daemon runs them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
     /// The kernel's record of the connection, the agent's identity, the connection verdict.
