@@ -775,3 +775,6 @@ async fn left_while_held<W: AsyncWrite + Unpin>(
     let _ = upstream.write_all(&[b'X', 0, 0, 0, 4]).await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
