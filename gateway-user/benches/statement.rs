@@ -136,7 +136,9 @@ fn bench(c: &mut Criterion) {
                         rule: j.rule.clone(),
                         ..event(1 + i % 8, seq, sql)
                     };
-                    let Detail::Sql(d) = &mut e.detail;
+                    let Detail::Sql(d) = &mut e.detail else {
+                        unreachable!("an SQL event")
+                    };
                     d.kind = *kind;
                     store.append(e).unwrap();
                 }

@@ -19,6 +19,7 @@ pub struct Config {
     pub listen_port: u16,
     pub pin_dir: PathBuf,
     pub store: PathBuf,
+    pub ssh_host_ca: PathBuf,
     pub store_reserve_bytes: u64,
     pub memory_budget_bytes: usize,
     pub admin_socket: PathBuf,
@@ -67,6 +68,7 @@ struct Overrides {
     listen_port: Option<u16>,
     pin_dir: Option<PathBuf>,
     store: Option<PathBuf>,
+    ssh_host_ca: Option<PathBuf>,
     store_reserve_bytes: Option<u64>,
     memory_budget_bytes: Option<usize>,
     admin_socket: Option<PathBuf>,
@@ -128,6 +130,7 @@ impl Config {
             listen_port,
             pin_dir,
             store,
+            ssh_host_ca,
             store_reserve_bytes,
             memory_budget_bytes,
             admin_socket,
@@ -142,6 +145,7 @@ impl Config {
         set(&mut self.listen_port, listen_port);
         set(&mut self.pin_dir, pin_dir);
         set(&mut self.store, store);
+        set(&mut self.ssh_host_ca, ssh_host_ca);
         set(&mut self.store_reserve_bytes, store_reserve_bytes);
         set(&mut self.memory_budget_bytes, memory_budget_bytes);
         set(&mut self.admin_socket, admin_socket);

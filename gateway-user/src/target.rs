@@ -11,6 +11,8 @@ pub enum Protocol {
     Tcp,
     /// The wire protocol terminated; each statement is judged.
     Postgres,
+    /// SSH terminated on both legs; each exec, shell and subsystem request is judged.
+    Ssh,
 }
 
 impl Protocol {
@@ -18,6 +20,7 @@ impl Protocol {
         match self {
             Protocol::Tcp => "tcp",
             Protocol::Postgres => "postgres",
+            Protocol::Ssh => "ssh",
         }
     }
 }

@@ -179,7 +179,9 @@ async fn a_busy_session_cut_into_several_values_chains_across_them() {
     store.put_durable(&opening(id, 1_000)).await.unwrap();
     let long = |seq| {
         let mut e = event(id, seq);
-        let super::Detail::Sql(d) = &mut e.detail;
+        let super::Detail::Sql(d) = &mut e.detail else {
+            unreachable!("an SQL event")
+        };
         d.sql = format!("SELECT {seq}, '{}'", "x".repeat(1_000));
         e
     };

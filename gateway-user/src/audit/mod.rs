@@ -9,6 +9,7 @@
 //! persistent generator, so they keep growing across restarts. Records and events are chained
 //! by hashes ([`chain`]), checked by [`verify`], bounded by [`prune`].
 
+pub mod cast;
 pub mod chain;
 pub mod filter;
 mod link;
@@ -37,8 +38,8 @@ use writer::Writer;
 pub use filter::SessionFilter;
 pub use prune::PruneReport;
 pub use record::{
-    Agent, ApprovalOutcome, ApprovalRecord, Detail, Event, SessionEnd, SessionRecord, SqlDetail,
-    SqlStep, VerdictKind, now_ms,
+    Agent, ApprovalOutcome, ApprovalRecord, Detail, Event, OutputDetail, SessionEnd, SessionRecord,
+    SqlDetail, SqlStep, SshDetail, SshRequestKind, Stream, VerdictKind, now_ms,
 };
 pub use verify::{Problem, VerifyReport};
 

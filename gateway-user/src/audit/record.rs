@@ -97,6 +97,10 @@ pub struct Event {
 #[serde(tag = "detail", rename_all = "snake_case")]
 pub enum Detail {
     Sql(SqlDetail),
+    /// An SSH request (exec, shell, subsystem, forward...) on one channel.
+    Ssh(SshDetail),
+    /// A chunk of a channel's recorded data, or a window resize.
+    Output(OutputDetail),
 }
 
 impl Detail {
@@ -104,6 +108,8 @@ impl Detail {
     pub fn summary(&self) -> String {
         match self {
             Detail::Sql(d) => d.sql.clone(),
+            Detail::Ssh(d) => d.command.clone(),
+            Detail::Output(d) => d.data.clone(),
         }
     }
 }
@@ -147,6 +153,68 @@ impl SqlStep {
             SqlStep::ExecuteSent => "execute:sent",
         }
     }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SshDetail {
+    pub channel: u32,
+    pub request: SshRequestKind,
+    /// The command as the agent sent it, the subsystem's name, the forward's destination.
+    pub command: String,
+    /// When the channel ended: the command's exit status, and the bytes each way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_status: Option<u32>,
+    #[serde(default)]
+    pub bytes_in: u64,
+    #[serde(default)]
+    pub bytes_out: u64,
+}
+
+/// What an SSH request asks of the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SshRequestKind {
+    /// A command (`ssh host cmd`, legacy `scp -t/-f`, `rsync --server`, git over SSH).
+    Exec,
+    /// An interactive login shell (with or without a terminal).
+    Shell,
+    /// A subsystem (`sftp`, which OpenSSH 9's scp uses too).
+    Subsystem,
+    /// A forwarded TCP connection (`ssh -L`, `-D`, `-W`).
+    DirectTcpip,
+    /// A listening port on the host (`ssh -R`).
+    TcpipForward,
+    /// The agent's SSH agent offered to the host (`ssh -A`).
+    AgentForward,
+    X11,
+    /// An environment variable set for the command (`SendEnv`, `SetEnv`).
+    Env,
+}
+
+/// One piece of a channel's recording. `data` is the bytes as UTF-8 (invalid sequences as
+/// U+FFFD: a recording is for reading and replay, not a byte-exact copy).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputDetail {
+    pub channel: u32,
+    pub stream: Stream,
+    pub data: String,
+    /// For a resize: the new size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cols: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stream {
+    /// What the agent typed or sent.
+    Input,
+    Output,
+    Error,
+    Resize,
+    /// The session's recording bound was reached: what follows is counted, not kept.
+    Truncated,
 }
 
 /// How an event reads from the store, in either layout.

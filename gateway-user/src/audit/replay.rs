@@ -42,7 +42,20 @@ pub fn steps(record: &SessionRecord, events: &[Event]) -> Vec<Step> {
             Detail::Sql(d) => (
                 format!("{}  {}", d.step.as_str(), d.kind.as_str()),
                 d.rows,
-                d.sql.as_str(),
+                d.sql.clone(),
+            ),
+            Detail::Ssh(d) => (
+                format!("ssh  {:?} #{}", d.request, d.channel).to_lowercase(),
+                None,
+                match d.exit_status {
+                    Some(code) => format!("{}  (exit {code})", d.command),
+                    None => d.command.clone(),
+                },
+            ),
+            Detail::Output(d) => (
+                format!("{:?} #{}", d.stream, d.channel).to_lowercase(),
+                None,
+                d.data.escape_debug().to_string(),
             ),
         };
         let mut text = format!(

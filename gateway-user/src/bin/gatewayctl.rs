@@ -76,12 +76,28 @@ enum Command {
         #[arg(long, conflicts_with = "speed")]
         no_wait: bool,
     },
+    /// SSH targets.
+    Ssh {
+        #[command(subcommand)]
+        command: SshCommand,
+    },
     /// Write a session for other tools: its record, then one event per line, as stored
-    /// (chain hashes included).
+    /// (chain hashes included); or its terminal recording as asciicast v2.
     Export {
         id: u64,
         #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
         format: ExportFormat,
+    },
+}
+
+#[derive(Subcommand)]
+enum SshCommand {
+    /// The line for /etc/ssh/ssh_known_hosts that lets OpenSSH clients trust the hosts the
+    /// daemon answers for (its host CA, from the `.pub` file beside the key).
+    KnownHosts {
+        /// The daemon's config file, for `ssh_host_ca`.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -135,6 +151,8 @@ enum AuditCommand {
 enum ExportFormat {
     /// JSON lines.
     Jsonl,
+    /// asciicast v2 of the session's terminal output (`asciinema play`).
+    Asciicast,
 }
 
 fn main() -> ExitCode {
@@ -221,6 +239,23 @@ fn run(cli: &Cli) -> Result<(), String> {
         } => audit_verify(cli),
         Command::Replay { id, speed, no_wait } => play(cli, *id, (!*no_wait).then_some(*speed)),
         Command::Export { id, format } => export(cli, *id, *format),
+        Command::Ssh {
+            command: SshCommand::KnownHosts { config },
+        } => {
+            let config = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
+            let public = gateway_user::protocol::ssh::ca::pub_path(&config.ssh_host_ca);
+            let text = std::fs::read_to_string(&public).map_err(|e| {
+                format!(
+                    "{}: {e} (the daemon makes it on its first start)",
+                    public.display()
+                )
+            })?;
+            println!(
+                "{}",
+                gateway_user::protocol::ssh::ca::known_hosts_line(text.trim())?
+            );
+            Ok(())
+        }
         Command::Status => {
             let v = ask(cli, Request::Status)?;
             println!(
@@ -445,6 +480,18 @@ fn play(cli: &Cli, id: u64, speed: Option<f64>) -> Result<(), String> {
     }
     let (record, events) = replay::from_show(ask(cli, Request::SessionsShow { id })?)?;
     let mut out = std::io::stdout();
+    // A terminal session plays as the terminal showed it; anything else as its events.
+    if let Some(steps) = gateway_user::audit::cast::terminal(&record, &events) {
+        for step in steps {
+            if let Some(s) = speed {
+                std::thread::sleep(step.pause.div_f64(s));
+            }
+            write!(out, "{}", step.text)
+                .and_then(|()| out.flush())
+                .map_err(|e| format!("stdout: {e}"))?;
+        }
+        return Ok(());
+    }
     for step in replay::steps(&record, &events) {
         if let Some(s) = speed {
             std::thread::sleep(step.pause.div_f64(s));
@@ -457,11 +504,19 @@ fn play(cli: &Cli, id: u64, speed: Option<f64>) -> Result<(), String> {
 }
 
 fn export(cli: &Cli, id: u64, format: ExportFormat) -> Result<(), String> {
+    if let ExportFormat::Asciicast = format {
+        use gateway_user::audit::{cast, replay};
+        let (record, events) = replay::from_show(ask(cli, Request::SessionsShow { id })?)?;
+        for line in cast::asciicast(&record, &events) {
+            println!("{line}");
+        }
+        return Ok(());
+    }
     let v = ask(cli, Request::AuditExport { id })?;
     let lines: Vec<String> =
         serde_json::from_value(v).map_err(|e| format!("exported session {id}: {e}"))?;
     match format {
-        ExportFormat::Jsonl => {
+        ExportFormat::Jsonl | ExportFormat::Asciicast => {
             for line in lines {
                 println!("{line}");
             }

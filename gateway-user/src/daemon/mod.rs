@@ -84,6 +84,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         source,
     })?;
     let resolved = resolve::resolve_all(&set, &Default::default()).await;
+    let handlers = crate::protocol::Handlers::new(&config.ssh_host_ca);
     let state = Arc::new(State {
         config,
         hierarchy,
@@ -94,7 +95,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         audit,
         last_reload_error: Mutex::new(None),
         active_sessions: Default::default(),
-        handlers: Default::default(),
+        handlers,
         approvals: Default::default(),
     });
     state.apply(set)?;

@@ -6,7 +6,10 @@ use std::net::{IpAddr, SocketAddr};
 use serde::Deserialize;
 
 use super::destination::Destination;
-use crate::{protocol::postgres::PostgresFile, target::Protocol};
+use crate::{
+    protocol::{postgres::PostgresFile, ssh::SshFile},
+    target::Protocol,
+};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -41,6 +44,7 @@ pub struct TargetFile {
     /// Each protocol's own table, required for and only for that protocol
     /// ([`crate::protocol::TargetKind::validate`]).
     pub postgres: Option<PostgresFile>,
+    pub ssh: Option<SshFile>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -73,6 +73,7 @@ impl Policy {
             }
             let tables = TargetTables {
                 postgres: t.postgres,
+                ssh: t.ssh,
             };
             let kind = TargetKind::validate(t.protocol, tables)
                 .map_err(|e| err(format!("target {:?}: {e}", t.name)))?;

@@ -4,6 +4,7 @@
 //! into; [`Handlers`] holds each protocol's state shared across sessions.
 
 pub mod postgres;
+pub mod ssh;
 pub mod tcp;
 
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use crate::{session::Handler, target::Protocol};
 pub enum TargetKind {
     Tcp,
     Postgres(Arc<postgres::PostgresTarget>),
+    Ssh(Arc<ssh::SshTarget>),
 }
 
 /// A target's protocol-specific tables as the policy file has them (`[targets.postgres]`).
@@ -22,43 +24,66 @@ pub enum TargetKind {
 #[serde(deny_unknown_fields)]
 pub struct TargetTables {
     pub postgres: Option<postgres::PostgresFile>,
+    pub ssh: Option<ssh::SshFile>,
 }
 
 impl TargetKind {
     /// Checks that the tables given are the ones `protocol` needs, and validates them.
     pub fn validate(protocol: Protocol, tables: TargetTables) -> Result<TargetKind, String> {
         let table = |p: Protocol| format!("[targets.{}]", p.as_str());
-        match (protocol, tables.postgres) {
-            (Protocol::Postgres, Some(pg)) => Ok(TargetKind::Postgres(Arc::new(
-                postgres::PostgresTarget::validate(pg)?,
-            ))),
-            (Protocol::Postgres, None) => Err(format!(
-                "protocol \"postgres\" needs a {} table",
-                table(Protocol::Postgres)
-            )),
-            (Protocol::Tcp, Some(_)) => Err(format!(
-                "a {} table needs protocol \"postgres\"",
-                table(Protocol::Postgres)
-            )),
-            (Protocol::Tcp, None) => Ok(TargetKind::Tcp),
+        let given = [
+            (Protocol::Postgres, tables.postgres.is_some()),
+            (Protocol::Ssh, tables.ssh.is_some()),
+        ];
+        if let Some((other, _)) = given.iter().find(|(p, set)| *set && *p != protocol) {
+            return Err(format!(
+                "a {} table needs protocol \"{}\"",
+                table(*other),
+                other.as_str()
+            ));
         }
+        let missing = || {
+            format!(
+                "protocol \"{}\" needs a {} table",
+                protocol.as_str(),
+                table(protocol)
+            )
+        };
+        Ok(match protocol {
+            Protocol::Tcp => TargetKind::Tcp,
+            Protocol::Postgres => TargetKind::Postgres(Arc::new(
+                postgres::PostgresTarget::validate(tables.postgres.ok_or_else(missing)?)?,
+            )),
+            Protocol::Ssh => TargetKind::Ssh(Arc::new(ssh::SshTarget::validate(
+                tables.ssh.ok_or_else(missing)?,
+            )?)),
+        })
     }
 
     pub fn protocol(&self) -> Protocol {
         match self {
             TargetKind::Tcp => Protocol::Tcp,
             TargetKind::Postgres(_) => Protocol::Postgres,
+            TargetKind::Ssh(_) => Protocol::Ssh,
         }
     }
 }
 
-/// Each protocol's state shared by its sessions (PostgreSQL's cancel keys).
-#[derive(Default)]
+/// Each protocol's state shared by its sessions (PostgreSQL's cancel keys, SSH's host CA).
 pub struct Handlers {
     postgres: postgres::Shared,
+    ssh: ssh::Shared,
 }
 
 impl Handlers {
+    /// `ssh_host_ca`: where the SSH host CA's key is kept (made on first start).
+    pub fn new(ssh_host_ca: &std::path::Path) -> Handlers {
+        Handlers {
+            postgres: postgres::Shared::default(),
+            ssh: ssh::Shared::new(ssh::ca::HostCa::load_or_create(ssh_host_ca)),
+        }
+    }
+
     /// The handler that serves one session of a target of this kind.
     pub fn for_target<'a>(&'a self, kind: &TargetKind) -> Box<dyn Handler + 'a> {
         match kind {
@@ -66,6 +91,7 @@ impl Handlers {
             TargetKind::Postgres(target) => {
                 Box::new(postgres::Postgres::new(&self.postgres, target.clone()))
             }
+            TargetKind::Ssh(target) => Box::new(ssh::Ssh::new(&self.ssh, target.clone())),
         }
     }
 }

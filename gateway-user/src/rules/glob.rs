@@ -50,42 +50,16 @@ impl Glob {
         &self.source
     }
 
-    /// Whole-string match, ignoring case.
+    /// Whole-string match, ignoring case (SQL names).
     pub fn matches(&self, text: &str) -> bool {
-        let (mut p, mut t) = (0, 0);
-        let mut backtrack: Option<(usize, usize)> = None;
-        loop {
-            let next = text[t..].chars().next();
-            match (self.folded.get(p), next) {
-                (Some('*'), _) => {
-                    backtrack = Some((p + 1, t));
-                    p += 1;
-                    continue;
-                }
-                (Some('?'), Some(c)) => {
-                    p += 1;
-                    t += c.len_utf8();
-                    continue;
-                }
-                (Some(&pc), Some(c)) if pc == fold(c) => {
-                    p += 1;
-                    t += c.len_utf8();
-                    continue;
-                }
-                (None, None) => return true,
-                _ => {}
-            }
-            // Let the last `*` absorb one more character and retry.
-            match backtrack {
-                Some((bp, bt)) if bt < text.len() => {
-                    let step = text[bt..].chars().next().map_or(1, char::len_utf8);
-                    backtrack = Some((bp, bt + step));
-                    p = bp;
-                    t = bt + step;
-                }
-                _ => return false,
-            }
-        }
+        wild_match(&self.folded, text, fold)
+    }
+
+    /// Whole-string match, case kept: file names, paths and programs, which the systems
+    /// they live on tell apart by case.
+    pub fn matches_exact(&self, text: &str) -> bool {
+        let pattern: Vec<char> = self.source.chars().collect();
+        wild_match(&pattern, text, |c| c)
     }
 
     /// For schema-qualified names: a pattern without a dot names the object
@@ -95,6 +69,44 @@ impl Glob {
             self.matches(name)
         } else {
             self.matches(name.rsplit('.').next().unwrap_or(name))
+        }
+    }
+}
+
+/// `*` and `?` over `pattern` (already normalised), each text character passed through `norm`.
+fn wild_match(pattern: &[char], text: &str, norm: impl Fn(char) -> char) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut backtrack: Option<(usize, usize)> = None;
+    loop {
+        let next = text[t..].chars().next();
+        match (pattern.get(p), next) {
+            (Some('*'), _) => {
+                backtrack = Some((p + 1, t));
+                p += 1;
+                continue;
+            }
+            (Some('?'), Some(c)) => {
+                p += 1;
+                t += c.len_utf8();
+                continue;
+            }
+            (Some(&pc), Some(c)) if pc == norm(c) => {
+                p += 1;
+                t += c.len_utf8();
+                continue;
+            }
+            (None, None) => return true,
+            _ => {}
+        }
+        // Let the last `*` absorb one more character and retry.
+        match backtrack {
+            Some((bp, bt)) if bt < text.len() => {
+                let step = text[bt..].chars().next().map_or(1, char::len_utf8);
+                backtrack = Some((bp, bt + step));
+                p = bp;
+                t = bt + step;
+            }
+            _ => return false,
         }
     }
 }

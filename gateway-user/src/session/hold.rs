@@ -9,6 +9,7 @@ use super::Session;
 use crate::{
     approval::{Ask, Decision, Scope},
     audit::{ApprovalOutcome, ApprovalRecord},
+    rules::DEFAULT_HOLD_SECS,
 };
 
 /// How long a hold waits and how far an approval reaches, from the rule that held.
@@ -16,6 +17,17 @@ use crate::{
 pub struct HoldTerms {
     pub timeout: Duration,
     pub scope: Scope,
+}
+
+impl HoldTerms {
+    /// From a hold rule's `timeout_secs` and `approval` (defaults: [`DEFAULT_HOLD_SECS`],
+    /// once).
+    pub fn of_rule(timeout_secs: Option<u64>, approval: Option<Scope>) -> HoldTerms {
+        HoldTerms {
+            timeout: Duration::from_secs(timeout_secs.unwrap_or(DEFAULT_HOLD_SECS)),
+            scope: approval.unwrap_or_default(),
+        }
+    }
 }
 
 /// What approvers are asked to decide.

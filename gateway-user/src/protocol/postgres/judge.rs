@@ -2,7 +2,7 @@
 //! rule verdict, the checks no rule can lift (pinned settings, SQL text, masking provenance),
 //! the masker the verdict calls for, the refusal the agent will read, and the audit's text.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use crate::{audit::ApprovalRecord, session::hold::HoldTerms, sql::SqlKind};
 
@@ -10,7 +10,7 @@ use super::{
     codec::backend::ErrorFields,
     config::{PostgresTarget, Unparsed},
     mask::Masker,
-    rules::{Action, DEFAULT_HOLD_SECS, Who, decide_all},
+    rules::{Action, Who, decide_all},
     sql::{SQL_TEXT_FUNCTIONS, SessionOp, StatementInfo, classify},
 };
 
@@ -269,13 +269,10 @@ pub fn judge(policy: &str, target: &PostgresTarget, who: &Who, sql: &str) -> Jud
     });
     let hold = (verdict.action == Action::Hold).then(|| {
         let rule = target.rules.iter().find(|r| r.name == verdict.rule);
-        HoldTerms {
-            timeout: Duration::from_secs(
-                rule.and_then(|r| r.timeout_secs)
-                    .unwrap_or(DEFAULT_HOLD_SECS),
-            ),
-            scope: rule.and_then(|r| r.approval).unwrap_or_default(),
-        }
+        HoldTerms::of_rule(
+            rule.and_then(|r| r.timeout_secs),
+            rule.and_then(|r| r.approval),
+        )
     });
     let masker = masker
         .filter(|_| matches!(verdict.action, Action::Mask | Action::Hold))

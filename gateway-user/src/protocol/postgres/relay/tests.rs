@@ -384,7 +384,9 @@ struct Ev {
 
 impl Ev {
     fn of(e: &Event) -> Ev {
-        let Detail::Sql(d) = &e.detail;
+        let Detail::Sql(d) = &e.detail else {
+            panic!("not an SQL event: {e:?}")
+        };
         Ev {
             step: d.step,
             verdict: e.verdict,

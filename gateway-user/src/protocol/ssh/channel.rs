@@ -1,0 +1,398 @@
+//! One session channel: its request (exec, shell, subsystem) judged by the target's rules and
+//! held for approval when a rule says so; if allowed, a channel to the host with the same
+//! terminal and request, and the bytes relayed both ways and recorded; if not, a message on
+//! stderr and exit status 1, and the rest of the session goes on.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use russh::{Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Pty, client, server};
+
+use super::{
+    config::SshTarget,
+    rules::{RequestKind, SshRequest},
+    session::record,
+    upstream::Upstream,
+    words::Words,
+};
+use crate::{
+    approval::Decision,
+    audit::{Detail, OutputDetail, SshDetail, Stream},
+    detect::Detectors,
+    rules::{Action, decide},
+    session::{
+        Phase, Session, SessionError,
+        hold::{HoldEnd, HoldRequest, HoldTerms, hold},
+    },
+};
+
+/// What the agent may send while its request waits for approval: kept, then passed on.
+const HELD_INPUT: usize = 256 * 1024;
+
+/// The session's recording budget: past it, data is counted, not kept.
+pub struct Recorder {
+    limit: u64,
+    used: AtomicU64,
+}
+
+impl Recorder {
+    pub fn new(limit: u64) -> Recorder {
+        Recorder {
+            limit,
+            used: AtomicU64::new(0),
+        }
+    }
+
+    /// Records a chunk, or says (once) that the bound was reached.
+    fn chunk(
+        &self,
+        s: &Session,
+        ch: u32,
+        stream: Stream,
+        data: &str,
+        rule: &str,
+    ) -> Result<(), SessionError> {
+        let before = self.used.fetch_add(data.len() as u64, Ordering::Relaxed);
+        let (stream, data) = if before + data.len() as u64 <= self.limit {
+            (stream, data)
+        } else if before <= self.limit {
+            (Stream::Truncated, "")
+        } else {
+            return Ok(());
+        };
+        let detail = Detail::Output(OutputDetail {
+            channel: ch,
+            stream,
+            data: data.to_owned(),
+            cols: None,
+            rows: None,
+        });
+        record(s, s.event(Action::Allow, rule, detail))
+    }
+}
+
+struct PtyRequest {
+    term: String,
+    cols: u32,
+    rows: u32,
+    pix_w: u32,
+    pix_h: u32,
+    modes: Vec<(Pty, u32)>,
+}
+
+/// A channel's request once judged and let through.
+struct Running {
+    up_rd: ChannelReadHalf,
+    up_wr: ChannelWriteHalf<client::Msg>,
+    kind: RequestKind,
+    command: String,
+    rule: String,
+    detectors: Detectors,
+    /// Record the bytes themselves (not for subsystems: SFTP is file content).
+    verbatim: bool,
+}
+
+pub async fn serve(
+    s: &Session,
+    target: &SshTarget,
+    host: &Upstream,
+    agent: Channel<server::Msg>,
+    rec: &Recorder,
+) -> Result<(), SessionError> {
+    let ch = u32::from(agent.id());
+    let (mut agent_rd, agent_wr) = agent.split();
+    let mut pty: Option<PtyRequest> = None;
+    let mut run: Option<Running> = None;
+    let (mut bytes_in, mut bytes_out, mut exit) = (0u64, 0u64, None);
+    loop {
+        let up_msg = async {
+            match run.as_mut() {
+                Some(r) => r.up_rd.wait().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            m = agent_rd.wait() => {
+                let (kind, text) = match m {
+                    None | Some(ChannelMsg::Close) => break,
+                    Some(ChannelMsg::RequestPty { term, col_width, row_height, pix_width, pix_height, terminal_modes, .. }) => {
+                        pty = Some(PtyRequest { term, cols: col_width, rows: row_height, pix_w: pix_width, pix_h: pix_height, modes: terminal_modes });
+                        continue;
+                    }
+                    Some(ChannelMsg::Exec { command, .. }) => (RequestKind::Exec, command),
+                    Some(ChannelMsg::RequestShell { .. }) => (RequestKind::Shell, Vec::new()),
+                    Some(ChannelMsg::RequestSubsystem { name, .. }) => (RequestKind::Subsystem, name.into_bytes()),
+                    Some(ChannelMsg::Data { data }) => {
+                        if let Some(r) = &run {
+                            bytes_in += data.len() as u64;
+                            if r.verbatim {
+                                rec.chunk(s, ch, Stream::Input, &String::from_utf8_lossy(&data), &r.rule)?;
+                            }
+                            let _ = r.up_wr.data_bytes(data).await;
+                        }
+                        continue;
+                    }
+                    Some(ChannelMsg::Eof) => {
+                        if let Some(r) = &run {
+                            let _ = r.up_wr.eof().await;
+                        }
+                        continue;
+                    }
+                    Some(ChannelMsg::WindowChange { col_width, row_height, pix_width, pix_height }) => {
+                        if let Some(r) = &run {
+                            let _ = r.up_wr.window_change(col_width, row_height, pix_width, pix_height).await;
+                            let detail = Detail::Output(OutputDetail { channel: ch, stream: Stream::Resize, data: String::new(), cols: Some(col_width), rows: Some(row_height) });
+                            record(s, s.event(Action::Allow, &r.rule, detail))?;
+                        }
+                        continue;
+                    }
+                    Some(ChannelMsg::Signal { signal }) => {
+                        if let Some(r) = &run {
+                            let _ = r.up_wr.signal(signal).await;
+                        }
+                        continue;
+                    }
+                    Some(_) => continue,
+                };
+                if run.is_some() {
+                    // One request per channel, as OpenSSH's server allows.
+                    continue;
+                }
+                match start(s, target, host, ch, kind, &text, pty.as_ref(), &mut agent_rd, &agent_wr).await? {
+                    Some(r) => run = Some(r),
+                    None => break,
+                }
+            }
+            m = up_msg => {
+                let Some(r) = run.as_ref() else { continue };
+                match m {
+                    Some(ChannelMsg::Data { data }) => {
+                        bytes_out += data.len() as u64;
+                        let data = masked(&r.detectors, data);
+                        if r.verbatim {
+                            rec.chunk(s, ch, Stream::Output, &String::from_utf8_lossy(&data), &r.rule)?;
+                        }
+                        let _ = agent_wr.data_bytes(data).await;
+                    }
+                    Some(ChannelMsg::ExtendedData { data, ext }) => {
+                        bytes_out += data.len() as u64;
+                        let data = masked(&r.detectors, data);
+                        if r.verbatim {
+                            rec.chunk(s, ch, Stream::Error, &String::from_utf8_lossy(&data), &r.rule)?;
+                        }
+                        let _ = agent_wr.extended_data_bytes(ext, data).await;
+                    }
+                    Some(ChannelMsg::Eof) => {
+                        let _ = agent_wr.eof().await;
+                    }
+                    Some(ChannelMsg::ExitStatus { exit_status }) => {
+                        exit = Some(exit_status);
+                        let _ = agent_wr.exit_status(exit_status).await;
+                    }
+                    None | Some(ChannelMsg::Close) => {
+                        let _ = agent_wr.close().await;
+                        break;
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+    if let Some(r) = run {
+        let _ = r.up_wr.close().await;
+        let detail = Detail::Ssh(SshDetail {
+            channel: ch,
+            request: r.kind,
+            command: r.command,
+            exit_status: exit,
+            bytes_in,
+            bytes_out,
+        });
+        record(s, s.event(Action::Allow, &r.rule, detail))?;
+    }
+    Ok(())
+}
+
+fn masked(detectors: &Detectors, data: Bytes) -> Bytes {
+    match detectors.mask_bytes(&data) {
+        Some(m) => Bytes::from(m.into_bytes()),
+        None => data,
+    }
+}
+
+/// Judges the channel's request and starts it upstream, or refuses it on the channel.
+#[allow(clippy::too_many_arguments)]
+async fn start(
+    s: &Session,
+    target: &SshTarget,
+    host: &Upstream,
+    ch: u32,
+    kind: RequestKind,
+    raw: &[u8],
+    pty: Option<&PtyRequest>,
+    agent_rd: &mut ChannelReadHalf,
+    agent_wr: &ChannelWriteHalf<server::Msg>,
+) -> Result<Option<Running>, SessionError> {
+    let text = String::from_utf8_lossy(raw).into_owned();
+    let request = SshRequest {
+        kind,
+        text: text.clone(),
+        words: (kind == RequestKind::Exec).then(|| Words::parse(raw)),
+    };
+    let verdict = decide(&target.rules, s.who(), &request);
+    let event = |action, rule: &str| {
+        s.event(
+            action,
+            rule,
+            Detail::Ssh(SshDetail {
+                channel: ch,
+                request: kind,
+                command: text.clone(),
+                exit_status: None,
+                bytes_in: 0,
+                bytes_out: 0,
+            }),
+        )
+    };
+    let shown = if text.is_empty() {
+        format!("{kind:?}").to_lowercase()
+    } else {
+        text.clone()
+    };
+    let mut input = Vec::new();
+    let mut eof = false;
+    let refusal = match verdict.action {
+        Action::Deny => {
+            let mut why = format!(
+                "gatewayd: policy {} denies this {} (rule {}): {shown}",
+                s.admitted.policy,
+                if kind == RequestKind::Exec {
+                    "command"
+                } else {
+                    "request"
+                },
+                verdict.rule
+            );
+            if let Some(Words::Raw { why: raw, .. }) = &request.words {
+                why.push_str(&format!(
+                    "\ngatewayd: it is not plain words ({raw}); only a rule with raw_shell = true for its program allows that"
+                ));
+            }
+            Some(why)
+        }
+        Action::Hold => {
+            let rule = target.rules.iter().find(|r| r.name == verdict.rule);
+            let terms = HoldTerms::of_rule(
+                rule.and_then(|r| r.timeout_secs),
+                rule.and_then(|r| r.approval),
+            );
+            // The agent's input meanwhile is kept (up to a bound) and passed on if approved.
+            let left = async {
+                loop {
+                    match agent_rd.wait().await {
+                        None | Some(ChannelMsg::Close) => return Ok(()),
+                        Some(ChannelMsg::Data { data }) if input.len() < HELD_INPUT => {
+                            input.push(data);
+                        }
+                        Some(ChannelMsg::Eof) => eof = true,
+                        Some(_) => {}
+                    }
+                }
+            };
+            let req = HoldRequest {
+                command: shown.clone(),
+                command_redacted: shown.clone(),
+                rule: verdict.rule.clone(),
+                terms,
+            };
+            let held = hold(s, req, std::future::pending(), left)
+                .await
+                .map_err(|e| SessionError::agent(Phase::Serve, e))?;
+            let id = held.id;
+            let refusal = match &held.end {
+                HoldEnd::Decided(Decision::Approved { .. }) => None,
+                HoldEnd::Decided(Decision::Denied { by, reason }) => Some(format!(
+                    "gatewayd: {} denied this command (approval {id}, rule {}): {reason}",
+                    by.user, verdict.rule
+                )),
+                HoldEnd::Decided(Decision::Expired) => Some(format!(
+                    "gatewayd: no approver decided within {}s (approval {id}, rule {}); it was not run",
+                    terms.timeout.as_secs(),
+                    verdict.rule
+                )),
+                HoldEnd::Decided(Decision::Withdrawn) | HoldEnd::Cancelled | HoldEnd::AgentLeft => {
+                    Some(format!(
+                        "gatewayd: approval {id} was withdrawn; it was not run"
+                    ))
+                }
+            };
+            let mut e = event(Action::Hold, &verdict.rule);
+            e.approval = Some(Box::new(held.record));
+            if let Some(why) = &refusal {
+                e.error = Some(why.clone());
+            }
+            record(s, e)?;
+            if matches!(held.end, HoldEnd::AgentLeft) {
+                return Ok(None);
+            }
+            refusal
+        }
+        Action::Allow | Action::Mask => None,
+    };
+    if let Some(why) = refusal {
+        if verdict.action == Action::Deny {
+            let mut e = event(Action::Deny, &verdict.rule);
+            e.error = Some(why.clone());
+            record(s, e)?;
+        }
+        let _ = agent_wr
+            .extended_data_bytes(1, Bytes::from(format!("{why}\n").into_bytes()))
+            .await;
+        let _ = agent_wr.exit_status(1).await;
+        let _ = agent_wr.eof().await;
+        let _ = agent_wr.close().await;
+        return Ok(None);
+    }
+    if verdict.action != Action::Hold {
+        record(s, event(verdict.action, &verdict.rule))?;
+    }
+    let up = host
+        .channel_open_session()
+        .await
+        .map_err(|e| SessionError::upstream(Phase::Serve, e))?;
+    let (up_rd, up_wr) = up.split();
+    let failed = |e: russh::Error| SessionError::upstream(Phase::Serve, e);
+    if let Some(p) = pty {
+        up_wr
+            .request_pty(false, &p.term, p.cols, p.rows, p.pix_w, p.pix_h, &p.modes)
+            .await
+            .map_err(failed)?;
+    }
+    match kind {
+        RequestKind::Exec => up_wr.exec(false, raw.to_vec()).await,
+        RequestKind::Shell => up_wr.request_shell(false).await,
+        _ => up_wr.request_subsystem(false, text.clone()).await,
+    }
+    .map_err(failed)?;
+    for chunk in input {
+        up_wr.data_bytes(chunk).await.map_err(failed)?;
+    }
+    if eof {
+        up_wr.eof().await.map_err(failed)?;
+    }
+    let detectors = Detectors::new(
+        verdict
+            .masks
+            .iter()
+            .flat_map(|&i| target.rules[i].detectors.iter().copied()),
+    );
+    Ok(Some(Running {
+        up_rd,
+        up_wr,
+        kind,
+        command: text,
+        rule: verdict.rule,
+        detectors,
+        verbatim: kind != RequestKind::Subsystem,
+    }))
+}

@@ -1,0 +1,220 @@
+//! One SSH session through the gateway: the daemon logs in to the real host first (so an
+//! unreachable host or a changed host key reaches the agent as an SSH disconnect naming why),
+//! then answers the agent as that host with a certificate from its host CA, and serves each
+//! session channel ([`super::channel`]) until the agent leaves.
+
+use std::{sync::Arc, time::Duration};
+
+use futures_util::{StreamExt as _, stream::FuturesUnordered};
+use tokio::{io::AsyncWriteExt as _, net::TcpStream, sync::mpsc};
+
+use super::{
+    agent::{AgentSide, Note},
+    ca::HostCa,
+    channel::{self, Recorder},
+    config::SshTarget,
+    upstream,
+};
+use crate::{
+    audit::{Detail, SshDetail},
+    rules::Action,
+    session::{BoxFuture, Handler, Phase, Session, SessionError, Source, Upstream},
+};
+
+/// The longest the upstream login, or the agent's key exchange and authentication, may take.
+const HANDSHAKE_STEP: Duration = Duration::from_secs(10);
+
+/// What SSH sessions share: the host CA (or why it could not be loaded).
+pub struct Shared {
+    ca: Result<HostCa, String>,
+}
+
+impl Shared {
+    pub fn new(ca: Result<HostCa, String>) -> Shared {
+        if let Err(e) = &ca {
+            tracing::error!(error = %e, "SSH targets will be refused");
+        }
+        Shared { ca }
+    }
+
+    pub fn ca(&self) -> Result<&HostCa, &str> {
+        self.ca.as_ref().map_err(String::as_str)
+    }
+}
+
+pub struct Ssh<'a> {
+    shared: &'a Shared,
+    target: Arc<SshTarget>,
+}
+
+impl<'a> Ssh<'a> {
+    pub fn new(shared: &'a Shared, target: Arc<SshTarget>) -> Ssh<'a> {
+        Ssh { shared, target }
+    }
+}
+
+impl Handler for Ssh<'_> {
+    fn serve<'a>(
+        &'a self,
+        session: &'a Session,
+        agent: TcpStream,
+        upstream: Upstream,
+    ) -> BoxFuture<'a, Result<(), SessionError>> {
+        Box::pin(run(self, session, agent, upstream))
+    }
+
+    fn refuse<'a>(&'a self, agent: TcpStream, why: &'a SessionError) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let text = match why.source {
+                Source::Audit => "the audit store cannot record this session, so it does not run",
+                _ => "the session was refused",
+            };
+            disconnect(agent, text).await;
+        })
+    }
+}
+
+async fn run(
+    p: &Ssh<'_>,
+    session: &Session,
+    agent: TcpStream,
+    up: Upstream,
+) -> Result<(), SessionError> {
+    let ca = match p.shared.ca() {
+        Ok(ca) => ca,
+        Err(e) => {
+            disconnect(agent, "the gateway's SSH host CA is not available").await;
+            return Err(SessionError::new(Source::Internal, Phase::Handshake, e));
+        }
+    };
+    // The daemon's own login first: the agent hears why in SSH's words if it fails.
+    let tcp = match up.connect().await {
+        Ok(t) => t,
+        Err(e) => {
+            let what = format!(
+                "upstream {} is unreachable: {}",
+                session.admitted.target, e.what
+            );
+            disconnect(agent, &what).await;
+            return Err(e);
+        }
+    };
+    let login = upstream::login(&p.target, tcp, &up.server_name, up.addr.port());
+    let host = match tokio::time::timeout(HANDSHAKE_STEP, login).await {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => {
+            disconnect(agent, &format!("upstream {}: {e}", session.admitted.target)).await;
+            return Err(SessionError::upstream(Phase::Connect, e));
+        }
+        Err(_) => {
+            let what = format!("upstream login not complete within {HANDSHAKE_STEP:?}");
+            disconnect(agent, &what).await;
+            return Err(SessionError::upstream(Phase::Connect, what));
+        }
+    };
+    // Answer as the host the agent dialled: its address and the policy's name for it.
+    let mut principals = vec![up.addr.ip().to_string()];
+    if up.server_name != principals[0] {
+        principals.push(up.server_name.clone());
+    }
+    let cert = ca
+        .certificate(&principals)
+        .map_err(|e| SessionError::new(Source::Internal, Phase::Handshake, e))?;
+    let config = Arc::new(russh::server::Config {
+        keys: vec![ca.host_key().clone()],
+        certificates: vec![cert],
+        auth_rejection_time: Duration::from_millis(200),
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        inactivity_timeout: None,
+        nodelay: true,
+        ..Default::default()
+    });
+    let (notes, mut inbox) = mpsc::unbounded_channel();
+    let side = AgentSide {
+        notes,
+        jwt: p.target.jwt.clone().map(Arc::new),
+    };
+    let running = match tokio::time::timeout(
+        HANDSHAKE_STEP,
+        russh::server::run_stream(config, agent, side),
+    )
+    .await
+    {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return Err(SessionError::agent(Phase::Handshake, e)),
+        Err(_) => {
+            return Err(SessionError::agent(
+                Phase::Handshake,
+                "SSH handshake not complete within the bound",
+            ));
+        }
+    };
+    let recorder = Recorder::new(p.target.record_limit);
+    let mut channels = FuturesUnordered::new();
+    tokio::pin!(running);
+    let ended = loop {
+        tokio::select! {
+            r = &mut running => break r,
+            Some(note) = inbox.recv() => match note {
+                Note::Channel(c) => {
+                    channels.push(channel::serve(session, &p.target, &host, c, &recorder));
+                }
+                Note::Token(t) => session.set_token(t),
+                Note::Refused { kind, what, channel } => {
+                    let mut e = session.event(
+                        Action::Deny,
+                        "not-supported",
+                        Detail::Ssh(SshDetail {
+                            channel,
+                            request: kind,
+                            command: what,
+                            exit_status: None,
+                            bytes_in: 0,
+                            bytes_out: 0,
+                        }),
+                    );
+                    e.error = Some("the gateway does not forward this request".into());
+                    record(session, e)?;
+                }
+            },
+            Some(r) = channels.next(), if !channels.is_empty() => r?,
+        }
+    };
+    let _ = host
+        .disconnect(russh::Disconnect::ByApplication, "", "en")
+        .await;
+    match ended {
+        Ok(()) => Ok(()),
+        Err(e) => Err(SessionError::agent(Phase::Serve, e)),
+    }
+}
+
+pub(super) fn record(session: &Session, event: crate::audit::Event) -> Result<(), SessionError> {
+    session
+        .record(event)
+        .map_err(|e| SessionError::audit(Phase::Serve, e))
+}
+
+/// Refuses before any key exchange, in SSH's words: the version line, then an unencrypted
+/// SSH_MSG_DISCONNECT (allowed before the first NEWKEYS), which OpenSSH prints as
+/// "Received disconnect from ...: <why>".
+pub async fn disconnect(mut agent: TcpStream, why: &str) {
+    let mut payload = vec![1u8]; // SSH_MSG_DISCONNECT
+    payload.extend_from_slice(&11u32.to_be_bytes()); // SSH_DISCONNECT_BY_APPLICATION
+    let text = format!("gatewayd: {why}");
+    payload.extend_from_slice(&(text.len() as u32).to_be_bytes());
+    payload.extend_from_slice(text.as_bytes());
+    payload.extend_from_slice(&0u32.to_be_bytes()); // language tag
+    // packet_length (4) + padding_length (1) + payload + padding: a multiple of 8, padding >= 4.
+    let mut padding = 8 - (5 + payload.len()) % 8;
+    if padding < 4 {
+        padding += 8;
+    }
+    let mut out = b"SSH-2.0-gatewayd\r\n".to_vec();
+    out.extend_from_slice(&((1 + payload.len() + padding) as u32).to_be_bytes());
+    out.push(padding as u8);
+    out.extend_from_slice(&payload);
+    out.extend(std::iter::repeat_n(0u8, padding));
+    let _ = tokio::time::timeout(Duration::from_secs(2), agent.write_all(&out)).await;
+    let _ = agent.shutdown().await;
+}

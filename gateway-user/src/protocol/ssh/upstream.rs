@@ -1,0 +1,211 @@
+//! The daemon's own login to the real host: the host key checked against the target's
+//! known_hosts file or pinned fingerprints (an unknown or changed key refuses the session and
+//! says why), then the daemon's credential: a key file, a short-lived certificate from a user
+//! CA, or a password. Files are read off the async workers, at each session.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use russh::{
+    client::{self, AuthResult, Handle},
+    keys::{
+        HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate,
+        ssh_key::certificate::{Builder, CertType},
+    },
+};
+use tokio::net::TcpStream;
+
+use super::{
+    ca,
+    config::{HostTrust, SshTarget, UpstreamAuth},
+};
+
+/// Checks the host's key as the target says; remembers why it refused.
+pub struct Verifier {
+    trust: HostTrust,
+    host: String,
+    port: u16,
+    refused: Arc<Mutex<Option<String>>>,
+}
+
+impl client::Handler for Verifier {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let key = match key {
+            PublicKeyOrCertificate::PublicKey { key, .. } => key.clone(),
+            // The daemon asks for plain host keys; a certificate is not what it pinned.
+            PublicKeyOrCertificate::Certificate(_) => {
+                self.refuse("the host offered a certificate, not a pinned key".into());
+                return Ok(false);
+            }
+        };
+        let verdict = match &self.trust {
+            HostTrust::Fingerprints(pins) => {
+                let seen = key.fingerprint(HashAlg::Sha256).to_string();
+                if pins.contains(&seen) {
+                    Ok(())
+                } else {
+                    Err(format!("its key {seen} is not one the policy pins"))
+                }
+            }
+            HostTrust::KnownHosts(path) => {
+                let (host, port, path) = (self.host.clone(), self.port, path.clone());
+                let check = move || russh::keys::check_known_hosts_path(&host, port, &key, &path);
+                match tokio::task::spawn_blocking(check).await {
+                    Ok(Ok(true)) => Ok(()),
+                    Ok(Ok(false)) => Err("its key is not in the target's known_hosts".into()),
+                    Ok(Err(russh::keys::Error::KeyChanged { line })) => Err(format!(
+                        "its key CHANGED from the one on line {line} of the target's known_hosts"
+                    )),
+                    Ok(Err(e)) => Err(format!("known_hosts: {e}")),
+                    Err(e) => Err(format!("known_hosts: {e}")),
+                }
+            }
+        };
+        match verdict {
+            Ok(()) => Ok(true),
+            Err(why) => {
+                self.refuse(why);
+                Ok(false)
+            }
+        }
+    }
+}
+
+impl Verifier {
+    fn refuse(&self, why: String) {
+        *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+    }
+}
+
+/// Why logging in upstream failed, in words for the agent and the audit (never a path or the
+/// credential itself: those go to the daemon's log).
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    #[error("the host could not be verified: {0}")]
+    HostKey(String),
+    #[error("the host refused the gateway's credential")]
+    Refused,
+    #[error("the gateway's credential for this target is not available")]
+    Credential,
+    #[error("SSH: {0}")]
+    Protocol(String),
+}
+
+pub type Upstream = Handle<Verifier>;
+
+/// Logs in to the host over `tcp` (already connected to `host:port`).
+pub async fn login(
+    target: &SshTarget,
+    tcp: TcpStream,
+    host: &str,
+    port: u16,
+) -> Result<Upstream, LoginError> {
+    let refused = Arc::new(Mutex::new(None));
+    let verifier = Verifier {
+        trust: target.trust.clone(),
+        host: host.to_owned(),
+        port,
+        refused: refused.clone(),
+    };
+    let config = Arc::new(client::Config {
+        inactivity_timeout: None,
+        ..Default::default()
+    });
+    let mut handle = match client::connect_stream(config, tcp, verifier).await {
+        Ok(h) => h,
+        Err(e) => {
+            return Err(
+                match refused.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                    Some(why) => LoginError::HostKey(why),
+                    None => LoginError::Protocol(e.to_string()),
+                },
+            );
+        }
+    };
+    let user = target.user.clone();
+    let result = match &target.auth {
+        UpstreamAuth::Key(path) => {
+            let key = read_key(path.clone()).await?;
+            let hash = handle
+                .best_supported_rsa_hash()
+                .await
+                .map_err(|e| LoginError::Protocol(e.to_string()))?
+                .flatten();
+            handle
+                .authenticate_publickey(user, PrivateKeyWithHashAlg::new(Arc::new(key), hash))
+                .await
+        }
+        UpstreamAuth::UserCa {
+            ca: ca_path,
+            lifetime,
+        } => {
+            let ca_key = read_key(ca_path.clone()).await?;
+            let key = ca::ed25519().map_err(LoginError::Protocol)?;
+            let cert = user_certificate(&ca_key, key.public_key(), &target.user, *lifetime)
+                .map_err(LoginError::Protocol)?;
+            handle
+                .authenticate_openssh_cert(user, Arc::new(key), cert)
+                .await
+        }
+        UpstreamAuth::Password(c) => {
+            let pw = c.read().await.map_err(|e| {
+                tracing::warn!(error = %e, "SSH upstream password");
+                LoginError::Credential
+            })?;
+            let pw = String::from_utf8(pw).map_err(|_| LoginError::Credential)?;
+            handle.authenticate_password(user, pw).await
+        }
+    };
+    match result {
+        Ok(AuthResult::Success) => Ok(handle),
+        Ok(AuthResult::Failure { .. }) => Err(LoginError::Refused),
+        Err(e) => Err(LoginError::Protocol(e.to_string())),
+    }
+}
+
+async fn read_key(path: std::path::PathBuf) -> Result<PrivateKey, LoginError> {
+    let shown = path.display().to_string();
+    tokio::task::spawn_blocking(move || russh::keys::load_secret_key(&path, None))
+        .await
+        .map_err(|e| LoginError::Protocol(e.to_string()))?
+        .map_err(|e| {
+            tracing::warn!(path = %shown, error = %e, "SSH upstream key");
+            LoginError::Credential
+        })
+}
+
+/// A certificate for `user`, valid from a minute ago for `lifetime`, with what an interactive
+/// login needs (a terminal, forwarding is the policy's to allow, not the certificate's).
+fn user_certificate(
+    ca: &PrivateKey,
+    key: &PublicKey,
+    user: &str,
+    lifetime: Duration,
+) -> Result<russh::keys::Certificate, String> {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut nonce = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
+        .map_err(|_| "the system's random source failed".to_owned())?;
+    let mut b = Builder::new(
+        nonce.to_vec(),
+        key.key_data().clone(),
+        now.saturating_sub(60),
+        now + lifetime.as_secs(),
+    )
+    .map_err(|e| e.to_string())?;
+    b.cert_type(CertType::User)
+        .and_then(|b| b.key_id(format!("gatewayd:{user}")))
+        .and_then(|b| b.valid_principal(user))
+        .and_then(|b| b.extension("permit-pty", ""))
+        .map_err(|e| e.to_string())?;
+    b.sign(ca).map_err(|e| e.to_string())
+}
