@@ -16,6 +16,9 @@ packages=(
     pgbouncer openssl
     # pg_query (PostgreSQL's own parser, libpg_query) generates its protobuf types with protoc.
     protobuf-compiler
+    # SSH tests: a real sshd and the OpenSSH clients (ssh, scp, sftp, ssh-keygen), rsync,
+    # asciinema to play exported recordings, and script(1) (util-linux) to give it a terminal.
+    openssh-server openssh-client rsync asciinema util-linux
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -8,6 +8,7 @@
 mod cgroup;
 mod postgres;
 mod servers;
+mod ssh;
 
 use std::{
     net::TcpListener,
@@ -27,6 +28,7 @@ use serde_json::Value;
 pub use cgroup::Cgroup;
 pub use postgres::{APP_PASSWORD, APP_ROLE, PgServer, billing_target, es256_key, test_ca};
 pub use servers::{EchoServer, HttpServer, free_port, non_loopback_v4};
+pub use ssh::SshServer;
 
 /// A built binary of the workspace (`target/debug/NAME`, next to this test's own executable).
 /// Polls `ok` every 20 ms for up to 10 s; fails the test naming `what` if it never holds.

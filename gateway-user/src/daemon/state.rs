@@ -106,6 +106,12 @@ impl State {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .govern(&governed)?;
+        self.handlers.prepare(
+            set.policies
+                .iter()
+                .flat_map(|p| &p.targets)
+                .map(|t| &t.kind),
+        );
         *self.policies.write().unwrap_or_else(|e| e.into_inner()) =
             Arc::new(Loaded { set, by_cgroup });
         Ok(())

@@ -80,7 +80,15 @@ impl Handlers {
     pub fn new(ssh_host_ca: &std::path::Path) -> Handlers {
         Handlers {
             postgres: postgres::Shared::default(),
-            ssh: ssh::Shared::new(ssh::ca::HostCa::load_or_create(ssh_host_ca)),
+            ssh: ssh::Shared::new(ssh_host_ca),
+        }
+    }
+
+    /// Loads what the targets of `kinds` need before their first session (the SSH host CA,
+    /// made on first use), so that `gatewayctl ssh known-hosts` works from the start.
+    pub fn prepare<'k>(&self, mut kinds: impl Iterator<Item = &'k TargetKind>) {
+        if kinds.any(|k| matches!(k, TargetKind::Ssh(_))) {
+            let _ = self.ssh.ca();
         }
     }
 

@@ -125,6 +125,7 @@ pub async fn serve(
                     Some(ChannelMsg::Data { data }) => {
                         if let Some(r) = &run {
                             bytes_in += data.len() as u64;
+                            s.add_up(data.len() as u64);
                             if r.verbatim {
                                 rec.chunk(s, ch, Stream::Input, &String::from_utf8_lossy(&data), &r.rule)?;
                             }
@@ -168,6 +169,7 @@ pub async fn serve(
                 match m {
                     Some(ChannelMsg::Data { data }) => {
                         bytes_out += data.len() as u64;
+                        s.add_down(data.len() as u64);
                         let data = masked(&r.detectors, data);
                         if r.verbatim {
                             rec.chunk(s, ch, Stream::Output, &String::from_utf8_lossy(&data), &r.rule)?;
@@ -176,6 +178,7 @@ pub async fn serve(
                     }
                     Some(ChannelMsg::ExtendedData { data, ext }) => {
                         bytes_out += data.len() as u64;
+                        s.add_down(data.len() as u64);
                         let data = masked(&r.detectors, data);
                         if r.verbatim {
                             rec.chunk(s, ch, Stream::Error, &String::from_utf8_lossy(&data), &r.rule)?;

@@ -3,10 +3,18 @@
 //! then answers the agent as that host with a certificate from its host CA, and serves each
 //! session channel ([`super::channel`]) until the agent leaves.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use futures_util::{StreamExt as _, stream::FuturesUnordered};
-use tokio::{io::AsyncWriteExt as _, net::TcpStream, sync::mpsc};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpStream,
+    sync::mpsc,
+};
 
 use super::{
     agent::{AgentSide, Note},
@@ -24,21 +32,32 @@ use crate::{
 /// The longest the upstream login, or the agent's key exchange and authentication, may take.
 const HANDSHAKE_STEP: Duration = Duration::from_secs(10);
 
-/// What SSH sessions share: the host CA (or why it could not be loaded).
+/// What SSH sessions share: the host CA (or why it could not be loaded), loaded when the
+/// first policy with an SSH target is, so a daemon without one never writes a CA.
 pub struct Shared {
-    ca: Result<HostCa, String>,
+    path: PathBuf,
+    ca: OnceLock<Result<HostCa, String>>,
 }
 
 impl Shared {
-    pub fn new(ca: Result<HostCa, String>) -> Shared {
-        if let Err(e) = &ca {
-            tracing::error!(error = %e, "SSH targets will be refused");
+    pub fn new(path: &Path) -> Shared {
+        Shared {
+            path: path.to_owned(),
+            ca: OnceLock::new(),
         }
-        Shared { ca }
     }
 
     pub fn ca(&self) -> Result<&HostCa, &str> {
-        self.ca.as_ref().map_err(String::as_str)
+        self.ca
+            .get_or_init(|| {
+                let ca = HostCa::load_or_create(&self.path);
+                if let Err(e) = &ca {
+                    tracing::error!(error = %e, "SSH targets will be refused");
+                }
+                ca
+            })
+            .as_ref()
+            .map_err(String::as_str)
     }
 }
 
@@ -217,4 +236,11 @@ pub async fn disconnect(mut agent: TcpStream, why: &str) {
     out.extend(std::iter::repeat_n(0u8, padding));
     let _ = tokio::time::timeout(Duration::from_secs(2), agent.write_all(&out)).await;
     let _ = agent.shutdown().await;
+    // Read what the client sent meanwhile (its version, its KEXINIT) until it closes: closing
+    // with unread bytes would reset the connection before it reads why.
+    let drain = async {
+        let mut buf = [0u8; 4096];
+        while matches!(agent.read(&mut buf).await, Ok(n) if n > 0) {}
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
 }

@@ -1,0 +1,332 @@
+//! SSH through the gateway, with Debian's OpenSSH on both ends: an unprivileged `ssh` inside
+//! the governed cgroup trusting only the gateway's host CA line, a real sshd whose
+//! ForceCommand logs what it ran. Exec allowed, denied and held, exit status carried, shell
+//! syntax refused, forwarding refused, a PTY shell recorded and exported as asciicast, the
+//! upstream's changed host key refused, and the agent never sees the daemon's key.
+
+use std::{
+    io::Write as _,
+    os::unix::fs::PermissionsExt as _,
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use gateway_tests::{Gateway, SshServer, bin};
+use serde_json::Value;
+
+const IP: &str = "127.10.0.20";
+const PORT: u16 = 2222;
+
+const RULES: &str = r#"
+[[targets.ssh.rules]]
+name = "tools"
+action = "allow"
+kinds = ["exec"]
+programs = ["echo", "ls", "cat", "id"]
+
+[[targets.ssh.rules]]
+name = "no-rm"
+action = "deny"
+programs = ["rm"]
+
+[[targets.ssh.rules]]
+name = "hold-touch"
+action = "hold"
+programs = ["touch"]
+timeout_secs = 60
+
+[[targets.ssh.rules]]
+name = "shell"
+action = "allow"
+kinds = ["shell"]
+"#;
+
+struct Agent {
+    dir: tempfile::TempDir,
+}
+
+impl Agent {
+    /// A home for the agent's ssh (readable by the unprivileged uid) whose known_hosts holds
+    /// only the line `gatewayctl ssh known-hosts` prints.
+    fn new(config: &std::path::Path) -> Agent {
+        let dir = tempfile::Builder::new()
+            .prefix("gwtest-ssh-agent")
+            .tempdir()
+            .unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let out = Command::new(bin("gatewayctl"))
+            .args(["ssh", "known-hosts", "--config"])
+            .arg(config)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line = String::from_utf8(out.stdout).unwrap();
+        assert!(line.starts_with("@cert-authority * ssh-ed25519 "), "{line}");
+        std::fs::write(dir.path().join("known_hosts"), &line).unwrap();
+        Agent { dir }
+    }
+
+    /// `ssh` as nobody in the governed cgroup, strict host key checking, no keys of its own.
+    fn ssh(&self, gw: &Gateway, args: &[&str], stdin: &[u8]) -> Output {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .args(["timeout", "60", "ssh", "-F", "/dev/null"])
+            .arg(format!(
+                "-oUserKnownHostsFile={}",
+                self.dir.path().join("known_hosts").display()
+            ))
+            .args([
+                "-oGlobalKnownHostsFile=/dev/null",
+                "-oStrictHostKeyChecking=yes",
+                "-oBatchMode=yes",
+                "-oConnectTimeout=10",
+                "-p",
+                &PORT.to_string(),
+            ])
+            .args(args)
+            .env("HOME", self.dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = gw.cgroup.command(cmd).spawn().expect("ssh");
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        child.wait_with_output().unwrap()
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn ctl(gw: &Gateway, args: &[&str]) -> Output {
+    Command::new(bin("gatewayctl"))
+        .arg("--socket")
+        .arg(gw.socket())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Waits for one pending approval and decides it.
+fn decide(gw: &Gateway, verb: &[&str]) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = ctl(gw, &["--json", "approvals", "list"]);
+        let list: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if let Some(r) = list.as_array().and_then(|a| a.first()).cloned() {
+            let id = r["id"].as_u64().unwrap().to_string();
+            let mut args = verb.to_vec();
+            args.insert(1, &id);
+            let out = ctl(gw, &args);
+            assert!(out.status.success(), "{}", text(&out.stderr));
+            return r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no approval request:\n{}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn events(gw: &Gateway, id: u64) -> Vec<Value> {
+    let out = ctl(gw, &["--json", "sessions", "show", &id.to_string()]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["events"].as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn ssh_commands_judged_recorded_and_proved_against_sshd() {
+    let srv = SshServer::start(IP, PORT);
+    let config = srv.path("gatewayd.toml");
+    let config_text = format!("ssh_host_ca = \"{}\"\n", srv.path("gw_host_ca").display());
+    std::fs::write(&config, &config_text).unwrap();
+    let gw = Gateway::start_with_config("ssh", &srv.target("web", RULES), &config_text);
+    let agent = Agent::new(&config);
+    let host = format!("agent@{IP}");
+    let home = srv.path("home");
+
+    // Allowed, output and exit status carried.
+    let out = agent.ssh(&gw, &[&host, "echo hello 'from gw'"], b"");
+    assert_eq!(
+        (out.status.code(), text(&out.stdout).as_str()),
+        (Some(0), "hello from gw\n"),
+        "{}\n{}",
+        text(&out.stderr),
+        gw.log()
+    );
+    let out = agent.ssh(&gw, &[&host, "ls /nonexistent-gw"], b"");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    // stdin reaches the command.
+    let out = agent.ssh(&gw, &[&host, "cat"], b"piped in\n");
+    assert_eq!(text(&out.stdout), "piped in\n");
+
+    // Denied by rule: stderr names the rule, exit status 1, nothing ran.
+    let out = agent.ssh(&gw, &[&host, "rm -rf /tmp/gw-nothing"], b"");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("denies this command (rule no-rm)"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A pipeline with a part no rule allows: refused as shell syntax.
+    let out = agent.ssh(&gw, &[&host, "echo hi | rm -f /tmp/gw-x"], b"");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("not plain words"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = agent.ssh(&gw, &[&host, "echo $(id)"], b"");
+    assert_eq!(out.status.code(), Some(1));
+    // Forwarding refused although the host allows it.
+    let out = agent.ssh(&gw, &["-W", "127.0.0.1:22", &host], b"");
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains("administratively prohibited"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Held, then approved: it runs; held, then denied: it does not.
+    let approved = home.join("approved");
+    let run = {
+        let line = format!("touch {}", approved.display());
+        let agent = &agent;
+        let gw = &gw;
+        let host = host.clone();
+        std::thread::scope(|s| {
+            let h = s.spawn(move || agent.ssh(gw, &[&host, &line], b""));
+            let req = decide(gw, &["approve", "--note", "ok"]);
+            assert_eq!(req["rule"], "hold-touch");
+            assert!(req["command"].as_str().unwrap().starts_with("touch "));
+            h.join().unwrap()
+        })
+    };
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+    assert!(approved.exists(), "approved touch ran");
+    let refused = home.join("refused");
+    let run = {
+        let line = format!("touch {}", refused.display());
+        let (agent, gw, host) = (&agent, &gw, host.clone());
+        std::thread::scope(|s| {
+            let h = s.spawn(move || agent.ssh(gw, &[&host, &line], b""));
+            decide(gw, &["deny", "--reason", "not today"]);
+            h.join().unwrap()
+        })
+    };
+    assert_eq!(run.status.code(), Some(1));
+    assert!(
+        text(&run.stderr).contains("not today"),
+        "{}",
+        text(&run.stderr)
+    );
+    assert!(!refused.exists());
+
+    // A PTY shell, recorded, exported as asciicast that asciinema plays.
+    let marker = format!("gw-marker-{}", std::process::id());
+    let script = format!("echo {marker}\nexit\n");
+    let out = agent.ssh(&gw, &["-tt", &host], script.as_bytes());
+    assert!(text(&out.stdout).contains(&marker), "{}", text(&out.stderr));
+
+    // sshd ran exactly the commands the audit allowed, nothing it refused.
+    let sessions = gw.ended_sessions(10);
+    let mut allowed = Vec::new();
+    let mut shell_session = None;
+    for s in sessions
+        .iter()
+        .filter(|s| s.target.as_deref() == Some("web"))
+    {
+        for e in events(&gw, s.id) {
+            if e["detail"] == "ssh" && e["exit_status"].is_null() && e["verdict"] != "deny" {
+                if e["request"] == "shell" {
+                    shell_session = Some(s.id);
+                } else if e["verdict"] == "allow" || e["approval"]["outcome"] == "approved" {
+                    allowed.push(e["command"].as_str().unwrap().to_owned());
+                }
+            }
+        }
+    }
+    let mut ran: Vec<String> = srv
+        .commands()
+        .into_iter()
+        .filter(|c| !c.is_empty())
+        .collect();
+    ran.sort();
+    allowed.sort();
+    allowed.dedup();
+    assert_eq!(ran, allowed, "sshd's log vs the audit's allowed commands");
+    assert!(
+        !ran.iter()
+            .any(|c| c.contains("rm ") || c.contains("refused"))
+    );
+
+    let id = shell_session.expect("the shell session");
+    let cast = ctl(&gw, &["export", &id.to_string(), "--format", "asciicast"]);
+    assert!(cast.status.success(), "{}", text(&cast.stderr));
+    let file = srv.path("session.cast");
+    std::fs::write(&file, &cast.stdout).unwrap();
+    // asciinema reads keys from a terminal even when it only prints: give it one.
+    let played = Command::new("script")
+        .args(["-q", "-e", "-c"])
+        .arg(format!("asciinema cat {}", file.display()))
+        .arg("/dev/null")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(played.status.success(), "{}", text(&played.stderr));
+    assert!(
+        text(&played.stdout).contains(&marker),
+        "{}",
+        text(&played.stdout)
+    );
+
+    // The agent never saw the daemon's key or the host's own key: only the gateway's.
+    let verbose = agent.ssh(&gw, &["-vvv", &host, "id"], b"");
+    let seen = [verbose.stdout, verbose.stderr].concat();
+    for secret in ["daemon_key.pub", "host_key.pub"] {
+        let public = std::fs::read_to_string(srv.path(secret)).unwrap();
+        let body = public.split_whitespace().nth(1).unwrap();
+        assert!(!text(&seen).contains(body), "{secret} leaked to the agent");
+    }
+    assert!(
+        text(&seen).contains("cert"),
+        "the agent was shown a host certificate"
+    );
+
+    // The upstream's key changes: the session is refused, and the agent hears why.
+    let other = srv.path("other_key");
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&other)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let key = std::fs::read_to_string(srv.path("other_key.pub")).unwrap();
+    let mut k = key.split_whitespace();
+    std::fs::write(
+        srv.path("known_hosts"),
+        format!(
+            "[{IP}]:{PORT} {} {}\n",
+            k.next().unwrap(),
+            k.next().unwrap()
+        ),
+    )
+    .unwrap();
+    let out = agent.ssh(&gw, &[&host, "id"], b"");
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains("CHANGED"),
+        "{}\n{}",
+        text(&out.stderr),
+        gw.log()
+    );
+    let last = gw.ended_sessions(12).into_iter().last().unwrap();
+    let end = serde_json::to_value(&last.end).unwrap();
+    assert_eq!(end["kind"], "upstream_unreachable", "{end}");
+}
