@@ -39,7 +39,24 @@ timeout_secs = 60
 name = "shell"
 action = "allow"
 kinds = ["shell"]
+
+[[targets.ssh.rules]]
+name = "files"
+action = "allow"
+kinds = ["subsystem"]
+targets = ["sftp"]
 "#;
+
+/// SFTP reads under the user's home, writes only under its `drop` directory.
+fn file_rules(home: &std::path::Path) -> String {
+    let h = home.display();
+    format!(
+        "\n[[targets.ssh.rules]]\nname = \"home-read\"\naction = \"allow\"\nkinds = [\"sftp_read\"]\n\
+         paths = [\"{h}\", \"{h}/*\"]\n\
+         \n[[targets.ssh.rules]]\nname = \"drop-write\"\naction = \"allow\"\nkinds = [\"sftp_write\"]\n\
+         paths = [\"{h}/drop/*\"]\n"
+    )
+}
 
 struct Agent {
     dir: tempfile::TempDir,
@@ -72,9 +89,28 @@ impl Agent {
 
     /// `ssh` as nobody in the governed cgroup, strict host key checking, no keys of its own.
     fn ssh(&self, gw: &Gateway, args: &[&str], stdin: &[u8]) -> Output {
+        self.run(gw, "ssh", "-p", args, stdin)
+    }
+
+    fn sftp(&self, gw: &Gateway, args: &[&str]) -> Output {
+        self.run(gw, "sftp", "-P", args, b"")
+    }
+
+    fn scp(&self, gw: &Gateway, args: &[&str]) -> Output {
+        self.run(gw, "scp", "-P", args, b"")
+    }
+
+    fn run(
+        &self,
+        gw: &Gateway,
+        tool: &str,
+        port_flag: &str,
+        args: &[&str],
+        stdin: &[u8],
+    ) -> Output {
         let mut cmd = Command::new("setpriv");
         cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-            .args(["timeout", "60", "ssh", "-F", "/dev/null"])
+            .args(["timeout", "60", tool, "-F", "/dev/null"])
             .arg(format!(
                 "-oUserKnownHostsFile={}",
                 self.dir.path().join("known_hosts").display()
@@ -84,7 +120,7 @@ impl Agent {
                 "-oStrictHostKeyChecking=yes",
                 "-oBatchMode=yes",
                 "-oConnectTimeout=10",
-                "-p",
+                port_flag,
                 &PORT.to_string(),
             ])
             .args(args)
@@ -146,7 +182,8 @@ fn ssh_commands_judged_recorded_and_proved_against_sshd() {
     let config = srv.path("gatewayd.toml");
     let config_text = format!("ssh_host_ca = \"{}\"\n", srv.path("gw_host_ca").display());
     std::fs::write(&config, &config_text).unwrap();
-    let gw = Gateway::start_with_config("ssh", &srv.target("web", RULES), &config_text);
+    let rules = format!("{RULES}{}", file_rules(&srv.path("home")));
+    let gw = Gateway::start_with_config("ssh", &srv.target("web", &rules), &config_text);
     let agent = Agent::new(&config);
     let host = format!("agent@{IP}");
     let home = srv.path("home");
@@ -286,6 +323,92 @@ fn ssh_commands_judged_recorded_and_proved_against_sshd() {
         text(&played.stdout)
     );
 
+    // SFTP and scp (OpenSSH 9 runs scp over SFTP): each request judged by path.
+    let local = agent.dir.path().join("local");
+    std::fs::create_dir(&local).unwrap();
+    std::os::unix::fs::chown(&local, Some(65534), Some(65534)).unwrap();
+    std::fs::write(local.join("up.txt"), "payload\n").unwrap();
+    std::fs::create_dir(home.join("drop")).unwrap();
+    std::fs::write(home.join("keep.txt"), "keep\n").unwrap();
+    let u = srv.user.clone();
+    for p in [home.join("drop"), home.join("keep.txt")] {
+        assert!(
+            Command::new("chown")
+                .arg(&u)
+                .arg(&p)
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+    let batch = local.join("batch");
+    std::fs::write(
+        &batch,
+        format!(
+            "put {l}/up.txt {h}/drop/up.txt\nget {h}/drop/up.txt {l}/down.txt\n-rm {h}/keep.txt\n-put {l}/up.txt {h}/notdrop.txt\nls {h}\n",
+            l = local.display(),
+            h = home.display()
+        ),
+    )
+    .unwrap();
+    let out = agent.sftp(&gw, &["-b", batch.to_str().unwrap(), &host]);
+    assert!(out.status.success(), "{}\n{}", text(&out.stderr), gw.log());
+    assert_eq!(
+        std::fs::read_to_string(home.join("drop/up.txt")).unwrap(),
+        "payload\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(local.join("down.txt")).unwrap(),
+        "payload\n"
+    );
+    assert!(
+        home.join("keep.txt").exists(),
+        "the denied remove did not run"
+    );
+    assert!(
+        !home.join("notdrop.txt").exists(),
+        "the denied put did not run"
+    );
+    assert!(
+        text(&out.stderr).contains("Permission denied"),
+        "{}",
+        text(&out.stderr)
+    );
+    let target = format!("{host}:{}/drop/scp.txt", home.display());
+    let out = agent.scp(&gw, &[local.join("up.txt").to_str().unwrap(), &target]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(home.join("drop/scp.txt").exists());
+    let target = format!("{host}:{}/scp.txt", home.display());
+    let out = agent.scp(&gw, &[local.join("up.txt").to_str().unwrap(), &target]);
+    assert!(!out.status.success());
+    assert!(!home.join("scp.txt").exists());
+    let sessions = gw.ended_sessions(13);
+    let mut sftp_events = Vec::new();
+    for s in &sessions[10..] {
+        sftp_events.extend(
+            events(&gw, s.id)
+                .into_iter()
+                .filter(|e| e["request"].as_str().is_some_and(|r| r.starts_with("sftp"))),
+        );
+    }
+    let find = |verdict: &str, command: &str| {
+        sftp_events
+            .iter()
+            .find(|e| {
+                e["verdict"] == verdict
+                    && e["command"].as_str().is_some_and(|c| c.contains(command))
+            })
+            .cloned()
+    };
+    assert!(find("allow", "/drop/up.txt").is_some(), "{sftp_events:#?}");
+    let removed = find("deny", "remove ").expect("the refused remove is audited");
+    assert_eq!(removed["request"], "sftp_write");
+    let closed = find("allow", "close ").expect("a closed file with its byte count");
+    assert!(
+        closed["bytes_in"].as_u64().unwrap() + closed["bytes_out"].as_u64().unwrap() >= 8,
+        "{closed}"
+    );
+
     // The agent never saw the daemon's key or the host's own key: only the gateway's.
     let verbose = agent.ssh(&gw, &["-vvv", &host, "id"], b"");
     let seen = [verbose.stdout, verbose.stderr].concat();
@@ -326,7 +449,7 @@ fn ssh_commands_judged_recorded_and_proved_against_sshd() {
         text(&out.stderr),
         gw.log()
     );
-    let last = gw.ended_sessions(12).into_iter().last().unwrap();
+    let last = gw.ended_sessions(15).into_iter().last().unwrap();
     let end = serde_json::to_value(&last.end).unwrap();
     assert_eq!(end["kind"], "upstream_unreachable", "{end}");
 }

@@ -189,6 +189,10 @@ pub enum SshRequestKind {
     X11,
     /// An environment variable set for the command (`SendEnv`, `SetEnv`).
     Env,
+    /// An SFTP request that reads a path (open for reading, stat, list, readlink...).
+    SftpRead,
+    /// An SFTP request that writes a path (open for writing, remove, rename, mkdir, setstat...).
+    SftpWrite,
 }
 
 /// One piece of a channel's recording. `data` is the bytes as UTF-8 (invalid sequences as

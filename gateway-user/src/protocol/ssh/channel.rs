@@ -12,6 +12,7 @@ use super::{
     config::SshTarget,
     rules::{RequestKind, SshRequest},
     session::record,
+    sftp::{self, Access, Filter, Request},
     upstream::Upstream,
     words::Words,
 };
@@ -19,7 +20,7 @@ use crate::{
     approval::Decision,
     audit::{Detail, OutputDetail, SshDetail, Stream},
     detect::Detectors,
-    rules::{Action, decide},
+    rules::{Action, decide, decide_all},
     session::{
         Phase, Session, SessionError,
         hold::{HoldEnd, HoldRequest, HoldTerms, hold},
@@ -90,6 +91,8 @@ struct Running {
     detectors: Detectors,
     /// Record the bytes themselves (not for subsystems: SFTP is file content).
     verbatim: bool,
+    /// For the `sftp` subsystem: its requests judged one by one.
+    sftp: Option<Filter>,
 }
 
 pub async fn serve(
@@ -123,9 +126,13 @@ pub async fn serve(
                     Some(ChannelMsg::RequestShell { .. }) => (RequestKind::Shell, Vec::new()),
                     Some(ChannelMsg::RequestSubsystem { name, .. }) => (RequestKind::Subsystem, name.into_bytes()),
                     Some(ChannelMsg::Data { data }) => {
-                        if let Some(r) = &run {
+                        if let Some(r) = run.as_mut() {
                             bytes_in += data.len() as u64;
                             s.add_up(data.len() as u64);
+                            if let Some(f) = r.sftp.as_mut() {
+                                sftp_requests(s, target, ch, f, &r.up_wr, &agent_wr, &data).await?;
+                                continue;
+                            }
                             if r.verbatim {
                                 rec.chunk(s, ch, Stream::Input, &String::from_utf8_lossy(&data), &r.rule)?;
                             }
@@ -165,11 +172,19 @@ pub async fn serve(
                 }
             }
             m = up_msg => {
-                let Some(r) = run.as_ref() else { continue };
+                let Some(r) = run.as_mut() else { continue };
                 match m {
                     Some(ChannelMsg::Data { data }) => {
                         bytes_out += data.len() as u64;
                         s.add_down(data.len() as u64);
+                        if let Some(f) = r.sftp.as_mut() {
+                            // Whole answers only: a refusal may go between two of them.
+                            let packets = f.host_bytes(&data).map_err(|e| SessionError::upstream(Phase::Serve, e))?;
+                            if !packets.is_empty() {
+                                let _ = agent_wr.data_bytes(packets.concat()).await;
+                            }
+                            continue;
+                        }
                         let data = masked(&r.detectors, data);
                         if r.verbatim {
                             rec.chunk(s, ch, Stream::Output, &String::from_utf8_lossy(&data), &r.rule)?;
@@ -389,6 +404,7 @@ async fn start(
             .iter()
             .flat_map(|&i| target.rules[i].detectors.iter().copied()),
     );
+    let sftp = (kind == RequestKind::Subsystem && text == "sftp").then(Filter::default);
     Ok(Some(Running {
         up_rd,
         up_wr,
@@ -397,5 +413,150 @@ async fn start(
         rule: verdict.rule,
         detectors,
         verbatim: kind != RequestKind::Subsystem,
+        sftp,
     }))
+}
+
+/// The agent's SFTP requests in `data`: each judged, then forwarded, or refused with
+/// SSH_FX_PERMISSION_DENIED; each audited.
+#[allow(clippy::too_many_arguments)]
+async fn sftp_requests(
+    s: &Session,
+    target: &SshTarget,
+    ch: u32,
+    filter: &mut Filter,
+    up_wr: &ChannelWriteHalf<client::Msg>,
+    agent_wr: &ChannelWriteHalf<server::Msg>,
+    data: &[u8],
+) -> Result<(), SessionError> {
+    let packets = filter
+        .agent_bytes(data)
+        .map_err(|e| SessionError::agent(Phase::Serve, e))?;
+    let event = |action, rule: &str, kind, command: String, error: Option<String>| {
+        let mut e = s.event(
+            action,
+            rule,
+            Detail::Ssh(SshDetail {
+                channel: ch,
+                request: kind,
+                command,
+                exit_status: None,
+                bytes_in: 0,
+                bytes_out: 0,
+            }),
+        );
+        e.error = error;
+        e
+    };
+    let mut forward = Vec::new();
+    for (packet, request) in packets {
+        let (id, refusal) = match request {
+            Request::Pass => (0, None),
+            Request::Refuse { id, why } => {
+                let e = event(
+                    Action::Deny,
+                    "sftp-unread",
+                    RequestKind::SftpWrite,
+                    why.clone(),
+                    Some(why.clone()),
+                );
+                record(s, e)?;
+                (id, Some(format!("gatewayd: {why}")))
+            }
+            Request::Judge(op) => {
+                let requests: Vec<SshRequest> = op
+                    .paths
+                    .iter()
+                    .map(|(path, access)| SshRequest {
+                        kind: match access {
+                            Access::Read => RequestKind::SftpRead,
+                            Access::Write => RequestKind::SftpWrite,
+                        },
+                        text: path.clone(),
+                        words: None,
+                    })
+                    .collect();
+                let v = decide_all(&target.rules, s.who(), &requests);
+                let kind = requests
+                    .iter()
+                    .map(|r| r.kind)
+                    .max_by_key(|k| *k == RequestKind::SftpWrite)
+                    .unwrap_or(RequestKind::SftpRead);
+                let shown = format!(
+                    "{} {}",
+                    op.name,
+                    op.paths
+                        .iter()
+                        .map(|(p, _)| p.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" -> ")
+                );
+                let mut action = v.action;
+                let mut e = event(action, &v.rule, kind, shown.clone(), None);
+                if action == Action::Hold {
+                    let rule = target.rules.iter().find(|r| r.name == v.rule);
+                    let terms = HoldTerms::of_rule(
+                        rule.and_then(|r| r.timeout_secs),
+                        rule.and_then(|r| r.approval),
+                    );
+                    let req = HoldRequest {
+                        command: format!("sftp {shown}"),
+                        command_redacted: format!("sftp {shown}"),
+                        rule: v.rule.clone(),
+                        terms,
+                    };
+                    let held = hold(s, req, std::future::pending(), std::future::pending())
+                        .await
+                        .map_err(|e| SessionError::agent(Phase::Serve, e))?;
+                    if !matches!(held.end, HoldEnd::Decided(Decision::Approved { .. })) {
+                        action = Action::Deny;
+                    }
+                    e.approval = Some(Box::new(held.record));
+                }
+                let refusal = (action == Action::Deny).then(|| {
+                    format!(
+                        "gatewayd: policy {} denies {shown} (rule {})",
+                        s.admitted.policy, v.rule
+                    )
+                });
+                e.error = refusal.clone();
+                record(s, e)?;
+                (op.id, refusal)
+            }
+        };
+        match refusal {
+            Some(why) => {
+                let _ = agent_wr.data_bytes(sftp::permission_denied(id, &why)).await;
+            }
+            None => {
+                if let Some(f) = filter.forwarded(&packet) {
+                    let e = s.event(
+                        Action::Allow,
+                        "sftp",
+                        Detail::Ssh(SshDetail {
+                            channel: ch,
+                            request: if f.written > 0 {
+                                RequestKind::SftpWrite
+                            } else {
+                                RequestKind::SftpRead
+                            },
+                            command: format!("close {}", f.path),
+                            exit_status: None,
+                            bytes_in: f.written,
+                            bytes_out: f.read,
+                        }),
+                    );
+                    record(s, e)?;
+                }
+                forward.push(packet);
+            }
+        }
+    }
+    if !forward.is_empty() {
+        up_wr
+            .data_bytes(forward.concat())
+            .await
+            .map_err(|e| SessionError::upstream(Phase::Serve, e))?;
+    }
+    Ok(())
 }

@@ -9,6 +9,7 @@ pub mod channel;
 pub mod config;
 pub mod rules;
 pub mod session;
+pub mod sftp;
 pub mod upstream;
 pub mod words;
 

@@ -46,6 +46,10 @@ pub struct SshRule {
     /// (`LANG=*`).
     #[serde(default)]
     pub targets: Vec<Glob>,
+    /// The path of an `sftp_read` or `sftp_write` request, normalised (`/srv/data/*`); case
+    /// kept.
+    #[serde(default)]
+    pub paths: Vec<Glob>,
     #[serde(default)]
     pub subjects: Vec<Glob>,
     #[serde(default)]
@@ -127,9 +131,12 @@ impl Rule for SshRule {
             } else {
                 self.args.iter().any(|g| g.matches_exact(&args))
             };
-        let target_ok =
-            self.targets.is_empty() || self.targets.iter().any(|g| g.matches_exact(&r.text));
-        program_ok && args_ok && target_ok
+        let sftp = matches!(r.kind, RequestKind::SftpRead | RequestKind::SftpWrite);
+        let target_ok = self.targets.is_empty()
+            || (!sftp && self.targets.iter().any(|g| g.matches_exact(&r.text)));
+        let path_ok =
+            self.paths.is_empty() || (sftp && self.paths.iter().any(|g| g.matches_exact(&r.text)));
+        program_ok && args_ok && target_ok && path_ok
     }
 }
 
@@ -174,6 +181,18 @@ mod tests {
             action = "allow"
             kinds = ["subsystem"]
             targets = ["sftp"]
+
+            [[rules]]
+            name = "data-read"
+            action = "allow"
+            kinds = ["sftp_read"]
+            paths = ["/srv/data", "/srv/data/*", "/"]
+
+            [[rules]]
+            name = "drop-write"
+            action = "allow"
+            kinds = ["sftp_write"]
+            paths = ["/srv/drop/*"]
 
             [[rules]]
             name = "no-cat-shadow"
@@ -224,6 +243,11 @@ mod tests {
             (other(RequestKind::Subsystem, "sftp"), Action::Allow, "files"),
             (other(RequestKind::DirectTcpip, "127.0.0.1:5432"), Action::Deny, DEFAULT_RULE),
             (other(RequestKind::AgentForward, ""), Action::Deny, DEFAULT_RULE),
+            (other(RequestKind::SftpRead, "/srv/data/a.csv"), Action::Allow, "data-read"),
+            (other(RequestKind::SftpWrite, "/srv/data/a.csv"), Action::Deny, DEFAULT_RULE),
+            (other(RequestKind::SftpWrite, "/srv/drop/in.csv"), Action::Allow, "drop-write"),
+            (other(RequestKind::SftpRead, "/SRV/data/a.csv"), Action::Deny, DEFAULT_RULE),
+            (other(RequestKind::SftpRead, "/etc/shadow"), Action::Deny, DEFAULT_RULE),
         ];
         for (req, action, rule) in cases {
             let v = decide(&rules, &Who::default(), &req);
