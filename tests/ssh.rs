@@ -25,6 +25,13 @@ kinds = ["exec"]
 programs = ["echo", "ls", "cat", "id"]
 
 [[targets.ssh.rules]]
+name = "mask-mail"
+action = "mask"
+programs = ["echo"]
+args = ["*@*"]
+detectors = ["email"]
+
+[[targets.ssh.rules]]
 name = "no-rm"
 action = "deny"
 programs = ["rm"]
@@ -199,6 +206,9 @@ fn ssh_commands_judged_recorded_and_proved_against_sshd() {
     );
     let out = agent.ssh(&gw, &[&host, "ls /nonexistent-gw"], b"");
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    // A mask rule's detectors narrow what comes back.
+    let out = agent.ssh(&gw, &[&host, "echo mail ana@example.com"], b"");
+    assert_eq!(text(&out.stdout), "mail [redacted:email]\n");
     // stdin reaches the command.
     let out = agent.ssh(&gw, &[&host, "cat"], b"piped in\n");
     assert_eq!(text(&out.stdout), "piped in\n");
@@ -272,7 +282,7 @@ fn ssh_commands_judged_recorded_and_proved_against_sshd() {
     assert!(text(&out.stdout).contains(&marker), "{}", text(&out.stderr));
 
     // sshd ran exactly the commands the audit allowed, nothing it refused.
-    let sessions = gw.ended_sessions(10);
+    let sessions = gw.ended_sessions(11);
     let mut allowed = Vec::new();
     let mut shell_session = None;
     for s in sessions
@@ -283,7 +293,10 @@ fn ssh_commands_judged_recorded_and_proved_against_sshd() {
             if e["detail"] == "ssh" && e["exit_status"].is_null() && e["verdict"] != "deny" {
                 if e["request"] == "shell" {
                     shell_session = Some(s.id);
-                } else if e["verdict"] == "allow" || e["approval"]["outcome"] == "approved" {
+                } else if e["verdict"] == "allow"
+                    || e["verdict"] == "mask"
+                    || e["approval"]["outcome"] == "approved"
+                {
                     allowed.push(e["command"].as_str().unwrap().to_owned());
                 }
             }
@@ -304,6 +317,12 @@ fn ssh_commands_judged_recorded_and_proved_against_sshd() {
     );
 
     let id = shell_session.expect("the shell session");
+    let typed: Vec<String> = events(&gw, id)
+        .iter()
+        .filter(|e| e["stream"] == "typed")
+        .map(|e| e["data"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(typed.contains(&format!("echo {marker}")), "{typed:?}");
     let cast = ctl(&gw, &["export", &id.to_string(), "--format", "asciicast"]);
     assert!(cast.status.success(), "{}", text(&cast.stderr));
     let file = srv.path("session.cast");
@@ -382,9 +401,9 @@ fn ssh_commands_judged_recorded_and_proved_against_sshd() {
     let out = agent.scp(&gw, &[local.join("up.txt").to_str().unwrap(), &target]);
     assert!(!out.status.success());
     assert!(!home.join("scp.txt").exists());
-    let sessions = gw.ended_sessions(13);
+    let sessions = gw.ended_sessions(14);
     let mut sftp_events = Vec::new();
-    for s in &sessions[10..] {
+    for s in &sessions[11..] {
         sftp_events.extend(
             events(&gw, s.id)
                 .into_iter()
@@ -449,7 +468,71 @@ fn ssh_commands_judged_recorded_and_proved_against_sshd() {
         text(&out.stderr),
         gw.log()
     );
-    let last = gw.ended_sessions(15).into_iter().last().unwrap();
+    let last = gw.ended_sessions(16).into_iter().last().unwrap();
     let end = serde_json::to_value(&last.end).unwrap();
     assert_eq!(end["kind"], "upstream_unreachable", "{end}");
+}
+
+#[test]
+fn kill_9_mid_session_leaves_a_verifiable_audit() {
+    let srv = SshServer::start("127.10.0.21", PORT);
+    let config = srv.path("gatewayd.toml");
+    let config_text = format!("ssh_host_ca = \"{}\"\n", srv.path("gw_host_ca").display());
+    std::fs::write(&config, &config_text).unwrap();
+    let mut gw = Gateway::start_with_config("sshkill", &srv.target("web", RULES), &config_text);
+    let agent = Agent::new(&config);
+    // A command that runs until its input ends; its input stays open.
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args(["ssh", "-F", "/dev/null"])
+        .arg(format!(
+            "-oUserKnownHostsFile={}",
+            agent.dir.path().join("known_hosts").display()
+        ))
+        .args([
+            "-oGlobalKnownHostsFile=/dev/null",
+            "-oBatchMode=yes",
+            "-p",
+            &PORT.to_string(),
+        ])
+        .args(["agent@127.10.0.21", "cat"])
+        .env("HOME", agent.dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = gw.cgroup.command(cmd).spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"before the kill\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while srv.commands().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the command never started:\n{}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Past sled's periodic flush: what was written is what a crash leaves.
+    std::thread::sleep(Duration::from_millis(1500));
+    gw.kill9();
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(stdin);
+    gw.spawn();
+    let verify = ctl(&gw, &["audit", "verify"]);
+    assert!(
+        verify.status.success(),
+        "{}{}",
+        text(&verify.stdout),
+        text(&verify.stderr)
+    );
+    let sessions = gw.sessions();
+    let end = serde_json::to_value(&sessions[0].end).unwrap();
+    assert_eq!(end["kind"], "interrupted", "{sessions:#?}");
+    let evs = events(&gw, sessions[0].id);
+    assert!(
+        evs.iter()
+            .any(|e| e["detail"] == "ssh" && e["command"] == "cat"),
+        "the command's event was kept: {evs:#?}"
+    );
 }

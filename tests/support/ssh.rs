@@ -42,7 +42,10 @@ impl SshServer {
         // sshd and the test user read their files here.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let p = |name: &str| dir.path().join(name);
-        let user = format!("gwssh{}", std::process::id() % 100_000);
+        // One user per server: the tests of a binary run at once.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let user = format!("gwssh{}x{n}", std::process::id() % 100_000);
         let _ = Command::new("userdel").arg("-r").arg(&user).output();
         std::fs::create_dir(p("home")).unwrap();
         run(Command::new("useradd")

@@ -53,7 +53,7 @@ pub fn asciicast(record: &SessionRecord, events: &[Event]) -> Vec<String> {
                 format!("{}x{}", d.cols.unwrap_or(cols), d.rows.unwrap_or(rows))
             ]),
             Stream::Truncated => json!([at(e), "o", "\r\n[gatewayd: recording bound reached]\r\n"]),
-            Stream::Input => continue,
+            Stream::Input | Stream::Typed => continue,
         };
         out.push(line.to_string());
     }

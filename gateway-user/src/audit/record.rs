@@ -219,6 +219,9 @@ pub enum Stream {
     Resize,
     /// The session's recording bound was reached: what follows is counted, not kept.
     Truncated,
+    /// A line the agent typed in a shell (at Enter, backspaces applied): an aid for reading,
+    /// not a record of what the shell ran.
+    Typed,
 }
 
 /// How an event reads from the store, in either layout.

@@ -93,6 +93,8 @@ struct Running {
     verbatim: bool,
     /// For the `sftp` subsystem: its requests judged one by one.
     sftp: Option<Filter>,
+    /// For a shell: what the agent has typed since its last Enter.
+    typed: Option<Vec<u8>>,
 }
 
 pub async fn serve(
@@ -135,6 +137,11 @@ pub async fn serve(
                             }
                             if r.verbatim {
                                 rec.chunk(s, ch, Stream::Input, &String::from_utf8_lossy(&data), &r.rule)?;
+                            }
+                            if let Some(line) = r.typed.as_mut() {
+                                for typed in lines(line, &data) {
+                                    rec.chunk(s, ch, Stream::Typed, &typed, &r.rule)?;
+                                }
                             }
                             let _ = r.up_wr.data_bytes(data).await;
                         }
@@ -231,6 +238,30 @@ pub async fn serve(
     Ok(())
 }
 
+/// The lines completed by `data` (at CR or LF), with backspaces applied: what the agent typed,
+/// as an aid for reading the audit. Not a boundary: a shell also reads what completion,
+/// history and editing keys put there, which this does not replay.
+fn lines(line: &mut Vec<u8>, data: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    for &b in data {
+        match b {
+            b'\r' | b'\n' => {
+                if !line.is_empty() {
+                    out.push(String::from_utf8_lossy(line).into_owned());
+                    line.clear();
+                }
+            }
+            0x7f | 0x08 => {
+                line.pop();
+            }
+            // Bounded: a line is for reading, not a place to keep megabytes.
+            b if line.len() < 4096 => line.push(b),
+            _ => {}
+        }
+    }
+    out
+}
+
 fn masked(detectors: &Detectors, data: Bytes) -> Bytes {
     match detectors.mask_bytes(&data) {
         Some(m) => Bytes::from(m.into_bytes()),
@@ -305,11 +336,18 @@ async fn start(
                 rule.and_then(|r| r.approval),
             );
             // The agent's input meanwhile is kept (up to a bound) and passed on if approved.
+            // Past the bound the channel stops reading (the agent's window then fills) until
+            // the decision.
             let left = async {
+                let mut kept = 0;
                 loop {
+                    if kept >= HELD_INPUT {
+                        std::future::pending::<()>().await;
+                    }
                     match agent_rd.wait().await {
                         None | Some(ChannelMsg::Close) => return Ok(()),
-                        Some(ChannelMsg::Data { data }) if input.len() < HELD_INPUT => {
+                        Some(ChannelMsg::Data { data }) => {
+                            kept += data.len();
                             input.push(data);
                         }
                         Some(ChannelMsg::Eof) => eof = true,
@@ -414,6 +452,7 @@ async fn start(
         detectors,
         verbatim: kind != RequestKind::Subsystem,
         sftp,
+        typed: (kind == RequestKind::Shell).then(Vec::new),
     }))
 }
 
