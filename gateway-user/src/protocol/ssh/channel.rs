@@ -245,12 +245,11 @@ fn lines(line: &mut Vec<u8>, data: &[u8]) -> Vec<String> {
     let mut out = Vec::new();
     for &b in data {
         match b {
-            b'\r' | b'\n' => {
-                if !line.is_empty() {
-                    out.push(String::from_utf8_lossy(line).into_owned());
-                    line.clear();
-                }
+            b'\r' | b'\n' if !line.is_empty() => {
+                out.push(String::from_utf8_lossy(line).into_owned());
+                line.clear();
             }
+            b'\r' | b'\n' => {}
             0x7f | 0x08 => {
                 line.pop();
             }
