@@ -22,7 +22,7 @@ const RULES: &str = r#"
 name = "tools"
 action = "allow"
 kinds = ["exec"]
-programs = ["echo", "ls", "cat", "id"]
+programs = ["echo", "ls", "cat", "id", "rsync"]
 
 [[targets.ssh.rules]]
 name = "mask-mail"
@@ -393,6 +393,24 @@ fn ssh_commands_judged_recorded_and_proved_against_sshd() {
         "{}",
         text(&out.stderr)
     );
+    // rsync runs `rsync --server ...` over ssh: an exec like any other.
+    let remote_shell = format!(
+        "ssh -F /dev/null -oUserKnownHostsFile={} -oGlobalKnownHostsFile=/dev/null -oStrictHostKeyChecking=yes -oBatchMode=yes -p {PORT}",
+        agent.dir.path().join("known_hosts").display()
+    );
+    let mut rsync = Command::new("setpriv");
+    rsync
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args(["timeout", "60", "rsync", "-e", &remote_shell])
+        .arg(local.join("up.txt"))
+        .arg(format!("{host}:{}/drop/rsync.txt", home.display()))
+        .env("HOME", agent.dir.path());
+    let out = gw.cgroup.command(rsync).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        std::fs::read_to_string(home.join("drop/rsync.txt")).unwrap(),
+        "payload\n"
+    );
     let target = format!("{host}:{}/drop/scp.txt", home.display());
     let out = agent.scp(&gw, &[local.join("up.txt").to_str().unwrap(), &target]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -401,7 +419,7 @@ fn ssh_commands_judged_recorded_and_proved_against_sshd() {
     let out = agent.scp(&gw, &[local.join("up.txt").to_str().unwrap(), &target]);
     assert!(!out.status.success());
     assert!(!home.join("scp.txt").exists());
-    let sessions = gw.ended_sessions(14);
+    let sessions = gw.ended_sessions(15);
     let mut sftp_events = Vec::new();
     for s in &sessions[11..] {
         sftp_events.extend(
@@ -468,7 +486,7 @@ fn ssh_commands_judged_recorded_and_proved_against_sshd() {
         text(&out.stderr),
         gw.log()
     );
-    let last = gw.ended_sessions(16).into_iter().last().unwrap();
+    let last = gw.ended_sessions(17).into_iter().last().unwrap();
     let end = serde_json::to_value(&last.end).unwrap();
     assert_eq!(end["kind"], "upstream_unreachable", "{end}");
 }
@@ -535,4 +553,41 @@ fn kill_9_mid_session_leaves_a_verifiable_audit() {
             .any(|e| e["detail"] == "ssh" && e["command"] == "cat"),
         "the command's event was kept: {evs:#?}"
     );
+}
+
+#[test]
+fn user_ca_certificate_upstream_and_pinned_host_key() {
+    let srv = SshServer::start("127.10.0.22", PORT);
+    let config = srv.path("gatewayd.toml");
+    let config_text = format!("ssh_host_ca = \"{}\"\n", srv.path("gw_host_ca").display());
+    std::fs::write(&config, &config_text).unwrap();
+    let fingerprint = Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(srv.path("host_key.pub"))
+        .output()
+        .unwrap();
+    let fingerprint = text(&fingerprint.stdout)
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    let target = format!(
+        "\n[[targets]]\nname = \"ca\"\naddress = \"{}\"\nprotocol = \"ssh\"\n[targets.ssh]\n\
+         user = \"{}\"\nuser_ca_file = \"{}\"\ncertificate_lifetime = \"2m\"\nhost_keys = [\"{fingerprint}\"]\n{RULES}",
+        srv.addr,
+        srv.user,
+        srv.path("user_ca").display()
+    );
+    let gw = Gateway::start_with_config("sshca", &target, &config_text);
+    let agent = Agent::new(&config);
+    let out = agent.ssh(&gw, &["agent@127.10.0.22", "id -un"], b"");
+    assert_eq!(
+        (out.status.code(), text(&out.stdout).trim()),
+        (Some(0), srv.user.as_str()),
+        "{}\n{}",
+        text(&out.stderr),
+        gw.log()
+    );
+    // sshd says how the daemon logged in: a certificate its user CA signed.
+    assert!(srv.log().contains("ED25519-CERT"), "{}", srv.log());
 }
