@@ -32,6 +32,13 @@ use crate::{
 /// The longest the upstream login, or the agent's key exchange and authentication, may take.
 const HANDSHAKE_STEP: Duration = Duration::from_secs(10);
 
+/// The ciphers offered to agents: AES-GCM only, which `ring` runs on the CPU's AES
+/// instructions. OpenSSH clients pick the first of their own list the server offers, and
+/// would otherwise pick ChaCha20-Poly1305 (a software cipher here), costing throughput on a
+/// leg that is local anyway.
+const AGENT_CIPHERS: &[russh::cipher::Name] =
+    &[russh::cipher::AES_256_GCM, russh::cipher::AES_128_GCM];
+
 /// What SSH sessions share: the host CA (or why it could not be loaded), loaded when the
 /// first policy with an SSH target is, so a daemon without one never writes a CA.
 pub struct Shared {
@@ -146,6 +153,10 @@ async fn run(
         auth_rejection_time_initial: Some(Duration::ZERO),
         inactivity_timeout: None,
         nodelay: true,
+        preferred: russh::Preferred {
+            cipher: std::borrow::Cow::Borrowed(AGENT_CIPHERS),
+            ..Default::default()
+        },
         ..Default::default()
     });
     let (notes, mut inbox) = mpsc::unbounded_channel();

@@ -116,6 +116,15 @@ pub async fn login(
     };
     let config = Arc::new(client::Config {
         inactivity_timeout: None,
+        // AES-GCM first (hardware AES through ring), ChaCha20-Poly1305 for hosts without it.
+        preferred: russh::Preferred {
+            cipher: std::borrow::Cow::Borrowed(&[
+                russh::cipher::AES_256_GCM,
+                russh::cipher::AES_128_GCM,
+                russh::cipher::CHACHA20_POLY1305,
+            ]),
+            ..Default::default()
+        },
         ..Default::default()
     });
     let mut handle = match client::connect_stream(config, tcp, verifier).await {
