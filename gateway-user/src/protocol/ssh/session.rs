@@ -210,6 +210,15 @@ async fn run(
             Some(r) = channels.next(), if !channels.is_empty() => r?,
         }
     };
+    // The agent is gone: its channels end now; let them write how they ended.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(r) = channels.next().await {
+            if let Err(e) = r {
+                tracing::warn!(session.id = session.admitted.id, error = %e, "SSH channel");
+            }
+        }
+    })
+    .await;
     let _ = host
         .disconnect(russh::Disconnect::ByApplication, "", "en")
         .await;

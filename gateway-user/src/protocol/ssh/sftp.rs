@@ -172,8 +172,17 @@ impl Filter {
                     flags & (SSH_FXF_WRITE | SSH_FXF_APPEND | SSH_FXF_CREAT | SSH_FXF_TRUNC) != 0;
                 op("open", vec![(p, if writes { Write } else { Read })])
             }
-            // Handle operations: the open that made the handle was judged.
-            4 | 5 | 6 | 8 | 10 | 12 => Request::Pass,
+            // Handle operations: the open that made the handle was judged (and the host holds
+            // a read-only handle to reading).
+            4 | 5 | 6 | 8 | 12 => Request::Pass,
+            // Except attributes: a handle opened for reading must not chmod its file.
+            10 => match r.string().ok().and_then(|h| self.handles.get(&h)) {
+                Some(f) => op("fsetstat", vec![(f.path.clone(), Write)]),
+                None => Request::Refuse {
+                    id,
+                    why: "fsetstat of a handle the gateway did not see opened".into(),
+                },
+            },
             7 => one(&mut r, "lstat", Read),
             9 => one(&mut r, "setstat", Write),
             11 => one(&mut r, "opendir", Read),
@@ -433,6 +442,20 @@ mod tests {
         write_tail.extend_from_slice(&3u32.to_be_bytes());
         write_tail.extend_from_slice(b"abc");
         f.forwarded(&packet(6, 3, &[b"H"], &write_tail));
+        // Changing attributes through a handle is a write of its file, whatever it was opened
+        // for; an unknown handle is refused.
+        assert_eq!(
+            judged(&mut f, &packet(10, 5, &[b"H"], &[0, 0, 0, 0])),
+            vec![Request::Judge(Op {
+                id: 5,
+                name: "fsetstat",
+                paths: vec![("/srv/a".into(), Access::Write)]
+            })]
+        );
+        assert!(matches!(
+            judged(&mut f, &packet(10, 6, &[b"nope"], &[0, 0, 0, 0]))[..],
+            [Request::Refuse { id: 6, .. }]
+        ));
         let closed = f.forwarded(&packet(4, 4, &[b"H"], &[])).unwrap();
         assert_eq!(
             closed,
