@@ -1,10 +1,10 @@
 //! PostgreSQL through the gateway: a real server from Debian's packages with SCRAM, real
 //! clients (psql, tokio-postgres, raw wire) inside a governed cgroup.
 
-use std::{path::Path, process::Command};
+use std::process::Command;
 
 use gateway_tests::{
-    APP_PASSWORD, APP_ROLE, Gateway, PgServer, billing_target, bin, es256_key, output_json, run_ok,
+    APP_PASSWORD, APP_ROLE, Gateway, PgServer, billing_target, bin, es256_keys, output_json,
 };
 use serde_json::Value;
 
@@ -525,17 +525,6 @@ fn tls_upstream_is_verified_against_the_configured_ca() {
     );
 }
 
-/// An ES256 key pair made with openssl: (private PKCS#8 PEM, public PEM path).
-fn es256_keys(dir: &Path) -> (Vec<u8>, std::path::PathBuf) {
-    let private = es256_key(dir, "jwt.key");
-    run_ok(
-        Command::new("openssl")
-            .current_dir(dir)
-            .args(["pkey", "-in", "jwt.key", "-pubout", "-out", "jwt.pub"]),
-    );
-    (private, dir.join("jwt.pub"))
-}
-
 fn token(key: &[u8], aud: &str, sub: &str, groups: &[&str], exp_in: i64) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -544,12 +533,7 @@ fn token(key: &[u8], aud: &str, sub: &str, groups: &[&str], exp_in: i64) -> Stri
     let claims = serde_json::json!({
         "iss": "https://idp.test", "aud": aud, "sub": sub, "groups": groups, "exp": now + exp_in,
     });
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_ec_pem(key).unwrap(),
-    )
-    .unwrap()
+    gateway_tests::es256_token(key, &claims)
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use gateway_tests::{Gateway, SshServer, bin};
+use gateway_tests::{Gateway, SshServer, bin, es256_keys};
 use serde_json::Value;
 
 const IP: &str = "127.10.0.20";
@@ -41,6 +41,12 @@ name = "hold-touch"
 action = "hold"
 programs = ["touch"]
 timeout_secs = 60
+
+[[targets.ssh.rules]]
+name = "hold-mkdir"
+action = "hold"
+programs = ["mkdir"]
+timeout_secs = 1
 
 [[targets.ssh.rules]]
 name = "shell"
@@ -145,6 +151,23 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// `id -un` ran on the host as the target's user.
+fn assert_logged_in_as(out: &Output, srv: &SshServer, gw: &Gateway) {
+    assert_eq!(
+        (out.status.code(), text(&out.stdout).trim()),
+        (Some(0), srv.user.as_str()),
+        "{}\n{}",
+        text(&out.stderr),
+        gw.log()
+    );
+}
+
+/// The channel was refused: exit status 1 and `why` on stderr.
+fn assert_refused(out: &Output, why: &str) {
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains(why), "{}", text(&out.stderr));
+}
+
 fn ctl(gw: &Gateway, args: &[&str]) -> Output {
     Command::new(bin("gatewayctl"))
         .arg("--socket")
@@ -183,15 +206,27 @@ fn events(gw: &Gateway, id: u64) -> Vec<Value> {
     v["events"].as_array().cloned().unwrap_or_default()
 }
 
-#[test]
-fn ssh_commands_judged_recorded_and_proved_against_sshd() {
-    let srv = SshServer::start(IP, PORT);
+/// sshd on `ip`, a gatewayd whose policy body `policy` makes from it, and an agent trusting
+/// the gateway's CA.
+fn fixture(
+    ip: &str,
+    test: &str,
+    policy: impl FnOnce(&SshServer) -> String,
+) -> (SshServer, Gateway, Agent) {
+    let srv = SshServer::start(ip, PORT);
     let config = srv.path("gatewayd.toml");
     let config_text = format!("ssh_host_ca = \"{}\"\n", srv.path("gw_host_ca").display());
     std::fs::write(&config, &config_text).unwrap();
-    let rules = format!("{RULES}{}", file_rules(&srv.path("home")));
-    let gw = Gateway::start_with_config("ssh", &srv.target("web", &rules), &config_text);
+    let gw = Gateway::start_with_config(test, &policy(&srv), &config_text);
     let agent = Agent::new(&config);
+    (srv, gw, agent)
+}
+
+#[test]
+fn ssh_commands_judged_recorded_and_proved_against_sshd() {
+    let (srv, gw, agent) = fixture(IP, "ssh", |srv| {
+        srv.target("web", &format!("{RULES}{}", file_rules(&srv.path("home"))))
+    });
     let host = format!("agent@{IP}");
     let home = srv.path("home");
 
@@ -215,20 +250,10 @@ fn ssh_commands_judged_recorded_and_proved_against_sshd() {
 
     // Denied by rule: stderr names the rule, exit status 1, nothing ran.
     let out = agent.ssh(&gw, &[&host, "rm -rf /tmp/gw-nothing"], b"");
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("denies this command (rule no-rm)"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_refused(&out, "denies this command (rule no-rm)");
     // A pipeline with a part no rule allows: refused as shell syntax.
     let out = agent.ssh(&gw, &[&host, "echo hi | rm -f /tmp/gw-x"], b"");
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("not plain words"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_refused(&out, "not plain words");
     let out = agent.ssh(&gw, &[&host, "echo $(id)"], b"");
     assert_eq!(out.status.code(), Some(1));
     // Forwarding refused although the host allows it.
@@ -267,13 +292,15 @@ fn ssh_commands_judged_recorded_and_proved_against_sshd() {
             h.join().unwrap()
         })
     };
-    assert_eq!(run.status.code(), Some(1));
-    assert!(
-        text(&run.stderr).contains("not today"),
-        "{}",
-        text(&run.stderr)
-    );
+    assert_refused(&run, "not today");
     assert!(!refused.exists());
+
+    // Nobody decides within the rule's timeout: refused, and it did not run.
+    let expired = home.join("expired");
+    let line = format!("mkdir {}", expired.display());
+    let out = agent.ssh(&gw, &[&host, &line], b"");
+    assert_refused(&out, "no approver decided within 1s");
+    assert!(!expired.exists());
 
     // A PTY shell, recorded, exported as asciicast that asciinema plays.
     let marker = format!("gw-marker-{}", std::process::id());
@@ -282,7 +309,7 @@ fn ssh_commands_judged_recorded_and_proved_against_sshd() {
     assert!(text(&out.stdout).contains(&marker), "{}", text(&out.stderr));
 
     // sshd ran exactly the commands the audit allowed, nothing it refused.
-    let sessions = gw.ended_sessions(11);
+    let sessions = gw.ended_sessions(12);
     let mut allowed = Vec::new();
     let mut shell_session = None;
     for s in sessions
@@ -419,9 +446,9 @@ fn ssh_commands_judged_recorded_and_proved_against_sshd() {
     let out = agent.scp(&gw, &[local.join("up.txt").to_str().unwrap(), &target]);
     assert!(!out.status.success());
     assert!(!home.join("scp.txt").exists());
-    let sessions = gw.ended_sessions(15);
+    let sessions = gw.ended_sessions(16);
     let mut sftp_events = Vec::new();
-    for s in &sessions[11..] {
+    for s in &sessions[12..] {
         sftp_events.extend(
             events(&gw, s.id)
                 .into_iter()
@@ -486,19 +513,14 @@ fn ssh_commands_judged_recorded_and_proved_against_sshd() {
         text(&out.stderr),
         gw.log()
     );
-    let last = gw.ended_sessions(17).into_iter().last().unwrap();
+    let last = gw.ended_sessions(18).into_iter().last().unwrap();
     let end = serde_json::to_value(&last.end).unwrap();
     assert_eq!(end["kind"], "upstream_unreachable", "{end}");
 }
 
 #[test]
 fn kill_9_mid_session_leaves_a_verifiable_audit() {
-    let srv = SshServer::start("127.10.0.21", PORT);
-    let config = srv.path("gatewayd.toml");
-    let config_text = format!("ssh_host_ca = \"{}\"\n", srv.path("gw_host_ca").display());
-    std::fs::write(&config, &config_text).unwrap();
-    let mut gw = Gateway::start_with_config("sshkill", &srv.target("web", RULES), &config_text);
-    let agent = Agent::new(&config);
+    let (srv, mut gw, agent) = fixture("127.10.0.21", "sshkill", |srv| srv.target("web", RULES));
     // A command that runs until its input ends; its input stays open.
     let mut cmd = Command::new("setpriv");
     cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
@@ -557,37 +579,104 @@ fn kill_9_mid_session_leaves_a_verifiable_audit() {
 
 #[test]
 fn user_ca_certificate_upstream_and_pinned_host_key() {
-    let srv = SshServer::start("127.10.0.22", PORT);
-    let config = srv.path("gatewayd.toml");
-    let config_text = format!("ssh_host_ca = \"{}\"\n", srv.path("gw_host_ca").display());
-    std::fs::write(&config, &config_text).unwrap();
-    let fingerprint = Command::new("ssh-keygen")
-        .arg("-lf")
-        .arg(srv.path("host_key.pub"))
-        .output()
-        .unwrap();
-    let fingerprint = text(&fingerprint.stdout)
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .to_owned();
-    let target = format!(
-        "\n[[targets]]\nname = \"ca\"\naddress = \"{}\"\nprotocol = \"ssh\"\n[targets.ssh]\n\
-         user = \"{}\"\nuser_ca_file = \"{}\"\ncertificate_lifetime = \"2m\"\nhost_keys = [\"{fingerprint}\"]\n{RULES}",
-        srv.addr,
-        srv.user,
-        srv.path("user_ca").display()
-    );
-    let gw = Gateway::start_with_config("sshca", &target, &config_text);
-    let agent = Agent::new(&config);
+    let (srv, gw, agent) = fixture("127.10.0.22", "sshca", |srv| {
+        let fingerprint = Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(srv.path("host_key.pub"))
+            .output()
+            .unwrap();
+        let fingerprint = text(&fingerprint.stdout)
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_owned();
+        format!(
+            "\n[[targets]]\nname = \"ca\"\naddress = \"{}\"\nprotocol = \"ssh\"\n[targets.ssh]\n\
+             user = \"{}\"\nuser_ca_file = \"{}\"\ncertificate_lifetime = \"2m\"\nhost_keys = [\"{fingerprint}\"]\n{RULES}",
+            srv.addr,
+            srv.user,
+            srv.path("user_ca").display()
+        )
+    });
     let out = agent.ssh(&gw, &["agent@127.10.0.22", "id -un"], b"");
-    assert_eq!(
-        (out.status.code(), text(&out.stdout).trim()),
-        (Some(0), srv.user.as_str()),
-        "{}\n{}",
-        text(&out.stderr),
-        gw.log()
-    );
+    assert_logged_in_as(&out, &srv, &gw);
     // sshd says how the daemon logged in: a certificate its user CA signed.
     assert!(srv.log().contains("ED25519-CERT"), "{}", srv.log());
+}
+
+fn token(key: &[u8], sub: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = serde_json::json!({
+        "iss": "https://idp.test", "aud": "web", "sub": sub, "groups": ["ops"], "exp": now + 600,
+    });
+    gateway_tests::es256_token(key, &claims)
+}
+
+#[test]
+fn agent_tokens_over_ssh_passwords_feed_the_rules() {
+    let keys = tempfile::tempdir().unwrap();
+    let (private, public) = es256_keys(keys.path());
+    let rules = format!(
+        "\n[targets.ssh.agent_jwt]\nissuer = \"https://idp.test\"\naudience = \"web\"\n\
+         key_file = \"{}\"\nalgorithms = [\"ES256\"]\n\n[[targets.ssh.rules]]\nname = \"ops-id\"\n\
+         action = \"allow\"\nprograms = [\"id\"]\nsubjects = [\"ops-*\"]\n",
+        public.display()
+    );
+    let (srv, gw, agent) = fixture("127.10.0.23", "sshjwt", |srv| srv.target("web", &rules));
+    // OpenSSH's askpass hands the token over as the password, with no terminal.
+    let ask = |subject: &str| {
+        let file = agent.dir.path().join(format!("askpass-{subject}"));
+        let token = if subject == "forged" {
+            let forger = tempfile::tempdir().unwrap();
+            let (other, _) = es256_keys(forger.path());
+            token(&other, "ops-bot")
+        } else {
+            token(&private, subject)
+        };
+        std::fs::write(&file, format!("#!/bin/sh\necho '{token}'\n")).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .args(["timeout", "60", "ssh", "-F", "/dev/null"])
+            .arg(format!(
+                "-oUserKnownHostsFile={}",
+                agent.dir.path().join("known_hosts").display()
+            ))
+            .args([
+                "-oGlobalKnownHostsFile=/dev/null",
+                "-oStrictHostKeyChecking=yes",
+                "-oPreferredAuthentications=password",
+                "-oNumberOfPasswordPrompts=1",
+                "-p",
+                &PORT.to_string(),
+                "agent@127.10.0.23",
+                "id -un",
+            ])
+            .env("HOME", agent.dir.path())
+            .env("SSH_ASKPASS", &file)
+            .env("SSH_ASKPASS_REQUIRE", "force")
+            .stdin(Stdio::null());
+        gw.cgroup.command(cmd).output().unwrap()
+    };
+    let out = ask("ops-bot");
+    assert_logged_in_as(&out, &srv, &gw);
+    // A verified subject the rule does not name: logged in, the command refused.
+    let out = ask("intern");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    // A token signed by anyone else: not let in at all.
+    let out = ask("forged");
+    assert_eq!(out.status.code(), Some(255), "{}", text(&out.stderr));
+    let sessions = gw.ended_sessions(3);
+    let subjects: Vec<Option<String>> = sessions
+        .iter()
+        .map(|s| s.token.as_ref().map(|t| t.subject.clone()))
+        .collect();
+    assert_eq!(
+        subjects[..2],
+        [Some("ops-bot".into()), Some("intern".into())]
+    );
+    assert_eq!(subjects[2], None);
 }

@@ -26,7 +26,9 @@ use gateway_user::{
 use serde_json::Value;
 
 pub use cgroup::Cgroup;
-pub use postgres::{APP_PASSWORD, APP_ROLE, PgServer, billing_target, es256_key, test_ca};
+pub use postgres::{
+    APP_PASSWORD, APP_ROLE, PgServer, billing_target, es256_key, es256_keys, es256_token, test_ca,
+};
 pub use servers::{EchoServer, HttpServer, free_port, non_loopback_v4};
 pub use ssh::SshServer;
 

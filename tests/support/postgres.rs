@@ -413,3 +413,24 @@ pub fn es256_key(dir: &Path, name: &str) -> Vec<u8> {
     );
     std::fs::read(path).unwrap()
 }
+
+/// An ES256 key pair made with openssl: (private PKCS#8 PEM, public PEM path).
+pub fn es256_keys(dir: &Path) -> (Vec<u8>, PathBuf) {
+    let private = es256_key(dir, "jwt.key");
+    crate::run_ok(
+        Command::new("openssl")
+            .current_dir(dir)
+            .args(["pkey", "-in", "jwt.key", "-pubout", "-out", "jwt.pub"]),
+    );
+    (private, dir.join("jwt.pub"))
+}
+
+/// A JWT with `claims`, signed ES256 with `key` (PEM).
+pub fn es256_token(key: &[u8], claims: &serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_ec_pem(key).expect("an EC key"),
+    )
+    .expect("encodes")
+}
