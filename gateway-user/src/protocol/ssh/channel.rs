@@ -3,16 +3,16 @@
 //! terminal and request, and the bytes relayed both ways and recorded; if not, a message on
 //! stderr and exit status 1, and the rest of the session goes on.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use bytes::Bytes;
 use russh::{Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Pty, client, server};
 
 use super::{
     config::SshTarget,
+    files,
+    record::{Recorder, lines},
     rules::{RequestKind, SshRequest},
     session::record,
-    sftp::{self, Access, Filter, Request},
+    sftp::Filter,
     upstream::Upstream,
     words::Words,
 };
@@ -20,7 +20,7 @@ use crate::{
     approval::Decision,
     audit::{Detail, OutputDetail, SshDetail, Stream},
     detect::Detectors,
-    rules::{Action, decide, decide_all},
+    rules::{Action, decide},
     session::{
         Phase, Session, SessionError,
         hold::{HoldEnd, HoldRequest, HoldTerms, hold},
@@ -29,48 +29,6 @@ use crate::{
 
 /// What the agent may send while its request waits for approval: kept, then passed on.
 const HELD_INPUT: usize = 256 * 1024;
-
-/// The session's recording budget: past it, data is counted, not kept.
-pub struct Recorder {
-    limit: u64,
-    used: AtomicU64,
-}
-
-impl Recorder {
-    pub fn new(limit: u64) -> Recorder {
-        Recorder {
-            limit,
-            used: AtomicU64::new(0),
-        }
-    }
-
-    /// Records a chunk, or says (once) that the bound was reached.
-    fn chunk(
-        &self,
-        s: &Session,
-        ch: u32,
-        stream: Stream,
-        data: &str,
-        rule: &str,
-    ) -> Result<(), SessionError> {
-        let before = self.used.fetch_add(data.len() as u64, Ordering::Relaxed);
-        let (stream, data) = if before + data.len() as u64 <= self.limit {
-            (stream, data)
-        } else if before <= self.limit {
-            (Stream::Truncated, "")
-        } else {
-            return Ok(());
-        };
-        let detail = Detail::Output(OutputDetail {
-            channel: ch,
-            stream,
-            data: data.to_owned(),
-            cols: None,
-            rows: None,
-        });
-        record(s, s.event(Action::Allow, rule, detail))
-    }
-}
 
 struct PtyRequest {
     term: String,
@@ -132,7 +90,7 @@ pub async fn serve(
                             bytes_in += data.len() as u64;
                             s.add_up(data.len() as u64);
                             if let Some(f) = r.sftp.as_mut() {
-                                sftp_requests(s, target, ch, f, &r.up_wr, &agent_wr, &data).await?;
+                                files::requests(s, target, ch, f, &r.up_wr, &agent_wr, &data).await?;
                                 continue;
                             }
                             if r.verbatim {
@@ -236,29 +194,6 @@ pub async fn serve(
         record(s, s.event(Action::Allow, &r.rule, detail))?;
     }
     Ok(())
-}
-
-/// The lines completed by `data` (at CR or LF), with backspaces applied: what the agent typed,
-/// as an aid for reading the audit. Not a boundary: a shell also reads what completion,
-/// history and editing keys put there, which this does not replay.
-fn lines(line: &mut Vec<u8>, data: &[u8]) -> Vec<String> {
-    let mut out = Vec::new();
-    for &b in data {
-        match b {
-            b'\r' | b'\n' if !line.is_empty() => {
-                out.push(String::from_utf8_lossy(line).into_owned());
-                line.clear();
-            }
-            b'\r' | b'\n' => {}
-            0x7f | 0x08 => {
-                line.pop();
-            }
-            // Bounded: a line is for reading, not a place to keep megabytes.
-            b if line.len() < 4096 => line.push(b),
-            _ => {}
-        }
-    }
-    out
 }
 
 fn masked(detectors: &Detectors, data: Bytes) -> Bytes {
@@ -453,148 +388,4 @@ async fn start(
         sftp,
         typed: (kind == RequestKind::Shell).then(Vec::new),
     }))
-}
-
-/// The agent's SFTP requests in `data`: each judged, then forwarded, or refused with
-/// SSH_FX_PERMISSION_DENIED; each audited.
-#[allow(clippy::too_many_arguments)]
-async fn sftp_requests(
-    s: &Session,
-    target: &SshTarget,
-    ch: u32,
-    filter: &mut Filter,
-    up_wr: &ChannelWriteHalf<client::Msg>,
-    agent_wr: &ChannelWriteHalf<server::Msg>,
-    data: &[u8],
-) -> Result<(), SessionError> {
-    let packets = filter
-        .agent_bytes(data)
-        .map_err(|e| SessionError::agent(Phase::Serve, e))?;
-    let event = |action, rule: &str, kind, command: String, error: Option<String>| {
-        let mut e = s.event(
-            action,
-            rule,
-            Detail::Ssh(SshDetail {
-                channel: ch,
-                request: kind,
-                command,
-                exit_status: None,
-                bytes_in: 0,
-                bytes_out: 0,
-            }),
-        );
-        e.error = error;
-        e
-    };
-    let mut forward = Vec::new();
-    for (packet, request) in packets {
-        let (id, refusal) = match request {
-            Request::Pass => (0, None),
-            Request::Refuse { id, why } => {
-                let e = event(
-                    Action::Deny,
-                    "sftp-unread",
-                    RequestKind::SftpWrite,
-                    why.clone(),
-                    Some(why.clone()),
-                );
-                record(s, e)?;
-                (id, Some(format!("gatewayd: {why}")))
-            }
-            Request::Judge(op) => {
-                let requests: Vec<SshRequest> = op
-                    .paths
-                    .iter()
-                    .map(|(path, access)| SshRequest {
-                        kind: match access {
-                            Access::Read => RequestKind::SftpRead,
-                            Access::Write => RequestKind::SftpWrite,
-                        },
-                        text: path.clone(),
-                        words: None,
-                    })
-                    .collect();
-                let v = decide_all(&target.rules, s.who(), &requests);
-                let kind = requests
-                    .iter()
-                    .map(|r| r.kind)
-                    .max_by_key(|k| *k == RequestKind::SftpWrite)
-                    .unwrap_or(RequestKind::SftpRead);
-                let shown = format!(
-                    "{} {}",
-                    op.name,
-                    op.paths
-                        .iter()
-                        .map(|(p, _)| p.as_str())
-                        .collect::<Vec<_>>()
-                        .join(" -> ")
-                );
-                let mut action = v.action;
-                let mut e = event(action, &v.rule, kind, shown.clone(), None);
-                if action == Action::Hold {
-                    let rule = target.rules.iter().find(|r| r.name == v.rule);
-                    let terms = HoldTerms::of_rule(
-                        rule.and_then(|r| r.timeout_secs),
-                        rule.and_then(|r| r.approval),
-                    );
-                    let req = HoldRequest {
-                        command: format!("sftp {shown}"),
-                        command_redacted: format!("sftp {shown}"),
-                        rule: v.rule.clone(),
-                        terms,
-                    };
-                    let held = hold(s, req, std::future::pending(), std::future::pending())
-                        .await
-                        .map_err(|e| SessionError::agent(Phase::Serve, e))?;
-                    if !matches!(held.end, HoldEnd::Decided(Decision::Approved { .. })) {
-                        action = Action::Deny;
-                    }
-                    e.approval = Some(Box::new(held.record));
-                }
-                let refusal = (action == Action::Deny).then(|| {
-                    format!(
-                        "gatewayd: policy {} denies {shown} (rule {})",
-                        s.admitted.policy, v.rule
-                    )
-                });
-                e.error = refusal.clone();
-                record(s, e)?;
-                (op.id, refusal)
-            }
-        };
-        match refusal {
-            Some(why) => {
-                let _ = agent_wr.data_bytes(sftp::permission_denied(id, &why)).await;
-            }
-            None => {
-                if let Some(f) = filter.forwarded(&packet) {
-                    let e = s.event(
-                        Action::Allow,
-                        "sftp",
-                        Detail::Ssh(SshDetail {
-                            channel: ch,
-                            request: if f.written > 0 {
-                                RequestKind::SftpWrite
-                            } else {
-                                RequestKind::SftpRead
-                            },
-                            command: format!("close {}", f.path),
-                            exit_status: None,
-                            bytes_in: f.written,
-                            bytes_out: f.read,
-                        }),
-                    );
-                    record(s, e)?;
-                }
-                forward.push(packet);
-            }
-        }
-    }
-    if !forward.is_empty() {
-        up_wr
-            .data_bytes(forward.concat())
-            .await
-            .map_err(|e| SessionError::upstream(Phase::Serve, e))?;
-    }
-    Ok(())
 }

@@ -7,6 +7,8 @@ pub mod agent;
 pub mod ca;
 pub mod channel;
 pub mod config;
+mod files;
+pub mod record;
 pub mod rules;
 pub mod session;
 pub mod sftp;

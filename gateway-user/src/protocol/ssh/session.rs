@@ -19,8 +19,9 @@ use tokio::{
 use super::{
     agent::{AgentSide, Note},
     ca::HostCa,
-    channel::{self, Recorder},
+    channel,
     config::SshTarget,
+    record::Recorder,
     upstream,
 };
 use crate::{

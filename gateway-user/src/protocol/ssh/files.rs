@@ -1,0 +1,165 @@
+//! An allowed `sftp` subsystem channel: the agent's requests read by [`super::sftp`], each
+//! judged by the target's rules (held when a rule says so), then forwarded, or answered with
+//! SSH_FX_PERMISSION_DENIED; each audited, and each closed file with its byte counts.
+
+use russh::{ChannelWriteHalf, client, server};
+
+use super::{
+    config::SshTarget,
+    rules::{RequestKind, SshRequest},
+    session::record,
+    sftp::{self, Access, Filter, Request},
+};
+use crate::{
+    approval::Decision,
+    audit::{Detail, SshDetail},
+    rules::{Action, decide_all},
+    session::{
+        Phase, Session, SessionError,
+        hold::{HoldEnd, HoldRequest, HoldTerms, hold},
+    },
+};
+
+/// The agent's SFTP requests in `data`: each judged, then forwarded, or refused with
+/// SSH_FX_PERMISSION_DENIED; each audited.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn requests(
+    s: &Session,
+    target: &SshTarget,
+    ch: u32,
+    filter: &mut Filter,
+    up_wr: &ChannelWriteHalf<client::Msg>,
+    agent_wr: &ChannelWriteHalf<server::Msg>,
+    data: &[u8],
+) -> Result<(), SessionError> {
+    let packets = filter
+        .agent_bytes(data)
+        .map_err(|e| SessionError::agent(Phase::Serve, e))?;
+    let event = |action, rule: &str, kind, command: String, error: Option<String>| {
+        let mut e = s.event(
+            action,
+            rule,
+            Detail::Ssh(SshDetail {
+                channel: ch,
+                request: kind,
+                command,
+                exit_status: None,
+                bytes_in: 0,
+                bytes_out: 0,
+            }),
+        );
+        e.error = error;
+        e
+    };
+    let mut forward = Vec::new();
+    for (packet, request) in packets {
+        let (id, refusal) = match request {
+            Request::Pass => (0, None),
+            Request::Refuse { id, why } => {
+                let e = event(
+                    Action::Deny,
+                    "sftp-unread",
+                    RequestKind::SftpWrite,
+                    why.clone(),
+                    Some(why.clone()),
+                );
+                record(s, e)?;
+                (id, Some(format!("gatewayd: {why}")))
+            }
+            Request::Judge(op) => {
+                let requests: Vec<SshRequest> = op
+                    .paths
+                    .iter()
+                    .map(|(path, access)| SshRequest {
+                        kind: match access {
+                            Access::Read => RequestKind::SftpRead,
+                            Access::Write => RequestKind::SftpWrite,
+                        },
+                        text: path.clone(),
+                        words: None,
+                    })
+                    .collect();
+                let v = decide_all(&target.rules, s.who(), &requests);
+                let kind = requests
+                    .iter()
+                    .map(|r| r.kind)
+                    .max_by_key(|k| *k == RequestKind::SftpWrite)
+                    .unwrap_or(RequestKind::SftpRead);
+                let shown = format!(
+                    "{} {}",
+                    op.name,
+                    op.paths
+                        .iter()
+                        .map(|(p, _)| p.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" -> ")
+                );
+                let mut action = v.action;
+                let mut e = event(action, &v.rule, kind, shown.clone(), None);
+                if action == Action::Hold {
+                    let rule = target.rules.iter().find(|r| r.name == v.rule);
+                    let terms = HoldTerms::of_rule(
+                        rule.and_then(|r| r.timeout_secs),
+                        rule.and_then(|r| r.approval),
+                    );
+                    let req = HoldRequest {
+                        command: format!("sftp {shown}"),
+                        command_redacted: format!("sftp {shown}"),
+                        rule: v.rule.clone(),
+                        terms,
+                    };
+                    let held = hold(s, req, std::future::pending(), std::future::pending())
+                        .await
+                        .map_err(|e| SessionError::agent(Phase::Serve, e))?;
+                    if !matches!(held.end, HoldEnd::Decided(Decision::Approved { .. })) {
+                        action = Action::Deny;
+                    }
+                    e.approval = Some(Box::new(held.record));
+                }
+                let refusal = (action == Action::Deny).then(|| {
+                    format!(
+                        "gatewayd: policy {} denies {shown} (rule {})",
+                        s.admitted.policy, v.rule
+                    )
+                });
+                e.error = refusal.clone();
+                record(s, e)?;
+                (op.id, refusal)
+            }
+        };
+        match refusal {
+            Some(why) => {
+                let _ = agent_wr.data_bytes(sftp::permission_denied(id, &why)).await;
+            }
+            None => {
+                if let Some(f) = filter.forwarded(&packet) {
+                    let e = s.event(
+                        Action::Allow,
+                        "sftp",
+                        Detail::Ssh(SshDetail {
+                            channel: ch,
+                            request: if f.written > 0 {
+                                RequestKind::SftpWrite
+                            } else {
+                                RequestKind::SftpRead
+                            },
+                            command: format!("close {}", f.path),
+                            exit_status: None,
+                            bytes_in: f.written,
+                            bytes_out: f.read,
+                        }),
+                    );
+                    record(s, e)?;
+                }
+                forward.push(packet);
+            }
+        }
+    }
+    if !forward.is_empty() {
+        up_wr
+            .data_bytes(forward.concat())
+            .await
+            .map_err(|e| SessionError::upstream(Phase::Serve, e))?;
+    }
+    Ok(())
+}
