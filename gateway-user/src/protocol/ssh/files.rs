@@ -94,7 +94,12 @@ pub(super) async fn requests(
                         .collect::<Vec<_>>()
                         .join(" -> ")
                 );
-                let mut action = v.action;
+                // Masking does not apply to file content: a mask verdict refuses the request
+                // rather than send the file unmasked.
+                let mut action = match v.action {
+                    Action::Mask => Action::Deny,
+                    a => a,
+                };
                 let mut e = event(action, &v.rule, kind, shown.clone(), None);
                 if action == Action::Hold {
                     let rule = target.rules.iter().find(|r| r.name == v.rule);

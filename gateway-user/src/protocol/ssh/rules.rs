@@ -114,6 +114,14 @@ impl Rule for SshRule {
         if raw && self.action == Action::Allow && !self.raw_shell {
             return false;
         }
+        // A shell or a subsystem runs whatever is typed or sent into it: an allow rule grants
+        // one only by naming its kind.
+        if self.action == Action::Allow
+            && matches!(r.kind, RequestKind::Shell | RequestKind::Subsystem)
+            && !self.kinds.contains(&r.kind)
+        {
+            return false;
+        }
         let program_ok = self.programs.is_empty()
             || (r.words.is_some()
                 && self.programs.iter().any(|g| {
@@ -239,6 +247,7 @@ mod tests {
             (exec("cat /etc/sha'dow'"), Action::Deny, "no-cat-shadow"),
             (exec("sh -c 'ls'"), Action::Deny, DEFAULT_RULE),
             (exec("uptime"), Action::Allow, "read-only"),
+            (other(RequestKind::Shell, ""), Action::Deny, DEFAULT_RULE),
             (other(RequestKind::Shell, ""), Action::Deny, DEFAULT_RULE),
             (other(RequestKind::Subsystem, "sftp"), Action::Allow, "files"),
             (other(RequestKind::DirectTcpip, "127.0.0.1:5432"), Action::Deny, DEFAULT_RULE),

@@ -64,6 +64,8 @@ pub struct Filter {
     /// READ requests in flight: id -> handle, to count the bytes of their DATA answers.
     reading: HashMap<u32, Bytes>,
     handles: HashMap<Bytes, Opened>,
+    /// Ids of forwarded requests the host has not answered yet.
+    in_flight: std::collections::HashSet<u32>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -99,6 +101,10 @@ impl Filter {
         let (Ok(kind), Ok(id)) = (r.u8(), r.u32()) else {
             return None;
         };
+        if kind != 1 {
+            // Bounded by the host: it answers every request, and the agent waits for them.
+            self.in_flight.insert(id);
+        }
         match kind {
             3 | 11 => {
                 if let Ok(path) = r.string() {
@@ -145,6 +151,14 @@ impl Filter {
                 why: "a packet without an id".into(),
             };
         };
+        // Answers are matched to requests by id (a returned handle to the path opened): an id
+        // already waiting for its answer would let one open's handle pass for another's.
+        if self.in_flight.contains(&id) {
+            return Request::Refuse {
+                id,
+                why: format!("request id {id} is already waiting for an answer"),
+            };
+        }
         let path = |r: &mut Reader| -> Result<String, String> {
             let raw = r.string().map_err(|_| "a truncated packet".to_owned())?;
             let text =
@@ -196,7 +210,13 @@ impl Filter {
             18 => two(&mut r, "rename", Write, Write),
             19 => one(&mut r, "readlink", Read),
             // SYMLINK's arguments are (linkpath, targetpath) in OpenSSH's order.
-            20 => two(&mut r, "symlink", Write, Read),
+            // Links are refused: a link made where writes are allowed, to a place where they
+            // are not, would let a later write through it escape the path rules (and a hard
+            // link shares the file itself).
+            20 => Request::Refuse {
+                id,
+                why: "symlinks are not made through the gateway".into(),
+            },
             200 => {
                 let Ok(name) = r.string() else {
                     return Request::Refuse {
@@ -206,7 +226,10 @@ impl Filter {
                 };
                 match &name[..] {
                     b"posix-rename@openssh.com" => two(&mut r, "rename", Write, Write),
-                    b"hardlink@openssh.com" => two(&mut r, "hardlink", Read, Write),
+                    b"hardlink@openssh.com" => Request::Refuse {
+                        id,
+                        why: "hard links are not made through the gateway".into(),
+                    },
                     b"lsetstat@openssh.com" => one(&mut r, "setstat", Write),
                     b"statvfs@openssh.com" => one(&mut r, "statvfs", Read),
                     b"fstatvfs@openssh.com"
@@ -237,6 +260,9 @@ impl Filter {
         let (Ok(kind), Ok(id)) = (r.u8(), r.u32()) else {
             return;
         };
+        if kind != 2 {
+            self.in_flight.remove(&id);
+        }
         match kind {
             102 => {
                 if let (Some(path), Ok(handle)) = (self.opening.remove(&id), r.string()) {
@@ -403,6 +429,8 @@ mod tests {
             (packet(13, 4, &[b"/tmp/x"], &[]), op(4, "remove", &[("/tmp/x", Write)])),
             (packet(18, 5, &[b"/a", b"/b"], &[]), op(5, "rename", &[("/a", Write), ("/b", Write)])),
             (packet(200, 6, &[b"posix-rename@openssh.com", b"/a", b"/b"], &[]), op(6, "rename", &[("/a", Write), ("/b", Write)])),
+            (packet(20, 13, &[b"/srv/drop/x", b"/srv/data/evil"], &[]), Request::Refuse { id: 13, why: "symlinks are not made through the gateway".into() }),
+            (packet(200, 14, &[b"hardlink@openssh.com", b"/srv/data/a", b"/srv/drop/h"], &[]), Request::Refuse { id: 14, why: "hard links are not made through the gateway".into() }),
             (packet(17, 7, &[b"/"], &[]), op(7, "stat", &[("/", Read)])),
             (packet(5, 8, &[b"h1"], &[0; 12]), Request::Pass),
             (packet(200, 9, &[b"evil@example.com"], &[]), Request::Refuse { id: 9, why: "extension \"evil@example.com\" is not one the gateway reads".into() }),
@@ -456,6 +484,15 @@ mod tests {
             judged(&mut f, &packet(10, 6, &[b"nope"], &[0, 0, 0, 0]))[..],
             [Request::Refuse { id: 6, .. }]
         ));
+        // An id reused while its first request waits is refused, until the answer comes.
+        let again = packet(3, 1, &[b"/srv/b"], &[0, 0, 0, 1, 0, 0, 0, 0]);
+        f.forwarded(&again);
+        assert!(matches!(
+            judged(&mut f, &again)[..],
+            [Request::Refuse { id: 1, .. }]
+        ));
+        f.host_bytes(&packet(101, 1, &[], &[0; 4])).unwrap();
+        assert!(matches!(judged(&mut f, &again)[..], [Request::Judge(_)]));
         let closed = f.forwarded(&packet(4, 4, &[b"H"], &[])).unwrap();
         assert_eq!(
             closed,

@@ -18,10 +18,66 @@ pub enum Words {
 /// Programs that run (part of) their arguments as shell code or as another program: what
 /// they run is not the program the rule would judge.
 const RUNS_ITS_ARGUMENTS: &[&str] = &[
-    "sh", "bash", "dash", "zsh", "ksh", "mksh", "csh", "tcsh", "fish", "busybox", "eval", "exec",
-    "source", ".", "command", "builtin", "env", "xargs", "sudo", "doas", "su", "runuser", "nohup",
-    "timeout", "nice", "ionice", "setsid", "stdbuf", "time", "watch", "flock", "chroot", "unshare",
-    "nsenter", "script", "expect", "parallel",
+    "sh",
+    "bash",
+    "dash",
+    "zsh",
+    "ksh",
+    "mksh",
+    "csh",
+    "tcsh",
+    "fish",
+    "busybox",
+    "eval",
+    "exec",
+    "source",
+    ".",
+    "command",
+    "builtin",
+    "env",
+    "xargs",
+    "sudo",
+    "doas",
+    "su",
+    "runuser",
+    "nohup",
+    "timeout",
+    "nice",
+    "ionice",
+    "setsid",
+    "stdbuf",
+    "time",
+    "watch",
+    "flock",
+    "chroot",
+    "unshare",
+    "nsenter",
+    "script",
+    "expect",
+    "parallel",
+    "setpriv",
+    "taskset",
+    "chrt",
+    "prlimit",
+    "systemd-run",
+    "pkexec",
+    "strace",
+    "ltrace",
+    "rbash",
+    "ash",
+    "sg",
+    "newgrp",
+    "cgexec",
+    "numactl",
+    "firejail",
+    "bwrap",
+    "fakeroot",
+    "chpst",
+    "run-parts",
+    "ssh",
+    "faketime",
+    "torsocks",
+    "proxychains",
 ];
 
 impl Words {
@@ -142,8 +198,11 @@ fn split(text: &str) -> Result<Vec<String>, String> {
             '|' | '&' | ';' | '<' | '>' | '(' | ')' | '$' | '`' | '*' | '?' | '[' | ']' => {
                 return Err(format!("`{c}` (shell syntax)"));
             }
-            // Special only where a word starts: a comment, home expansion, negation, braces.
-            '#' | '~' | '!' | '{' | '}' if !open => {
+            // Brace and tilde expansion happen inside words too (bash expands `a{b,c}` and the
+            // `~` after `=` or `:`).
+            '{' | '}' | '~' => return Err(format!("`{c}` (shell expansion)")),
+            // Special only where a word starts: a comment, negation.
+            '#' | '!' if !open => {
                 return Err(format!("`{c}` at the start of a word (shell syntax)"));
             }
             c if c.is_control() => return Err(format!("a control character {c:?}")),
@@ -184,7 +243,8 @@ mod tests {
             ("find . -name x -exec rm '{}' \\;", &["find", ".", "-name", "x", "-exec", "rm", "{}", ";"]),
             ("git-upload-pack '/srv/repo.git'", &["git-upload-pack", "/srv/repo.git"]),
             ("scp -t /tmp", &["scp", "-t", "/tmp"]),
-            ("ls --color=auto x#y a~b", &["ls", "--color=auto", "x#y", "a~b"]),
+            ("ls --color=auto x#y a!b", &["ls", "--color=auto", "x#y", "a!b"]),
+            ("cat '/etc/sha{d,}ow' \"~\"", &["cat", "/etc/sha{d,}ow", "~"]),
         ];
         for (line, want) in cases {
             assert_eq!(plain(line), *want, "{line}");
@@ -207,6 +267,10 @@ mod tests {
             (b"ls\nrm -rf /", "ls", "newline"),
             (b"ls #comment", "ls", "#"),
             (b"ls ~root", "ls", "~"),
+            (b"cat /etc/sha{d,}ow", "cat", "expansion"),
+            (b"dd if=~root/.ssh/id_rsa", "dd", "expansion"),
+            (b"setpriv rm -rf /", "setpriv", "runs its arguments"),
+            (b"taskset 1 rm x", "taskset", "runs its arguments"),
             (b"FOO=1 ls", "FOO=1", "assignment"),
             (b"sh -c 'rm -rf /'", "sh", "runs its arguments"),
             (b"/bin/bash -c id", "/bin/bash", "runs its arguments"),
