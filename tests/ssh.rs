@@ -121,29 +121,42 @@ impl Agent {
         args: &[&str],
         stdin: &[u8],
     ) -> Output {
-        let mut cmd = Command::new("setpriv");
-        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-            .args(["timeout", "60", tool, "-F", "/dev/null"])
-            .arg(format!(
-                "-oUserKnownHostsFile={}",
-                self.dir.path().join("known_hosts").display()
-            ))
-            .args([
-                "-oGlobalKnownHostsFile=/dev/null",
-                "-oStrictHostKeyChecking=yes",
-                "-oBatchMode=yes",
-                "-oConnectTimeout=10",
-                port_flag,
-                &PORT.to_string(),
-            ])
-            .args(args)
-            .env("HOME", self.dir.path())
+        let mut cmd = self.command(tool, port_flag, &["-oBatchMode=yes"]);
+        cmd.args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = gw.cgroup.command(cmd).spawn().expect("ssh");
         child.stdin.take().unwrap().write_all(stdin).unwrap();
         child.wait_with_output().unwrap()
+    }
+
+    /// The OpenSSH `tool` as nobody, trusting only the CA line, with `opts` first (ssh keeps
+    /// the first value it reads of an option), up to the port.
+    fn command(&self, tool: &str, port_flag: &str, opts: &[&str]) -> Command {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .args(["timeout", "60", tool])
+            .args(self.options(opts))
+            .args([port_flag, &PORT.to_string()])
+            .env("HOME", self.dir.path());
+        cmd
+    }
+
+    fn options(&self, opts: &[&str]) -> Vec<String> {
+        let mut all: Vec<String> = opts.iter().map(|o| (*o).to_owned()).collect();
+        all.extend([
+            "-F".into(),
+            "/dev/null".into(),
+            format!(
+                "-oUserKnownHostsFile={}",
+                self.dir.path().join("known_hosts").display()
+            ),
+            "-oGlobalKnownHostsFile=/dev/null".into(),
+            "-oStrictHostKeyChecking=yes".into(),
+            "-oConnectTimeout=10".into(),
+        ]);
+        all
     }
 }
 
@@ -422,8 +435,8 @@ fn ssh_commands_judged_recorded_and_proved_against_sshd() {
     );
     // rsync runs `rsync --server ...` over ssh: an exec like any other.
     let remote_shell = format!(
-        "ssh -F /dev/null -oUserKnownHostsFile={} -oGlobalKnownHostsFile=/dev/null -oStrictHostKeyChecking=yes -oBatchMode=yes -p {PORT}",
-        agent.dir.path().join("known_hosts").display()
+        "ssh {} -p {PORT}",
+        agent.options(&["-oBatchMode=yes"]).join(" ")
     );
     let mut rsync = Command::new("setpriv");
     rsync
@@ -522,21 +535,8 @@ fn ssh_commands_judged_recorded_and_proved_against_sshd() {
 fn kill_9_mid_session_leaves_a_verifiable_audit() {
     let (srv, mut gw, agent) = fixture("127.10.0.21", "sshkill", |srv| srv.target("web", RULES));
     // A command that runs until its input ends; its input stays open.
-    let mut cmd = Command::new("setpriv");
-    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .args(["ssh", "-F", "/dev/null"])
-        .arg(format!(
-            "-oUserKnownHostsFile={}",
-            agent.dir.path().join("known_hosts").display()
-        ))
-        .args([
-            "-oGlobalKnownHostsFile=/dev/null",
-            "-oBatchMode=yes",
-            "-p",
-            &PORT.to_string(),
-        ])
-        .args(["agent@127.10.0.21", "cat"])
-        .env("HOME", agent.dir.path())
+    let mut cmd = agent.command("ssh", "-p", &["-oBatchMode=yes"]);
+    cmd.args(["agent@127.10.0.21", "cat"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
@@ -638,24 +638,15 @@ fn agent_tokens_over_ssh_passwords_feed_the_rules() {
         };
         std::fs::write(&file, format!("#!/bin/sh\necho '{token}'\n")).unwrap();
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let mut cmd = Command::new("setpriv");
-        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-            .args(["timeout", "60", "ssh", "-F", "/dev/null"])
-            .arg(format!(
-                "-oUserKnownHostsFile={}",
-                agent.dir.path().join("known_hosts").display()
-            ))
-            .args([
-                "-oGlobalKnownHostsFile=/dev/null",
-                "-oStrictHostKeyChecking=yes",
+        let mut cmd = agent.command(
+            "ssh",
+            "-p",
+            &[
                 "-oPreferredAuthentications=password",
                 "-oNumberOfPasswordPrompts=1",
-                "-p",
-                &PORT.to_string(),
-                "agent@127.10.0.23",
-                "id -un",
-            ])
-            .env("HOME", agent.dir.path())
+            ],
+        );
+        cmd.args(["agent@127.10.0.23", "id -un"])
             .env("SSH_ASKPASS", &file)
             .env("SSH_ASKPASS_REQUIRE", "force")
             .stdin(Stdio::null());
@@ -679,4 +670,82 @@ fn agent_tokens_over_ssh_passwords_feed_the_rules() {
         [Some("ops-bot".into()), Some("intern".into())]
     );
     assert_eq!(subjects[2], None);
+}
+
+#[test]
+fn one_agent_cannot_hold_unbounded_channels() {
+    let (srv, gw, agent) = fixture("127.10.0.24", "sshchan", |srv| srv.target("web", RULES));
+    // One connection (OpenSSH's multiplexing master), then session channels on it, each a
+    // `cat` that keeps its channel open.
+    let dir = agent.dir.path().join("mux");
+    std::fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+    let sock = dir.join("m").display().to_string();
+    let master_opts = ["-oBatchMode=yes", "-oControlMaster=yes"];
+    let mut master = agent.command("ssh", "-p", &master_opts);
+    master
+        .args(["-S", &sock, "-N", "agent@127.10.0.24"])
+        .stdin(Stdio::null());
+    let mut master = gw.cgroup.command(master).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::path::Path::new(&sock).exists() {
+        assert!(Instant::now() < deadline, "no mux master:\n{}", gw.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let open = |i: usize| {
+        let mut c = agent.command("ssh", "-p", &["-oBatchMode=yes"]);
+        c.args(["-S", &sock, "agent@127.10.0.24", "cat"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = gw.cgroup.command(c).spawn().unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(format!("line {i}\n").as_bytes()).unwrap();
+        (child, stdin)
+    };
+    let mut held: Vec<_> = (0..32).map(open).collect();
+    // All 32 running on the host (sshd runs one `cat` per channel) before the next one asks.
+    let running = || {
+        let out = Command::new("pgrep")
+            .args(["-c", "-x", "-u", &srv.user, "cat"])
+            .output()
+            .unwrap();
+        text(&out.stdout).trim().parse::<usize>().unwrap_or(0)
+    };
+    while running() < 32 {
+        assert!(
+            Instant::now() < deadline,
+            "{} of 32 channels running:\n{}",
+            running(),
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        gw.status()["active_sessions"],
+        1,
+        "every channel on the one connection"
+    );
+    // The gateway's bound: the next channel is refused, the session and its channels go on.
+    let (extra, stdin) = open(32);
+    drop(stdin);
+    let out = extra.wait_with_output().unwrap();
+    // (OpenSSH's mux client then falls back to a connection of its own, a new session.)
+    assert!(
+        text(&out.stderr).contains("Session open refused by peer"),
+        "{}",
+        text(&out.stderr)
+    );
+    for (i, (child, stdin)) in held.drain(..).enumerate() {
+        drop(stdin);
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            text(&out.stdout),
+            format!("line {i}\n"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    let _ = master.kill();
+    let _ = master.wait();
 }

@@ -3,12 +3,17 @@
 //! authorized keys, and a ForceCommand that logs `$SSH_ORIGINAL_COMMAND` before running it:
 //! the server's own record of what it ran.
 
+use crate::run_ok;
 use std::{
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
+
+/// sshd's cap on channels per connection: above the gateway's own (32), so that the
+/// gateway's is the one a test meets.
+const MAX_SESSIONS: u32 = 64;
 
 pub struct SshServer {
     pub addr: String,
@@ -17,19 +22,12 @@ pub struct SshServer {
     child: Option<Child>,
 }
 
-fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn keygen(path: &Path, kind: &str) {
-    run(Command::new("ssh-keygen")
-        .args(["-q", "-t", kind, "-N", "", "-C", "gwtest", "-f"])
-        .arg(path));
+    run_ok(
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", kind, "-N", "", "-C", "gwtest", "-f"])
+            .arg(path),
+    );
 }
 
 impl SshServer {
@@ -48,14 +46,16 @@ impl SshServer {
         let user = format!("gwssh{}x{n}", std::process::id() % 100_000);
         let _ = Command::new("userdel").arg("-r").arg(&user).output();
         std::fs::create_dir(p("home")).unwrap();
-        run(Command::new("useradd")
-            .args(["-M", "-s", "/bin/sh", "-d"])
-            .arg(p("home"))
-            .arg(&user));
-        run(Command::new("chown").arg(&user).arg(p("home")));
+        run_ok(
+            Command::new("useradd")
+                .args(["-M", "-s", "/bin/sh", "-d"])
+                .arg(p("home"))
+                .arg(&user),
+        );
+        run_ok(Command::new("chown").arg(&user).arg(p("home")));
         // useradd leaves the account locked, which sshd refuses even for keys; `*` unlocks it
         // with no password that could ever match.
-        run(Command::new("usermod").args(["-p", "*"]).arg(&user));
+        run_ok(Command::new("usermod").args(["-p", "*"]).arg(&user));
         keygen(&p("host_key"), "ed25519");
         keygen(&p("daemon_key"), "ed25519");
         keygen(&p("user_ca"), "ed25519");
@@ -75,7 +75,8 @@ impl SshServer {
             "ListenAddress {ip}:{port}\nHostKey {hk}\nPidFile {pid}\nAuthorizedKeysFile {ak}\n\
              TrustedUserCAKeys {ca}.pub\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
              UsePAM no\nStrictModes no\nForceCommand {force}\nSubsystem sftp /usr/lib/openssh/sftp-server\n\
-             AllowTcpForwarding yes\nAllowAgentForwarding yes\nLogLevel VERBOSE\n",
+             AllowTcpForwarding yes\nAllowAgentForwarding yes\nMaxSessions {max}\nLogLevel VERBOSE\n",
+            max = MAX_SESSIONS,
             hk = p("host_key").display(),
             pid = p("sshd.pid").display(),
             ak = p("authorized_keys").display(),

@@ -10,6 +10,11 @@ use tokio::net::TcpStream;
 
 use super::{Phase, Session, SessionError};
 
+/// The longest one step of a handshake may take (the agent's startup or key exchange, its
+/// token, the upstream login): an agent that says nothing holds nothing for long, and a
+/// stalled server does not hold the agent forever.
+pub const HANDSHAKE_STEP: Duration = Duration::from_secs(10);
+
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 pub trait Handler: Send + Sync {

@@ -19,7 +19,7 @@ use std::{
 };
 
 pub use error::{Phase, SessionError, Source};
-pub use handler::{BoxFuture, Handler, Upstream};
+pub use handler::{BoxFuture, HANDSHAKE_STEP, Handler, Upstream};
 
 use crate::{
     approval::Broker,

@@ -7,7 +7,8 @@ use serde::Deserialize;
 use crate::detect::Detector;
 use crate::protocol::postgres::sql::{StatementInfo, StatementKind};
 pub use crate::rules::{
-    Action, DEFAULT_HOLD_SECS, DEFAULT_RULE, EMPTY_RULE, Verdict as StatementVerdict, Who,
+    Action, DEFAULT_HOLD_SECS, DEFAULT_RULE, EMPTY_RULE, Verdict as StatementVerdict, Who, decide,
+    decide_all,
 };
 use crate::rules::{Audience, Glob, Rule};
 
@@ -84,7 +85,7 @@ impl SqlRule {
     /// A statement that reads values of relations it does not name (statistics views,
     /// relation-by-name functions) matches every refusing condition and only an allow
     /// condition of `*`.
-    pub fn matches(&self, stmt: &StatementInfo) -> bool {
+    fn conditions_hold(&self, stmt: &StatementInfo) -> bool {
         let grants = self.action == Action::Allow;
         let everything = stmt.reads_everything;
         let relations = |globs: &[Glob], names: &mut dyn Iterator<Item = &String>, reads: bool| {
@@ -155,16 +156,8 @@ impl Rule for SqlRule {
         }
     }
     fn matches(&self, stmt: &StatementInfo) -> bool {
-        SqlRule::matches(self, stmt)
+        self.conditions_hold(stmt)
     }
-}
-
-pub fn decide(rules: &[SqlRule], who: &Who, stmt: &StatementInfo) -> StatementVerdict {
-    crate::rules::decide(rules, who, stmt)
-}
-
-pub fn decide_all(rules: &[SqlRule], who: &Who, stmts: &[StatementInfo]) -> StatementVerdict {
-    crate::rules::decide_all(rules, who, stmts)
 }
 
 #[cfg(test)]

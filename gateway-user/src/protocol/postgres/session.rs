@@ -23,7 +23,8 @@ use super::{
     upstream::{self, UpstreamError},
 };
 use crate::session::{
-    BoxFuture, Handler, Phase, Session, SessionError, Source, Upstream, handler::reset,
+    BoxFuture, HANDSHAKE_STEP, Handler, Phase, Session, SessionError, Source, Upstream,
+    handler::reset,
 };
 
 /// How long a session whose agent has left waits for the upstream to answer what is in flight.
@@ -67,11 +68,6 @@ impl Handler for Postgres<'_> {
         })
     }
 }
-
-/// The longest the agent's startup, its token, or the upstream login may take: an agent that
-/// says nothing holds nothing (no upstream connection is opened before its startup is
-/// complete), and a stalled server does not hold the agent forever.
-pub const HANDSHAKE_STEP: Duration = Duration::from_secs(10);
 
 fn too_slow(what: &'static str) -> super::codec::FrameError {
     super::codec::FrameError::Malformed {

@@ -3,7 +3,10 @@
 //! the target asks for a JWT. Session channels go to the serve loop; forwarding, agent
 //! forwarding, X11 and environment requests are refused here and reported for the audit.
 
-use std::sync::Arc;
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
 
 use russh::{
     Channel, ChannelId, ChannelOpenFailure,
@@ -28,9 +31,15 @@ pub enum Note {
     },
 }
 
+/// Session channels one agent may hold open at once: each is a task's state here and a
+/// channel upstream (OpenSSH's own server allows 10 by default).
+pub const MAX_CHANNELS: usize = 32;
+
 pub struct AgentSide {
     pub notes: UnboundedSender<Note>,
     pub jwt: Option<Arc<JwtVerifier>>,
+    /// Session channels open now; the serve loop counts them down as they end.
+    pub open: Arc<AtomicUsize>,
 }
 
 impl AgentSide {
@@ -97,6 +106,11 @@ impl server::Handler for AgentSide {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
+        if self.open.fetch_add(1, Ordering::AcqRel) >= MAX_CHANNELS {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+            return Ok(());
+        }
         reply.accept().await;
         let _ = self.notes.send(Note::Channel(channel));
         Ok(())

@@ -13,7 +13,7 @@ use std::{
 
 use ring::rand::{SecureRandom as _, SystemRandom};
 use russh::keys::{
-    Certificate, PrivateKey,
+    Certificate, PrivateKey, PublicKey,
     ssh_key::{
         LineEnding,
         certificate::{Builder, CertType},
@@ -99,26 +99,50 @@ impl HostCa {
     /// A host certificate for this connection, valid for `principals`.
     pub fn certificate(&self, principals: &[String]) -> Result<Certificate, String> {
         let now = SystemTime::now();
-        let secs = |t: SystemTime| {
-            t.duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs())
-        };
-        let mut b = Builder::new(
-            random::<32>()?.to_vec(),
-            self.host.public_key().key_data().clone(),
-            secs(now - HOST_CERT_BEFORE),
-            secs(now + HOST_CERT_AFTER),
+        sign(
+            &self.ca,
+            self.host.public_key(),
+            CertType::Host,
+            "gatewayd",
+            principals,
+            (now - HOST_CERT_BEFORE, now + HOST_CERT_AFTER),
+            &[],
         )
-        .map_err(|e| e.to_string())?;
-        b.serial(u64::from_be_bytes(random::<8>()?))
-            .and_then(|b| b.key_id("gatewayd"))
-            .and_then(|b| b.cert_type(CertType::Host))
-            .map_err(|e| e.to_string())?;
-        for p in principals {
-            b.valid_principal(p.clone()).map_err(|e| e.to_string())?;
-        }
-        b.sign(&self.ca).map_err(|e| e.to_string())
     }
+}
+
+/// A certificate for `key` signed by `ca`, with a random nonce and serial.
+pub fn sign(
+    ca: &PrivateKey,
+    key: &PublicKey,
+    kind: CertType,
+    key_id: &str,
+    principals: &[String],
+    (from, until): (SystemTime, SystemTime),
+    extensions: &[&str],
+) -> Result<Certificate, String> {
+    let secs = |t: SystemTime| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    };
+    let mut b = Builder::new(
+        random::<32>()?.to_vec(),
+        key.key_data().clone(),
+        secs(from),
+        secs(until),
+    )
+    .map_err(|e| e.to_string())?;
+    b.serial(u64::from_be_bytes(random::<8>()?))
+        .and_then(|b| b.key_id(key_id))
+        .and_then(|b| b.cert_type(kind))
+        .map_err(|e| e.to_string())?;
+    for p in principals {
+        b.valid_principal(p.clone()).map_err(|e| e.to_string())?;
+    }
+    for x in extensions {
+        b.extension(*x, "").map_err(|e| e.to_string())?;
+    }
+    b.sign(ca).map_err(|e| e.to_string())
 }
 
 /// `@cert-authority * <key>` from the CA's public key line.

@@ -94,11 +94,11 @@ pub async fn serve(
                                 continue;
                             }
                             if r.verbatim {
-                                rec.chunk(s, ch, Stream::Input, &String::from_utf8_lossy(&data), &r.rule)?;
+                                rec.chunk(s, ch, Stream::Input, &data, &r.rule)?;
                             }
                             if let Some(line) = r.typed.as_mut() {
                                 for typed in lines(line, &data) {
-                                    rec.chunk(s, ch, Stream::Typed, &typed, &r.rule)?;
+                                    rec.chunk(s, ch, Stream::Typed, typed.as_bytes(), &r.rule)?;
                                 }
                             }
                             let _ = r.up_wr.data_bytes(data).await;
@@ -152,7 +152,7 @@ pub async fn serve(
                         }
                         let data = masked(&r.detectors, data);
                         if r.verbatim {
-                            rec.chunk(s, ch, Stream::Output, &String::from_utf8_lossy(&data), &r.rule)?;
+                            rec.chunk(s, ch, Stream::Output, &data, &r.rule)?;
                         }
                         let _ = agent_wr.data_bytes(data).await;
                     }
@@ -161,7 +161,7 @@ pub async fn serve(
                         s.add_down(data.len() as u64);
                         let data = masked(&r.detectors, data);
                         if r.verbatim {
-                            rec.chunk(s, ch, Stream::Error, &String::from_utf8_lossy(&data), &r.rule)?;
+                            rec.chunk(s, ch, Stream::Error, &data, &r.rule)?;
                         }
                         let _ = agent_wr.extended_data_bytes(ext, data).await;
                     }
@@ -346,10 +346,21 @@ async fn start(
     if verdict.action != Action::Hold {
         record(s, event(verdict.action, &verdict.rule))?;
     }
-    let up = host
-        .channel_open_session()
-        .await
-        .map_err(|e| SessionError::upstream(Phase::Serve, e))?;
+    // A host that refuses one more channel (sshd's MaxSessions) refuses this channel, not the
+    // agent's other ones.
+    let up = match host.channel_open_session().await {
+        Ok(up) => up,
+        Err(e) => {
+            let why = format!("gatewayd: the host refused a new channel: {e}\n");
+            let _ = agent_wr
+                .extended_data_bytes(1, Bytes::from(why.into_bytes()))
+                .await;
+            let _ = agent_wr.exit_status(1).await;
+            let _ = agent_wr.eof().await;
+            let _ = agent_wr.close().await;
+            return Ok(None);
+        }
+    };
     let (up_rd, up_wr) = up.split();
     let failed = |e: russh::Error| SessionError::upstream(Phase::Serve, e);
     if let Some(p) = pty {

@@ -24,27 +24,28 @@ impl Recorder {
         }
     }
 
-    /// Records a chunk, or says (once) that the bound was reached.
+    /// Records a chunk, or says (once) that the bound was reached; past it, nothing is
+    /// decoded or kept.
     pub(super) fn chunk(
         &self,
         s: &Session,
         ch: u32,
         stream: Stream,
-        data: &str,
+        data: &[u8],
         rule: &str,
     ) -> Result<(), SessionError> {
         let before = self.used.fetch_add(data.len() as u64, Ordering::Relaxed);
         let (stream, data) = if before + data.len() as u64 <= self.limit {
-            (stream, data)
+            (stream, String::from_utf8_lossy(data).into_owned())
         } else if before <= self.limit {
-            (Stream::Truncated, "")
+            (Stream::Truncated, String::new())
         } else {
             return Ok(());
         };
         let detail = Detail::Output(OutputDetail {
             channel: ch,
             stream,
-            data: data.to_owned(),
+            data,
             cols: None,
             rows: None,
         });

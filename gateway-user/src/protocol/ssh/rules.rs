@@ -248,7 +248,6 @@ mod tests {
             (exec("sh -c 'ls'"), Action::Deny, DEFAULT_RULE),
             (exec("uptime"), Action::Allow, "read-only"),
             (other(RequestKind::Shell, ""), Action::Deny, DEFAULT_RULE),
-            (other(RequestKind::Shell, ""), Action::Deny, DEFAULT_RULE),
             (other(RequestKind::Subsystem, "sftp"), Action::Allow, "files"),
             (other(RequestKind::DirectTcpip, "127.0.0.1:5432"), Action::Deny, DEFAULT_RULE),
             (other(RequestKind::AgentForward, ""), Action::Deny, DEFAULT_RULE),
@@ -262,6 +261,34 @@ mod tests {
             let v = decide(&rules, &Who::default(), &req);
             assert_eq!((v.action, v.rule.as_str()), (action, rule), "{req:?}");
         }
+    }
+
+    #[test]
+    fn a_shell_needs_a_rule_that_names_it() {
+        let f: File =
+            toml::from_str("[[rules]]\nname = 'ops'\naction = 'allow'\nsubjects = ['ops-*']")
+                .unwrap();
+        let ops = Who {
+            subject: Some("ops-bot".into()),
+            groups: Vec::new(),
+        };
+        let shell = SshRequest {
+            kind: RequestKind::Shell,
+            text: String::new(),
+            words: None,
+        };
+        // The same rule allows a plain command for that subject, not a shell or subsystem.
+        assert_eq!(
+            decide(&f.rules, &ops, &exec("uptime")).action,
+            Action::Allow
+        );
+        assert_eq!(decide(&f.rules, &ops, &shell).action, Action::Deny);
+        let sftp = SshRequest {
+            kind: RequestKind::Subsystem,
+            text: "sftp".into(),
+            ..shell
+        };
+        assert_eq!(decide(&f.rules, &ops, &sftp).action, Action::Deny);
     }
 
     #[test]

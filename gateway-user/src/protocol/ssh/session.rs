@@ -27,11 +27,8 @@ use super::{
 use crate::{
     audit::{Detail, SshDetail},
     rules::Action,
-    session::{BoxFuture, Handler, Phase, Session, SessionError, Source, Upstream},
+    session::{BoxFuture, HANDSHAKE_STEP, Handler, Phase, Session, SessionError, Source, Upstream},
 };
-
-/// The longest the upstream login, or the agent's key exchange and authentication, may take.
-const HANDSHAKE_STEP: Duration = Duration::from_secs(10);
 
 /// The ciphers offered to agents: AES-GCM only, which `ring` runs on the CPU's AES
 /// instructions. OpenSSH clients pick the first of their own list the server offers, and
@@ -161,9 +158,11 @@ async fn run(
         ..Default::default()
     });
     let (notes, mut inbox) = mpsc::unbounded_channel();
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let side = AgentSide {
         notes,
         jwt: p.target.jwt.clone().map(Arc::new),
+        open: open.clone(),
     };
     let running = match tokio::time::timeout(
         HANDSHAKE_STEP,
@@ -208,7 +207,10 @@ async fn run(
                     record(session, e)?;
                 }
             },
-            Some(r) = channels.next(), if !channels.is_empty() => r?,
+            Some(r) = channels.next(), if !channels.is_empty() => {
+                open.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                r?
+            }
         }
     };
     // The agent is gone: its channels end now; let them write how they ended.

@@ -12,7 +12,7 @@ use russh::{
     client::{self, AuthResult, Handle},
     keys::{
         HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate,
-        ssh_key::certificate::{Builder, CertType},
+        ssh_key::certificate::CertType,
     },
 };
 use tokio::net::TcpStream;
@@ -190,31 +190,22 @@ async fn read_key(path: std::path::PathBuf) -> Result<PrivateKey, LoginError> {
         })
 }
 
-/// A certificate for `user`, valid from a minute ago for `lifetime`, with what an interactive
-/// login needs (a terminal, forwarding is the policy's to allow, not the certificate's).
+/// A certificate for `user`, valid from a minute ago for `lifetime`, allowing a terminal
+/// (forwarding is the policy's to allow, not the certificate's).
 fn user_certificate(
     ca: &PrivateKey,
     key: &PublicKey,
     user: &str,
     lifetime: Duration,
 ) -> Result<russh::keys::Certificate, String> {
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let mut nonce = [0u8; 32];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
-        .map_err(|_| "the system's random source failed".to_owned())?;
-    let mut b = Builder::new(
-        nonce.to_vec(),
-        key.key_data().clone(),
-        now.saturating_sub(60),
-        now + lifetime.as_secs(),
+    let now = SystemTime::now();
+    ca::sign(
+        ca,
+        key,
+        CertType::User,
+        &format!("gatewayd:{user}"),
+        &[user.to_owned()],
+        (now - Duration::from_secs(60), now + lifetime),
+        &["permit-pty"],
     )
-    .map_err(|e| e.to_string())?;
-    b.cert_type(CertType::User)
-        .and_then(|b| b.key_id(format!("gatewayd:{user}")))
-        .and_then(|b| b.valid_principal(user))
-        .and_then(|b| b.extension("permit-pty", ""))
-        .map_err(|e| e.to_string())?;
-    b.sign(ca).map_err(|e| e.to_string())
 }
