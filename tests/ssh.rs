@@ -675,6 +675,19 @@ fn agent_tokens_over_ssh_passwords_feed_the_rules() {
 #[test]
 fn one_agent_cannot_hold_unbounded_channels() {
     let (srv, gw, agent) = fixture("127.10.0.24", "sshchan", |srv| srv.target("web", RULES));
+    // A connection that does not speak SSH costs the host nothing: no login upstream (the
+    // fixture's own readiness check is the one connection sshd has seen).
+    let connections = || srv.log().matches("Connection from").count();
+    let before = connections();
+    let mut probe = Command::new("bash");
+    probe.args([
+        "-c",
+        "exec 3<>/dev/tcp/127.10.0.24/2222 && printf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3 >/dev/null",
+    ]);
+    let out = gw.cgroup.command(probe).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    gw.ended_sessions(1);
+    assert_eq!(connections(), before, "{}", srv.log());
     // One connection (OpenSSH's multiplexing master), then session channels on it, each a
     // `cat` that keeps its channel open.
     let dir = agent.dir.path().join("mux");

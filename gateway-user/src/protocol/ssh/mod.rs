@@ -8,6 +8,7 @@ pub mod ca;
 pub mod channel;
 pub mod config;
 mod files;
+mod prefixed;
 pub mod record;
 pub mod rules;
 pub mod session;

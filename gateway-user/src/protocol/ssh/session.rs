@@ -21,6 +21,7 @@ use super::{
     ca::HostCa,
     channel,
     config::SshTarget,
+    prefixed::Prefixed,
     record::Recorder,
     upstream,
 };
@@ -111,7 +112,19 @@ async fn run(
             return Err(SessionError::new(Source::Internal, Phase::Handshake, e));
         }
     };
-    // The daemon's own login first: the agent hears why in SSH's words if it fails.
+    // The agent's version line first: a connection that does not speak SSH costs the host
+    // no login. Then the daemon's own login, so the agent hears why in SSH's words if it fails.
+    let mut agent = agent;
+    let version = match tokio::time::timeout(HANDSHAKE_STEP, version_line(&mut agent)).await {
+        Ok(Ok(v)) => v,
+        Ok(Err(why)) => return Err(SessionError::agent(Phase::Handshake, why)),
+        Err(_) => {
+            return Err(SessionError::agent(
+                Phase::Handshake,
+                "no SSH version line within the bound",
+            ));
+        }
+    };
     let tcp = match up.connect().await {
         Ok(t) => t,
         Err(e) => {
@@ -166,7 +179,7 @@ async fn run(
     };
     let running = match tokio::time::timeout(
         HANDSHAKE_STEP,
-        russh::server::run_stream(config, agent, side),
+        russh::server::run_stream(config, Prefixed::new(version, agent), side),
     )
     .await
     {
@@ -235,6 +248,31 @@ pub(super) fn record(session: &Session, event: crate::audit::Event) -> Result<()
     session
         .record(event)
         .map_err(|e| SessionError::audit(Phase::Serve, e))
+}
+
+/// Reads until the client's version line (`SSH-2.0-...`) is complete; returns every byte read
+/// (the client may already have sent its key exchange after it).
+async fn version_line(agent: &mut TcpStream) -> Result<Vec<u8>, String> {
+    // RFC 4253: at most 255 bytes, and a server may send lines before its own; a client may not.
+    let mut read = Vec::with_capacity(256);
+    let mut buf = [0u8; 256];
+    loop {
+        let n = agent.read(&mut buf).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("closed before its SSH version line".into());
+        }
+        read.extend_from_slice(&buf[..n]);
+        if let Some(end) = read.iter().position(|&b| b == b'\n') {
+            return if read.starts_with(b"SSH-2.0-") && end < 255 {
+                Ok(read)
+            } else {
+                Err("not an SSH-2.0 version line".into())
+            };
+        }
+        if read.len() >= 255 {
+            return Err("a version line longer than 255 bytes".into());
+        }
+    }
 }
 
 /// Refuses before any key exchange, in SSH's words: the version line, then an unencrypted
