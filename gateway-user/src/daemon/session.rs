@@ -9,7 +9,7 @@ use std::{
     net::SocketAddr,
     panic::AssertUnwindSafe,
     pin::Pin,
-    sync::atomic::Ordering,
+    sync::{Arc, atomic::Ordering},
     task::{Context, Poll},
     time::Instant,
 };
@@ -21,12 +21,14 @@ use crate::{
     identity,
     kernel::origins::destination,
     policy::{Denial, Host, Verdict, decide},
-    session::{Admitted, Handler, Phase, Session, SessionError, Source, Upstream, handler::reset},
+    session::{
+        Admitted, Handler, Phase, Reach, Session, SessionError, Source, Upstream, handler::reset,
+    },
 };
 
 use super::state::State;
 
-pub async fn handle(state: &State, agent: TcpStream, peer: SocketAddr) {
+pub async fn handle(state: &Arc<State>, agent: TcpStream, peer: SocketAddr) {
     state.active_sessions.fetch_add(1, Ordering::Relaxed);
     let started = Instant::now();
     let record = serve(state, agent, peer).await;
@@ -58,7 +60,7 @@ pub async fn handle(state: &State, agent: TcpStream, peer: SocketAddr) {
 
 /// Runs the phases and returns the session's final record. The opening record is written
 /// before any byte reaches the upstream.
-async fn serve(state: &State, agent: TcpStream, peer: SocketAddr) -> SessionRecord {
+async fn serve(state: &Arc<State>, agent: TcpStream, peer: SocketAddr) -> SessionRecord {
     let id = state.audit.next_id().unwrap_or_else(|e| {
         tracing::error!(error = %e, "audit id");
         0
@@ -129,6 +131,7 @@ async fn serve(state: &State, agent: TcpStream, peer: SocketAddr) -> SessionReco
             governed_cgroup_id: origin.governed_cgroup_id,
             destination: dst,
             agent: record.agent.clone(),
+            reach: reach(state, origin.governed_cgroup_id),
         },
         state.audit.clone(),
         state.approvals.clone(),
@@ -146,6 +149,19 @@ async fn serve(state: &State, agent: TcpStream, peer: SocketAddr) -> SessionReco
         tracing::error!(session.id = id, error = %e, "audit events not written");
     }
     ended(record, result)
+}
+
+/// The agent's connection policy as a [`Reach`]: the policy pinned to its cgroup and the
+/// names resolved when asked, not when the session began.
+fn reach(state: &Arc<State>, cgroup: u64) -> Reach {
+    let state = state.clone();
+    Arc::new(move |dst| {
+        let policy = state.policies().by_cgroup.get(&cgroup).cloned();
+        match decide(policy.as_deref(), &state.resolved(), dst) {
+            Verdict::Allow { target, protocol } => Some((target, protocol)),
+            Verdict::Deny(_) => None,
+        }
+    })
 }
 
 /// Upstream: the address the agent dialled, checked by the verdict; certificates and host

@@ -57,6 +57,18 @@ pub struct Admitted {
     pub destination: SocketAddr,
     /// The agent as the kernel attested it and /proc named it at accept.
     pub agent: Option<Agent>,
+    /// The agent's connection policy, asked again for each connection a protocol carries
+    /// inside this one (an SSH forward): it may reach only what it could dial itself.
+    pub reach: Reach,
+}
+
+/// The target (and its protocol) the agent's policy admits at an address, as of now
+/// (policies reload and names re-resolve while a session runs); `None` where it denies.
+pub type Reach = Arc<dyn Fn(SocketAddr) -> Option<(String, Protocol)> + Send + Sync>;
+
+/// A [`Reach`] that admits nothing, for sessions that carry no other connection.
+pub fn reach_nowhere() -> Reach {
+    Arc::new(|_| None)
 }
 
 impl Session {

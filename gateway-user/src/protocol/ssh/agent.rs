@@ -1,7 +1,8 @@
 //! The agent's side of an SSH session: russh's server, answering as the host the agent
 //! dialled. Authentication needs no secret (who the agent is comes from the kernel) unless
-//! the target asks for a JWT. Session channels go to the serve loop; forwarding, agent
-//! forwarding, X11 and environment requests are refused here and reported for the audit.
+//! the target asks for a JWT (as the password or a keyboard-interactive answer). Session and
+//! forwarded channels go to the serve loop; requests SSH wants answered at once (a listening
+//! port, a channel's env, agent and X11 requests) are judged here ([`forward::judge_now`]).
 
 use std::sync::{
     Arc,
@@ -10,24 +11,37 @@ use std::sync::{
 
 use russh::{
     Channel, ChannelId, ChannelOpenFailure,
-    server::{self, Auth, ChannelOpenHandle, Msg, Session},
+    server::{self, Auth, ChannelOpenHandle, Msg, Response, Session},
 };
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::{
+    config::SshTarget,
+    forward::{self, Granted},
+    upstream::Upstream,
+};
 use crate::{
     audit::SshRequestKind,
-    identity::{TokenIdentity, token::JwtVerifier},
+    identity::{TokenIdentity, Who, token::JwtVerifier},
 };
 
 /// What the agent side tells the serve loop.
 pub enum Note {
     Channel(Channel<Msg>),
+    /// A `direct-tcpip` channel, answered once the serve loop has judged it.
+    Direct {
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        to: (String, u32),
+        from: (String, u32),
+    },
     Token(TokenIdentity),
-    /// A request refused here, for the audit.
-    Refused {
+    /// A request judged here, for the audit: the rule, and why it was refused if it was.
+    Judged {
         kind: SshRequestKind,
         what: String,
-        channel: u32,
+        rule: String,
+        refused: Option<String>,
     },
 }
 
@@ -38,18 +52,55 @@ pub const MAX_CHANNELS: usize = 32;
 pub struct AgentSide {
     pub notes: UnboundedSender<Note>,
     pub jwt: Option<Arc<JwtVerifier>>,
-    /// Session channels open now; the serve loop counts them down as they end.
+    /// Channels open now (the agent's and those the host opened back); the serve loop counts
+    /// them down as they end.
     pub open: Arc<AtomicUsize>,
+    pub target: Arc<SshTarget>,
+    pub host: Arc<Upstream>,
+    pub granted: Arc<Granted>,
+    /// The agent as rules see it: who its token says, once one verified.
+    pub who: Who,
 }
 
 impl AgentSide {
-    fn refused(&self, kind: SshRequestKind, what: String, channel: Option<ChannelId>) {
-        let channel = channel.map_or(0, u32::from);
-        let _ = self.notes.send(Note::Refused {
+    fn refused(&self, kind: SshRequestKind, what: String) {
+        let _ = self.notes.send(Note::Judged {
             kind,
             what,
-            channel,
+            rule: "not-supported".into(),
+            refused: Some("the gateway does not forward this request".into()),
         });
+    }
+
+    /// Judges a request answered at once; channel requests are recorded by their channel,
+    /// which judges them the same way.
+    fn allows(&self, kind: SshRequestKind, text: &str) -> Result<String, (String, &'static str)> {
+        forward::judge_now(&self.target, &self.who, kind, text)
+    }
+
+    fn token(&mut self, token: &str) -> Auth {
+        let Some(jwt) = &self.jwt else {
+            return Auth::Accept;
+        };
+        match jwt.verify(token) {
+            Ok(token) => {
+                self.who = token.who();
+                let _ = self.notes.send(Note::Token(token));
+                Auth::Accept
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "SSH agent token rejected");
+                Auth::reject()
+            }
+        }
+    }
+
+    fn take_channel(&self) -> bool {
+        if self.open.fetch_add(1, Ordering::AcqRel) >= MAX_CHANNELS {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
     }
 
     fn open(&self) -> Auth {
@@ -85,19 +136,30 @@ impl server::Handler for AgentSide {
     }
 
     async fn auth_password(&mut self, _user: &str, password: &str) -> Result<Auth, Self::Error> {
-        let Some(jwt) = &self.jwt else {
+        Ok(self.token(password))
+    }
+
+    async fn auth_keyboard_interactive<'a>(
+        &'a mut self,
+        _user: &str,
+        _submethods: &str,
+        response: Option<Response<'a>>,
+    ) -> Result<Auth, Self::Error> {
+        if self.jwt.is_none() {
             return Ok(Auth::Accept);
-        };
-        match jwt.verify(password) {
-            Ok(token) => {
-                let _ = self.notes.send(Note::Token(token));
-                Ok(Auth::Accept)
-            }
-            Err(e) => {
-                tracing::info!(error = %e, "SSH agent token rejected");
-                Ok(Auth::reject())
-            }
         }
+        let Some(mut answers) = response else {
+            return Ok(Auth::Partial {
+                name: "gatewayd".into(),
+                instructions: "The gateway asks for the agent's token (a JWT).".into(),
+                prompts: vec![("Token: ".into(), false)].into(),
+            });
+        };
+        let answer = answers.next().unwrap_or_default();
+        let Ok(token) = std::str::from_utf8(&answer) else {
+            return Ok(Auth::reject());
+        };
+        Ok(self.token(token))
     }
 
     async fn channel_open_session(
@@ -106,8 +168,7 @@ impl server::Handler for AgentSide {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if self.open.fetch_add(1, Ordering::AcqRel) >= MAX_CHANNELS {
-            self.open.fetch_sub(1, Ordering::AcqRel);
+        if !self.take_channel() {
             reply.reject(ChannelOpenFailure::ResourceShortage).await;
             return Ok(());
         }
@@ -118,18 +179,24 @@ impl server::Handler for AgentSide {
 
     async fn channel_open_direct_tcpip(
         &mut self,
-        _channel: Channel<Msg>,
+        channel: Channel<Msg>,
         host: &str,
         port: u32,
-        _from: &str,
-        _from_port: u32,
+        from: &str,
+        from_port: u32,
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        reply
-            .reject(ChannelOpenFailure::AdministrativelyProhibited)
-            .await;
-        self.refused(SshRequestKind::DirectTcpip, format!("{host}:{port}"), None);
+        if !self.take_channel() {
+            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+            return Ok(());
+        }
+        let _ = self.notes.send(Note::Direct {
+            channel,
+            reply,
+            to: (host.to_owned(), port),
+            from: (from.to_owned(), from_port),
+        });
         Ok(())
     }
 
@@ -144,7 +211,7 @@ impl server::Handler for AgentSide {
         reply
             .reject(ChannelOpenFailure::AdministrativelyProhibited)
             .await;
-        self.refused(SshRequestKind::X11, String::new(), None);
+        self.refused(SshRequestKind::X11, String::new());
         Ok(())
     }
 
@@ -158,22 +225,53 @@ impl server::Handler for AgentSide {
         reply
             .reject(ChannelOpenFailure::AdministrativelyProhibited)
             .await;
-        self.refused(SshRequestKind::DirectTcpip, path.to_owned(), None);
+        // A socket on the host is no address the agent's connection policy can judge.
+        self.refused(SshRequestKind::DirectTcpip, path.to_owned());
         Ok(())
     }
 
+    /// A port for the host to listen on (`ssh -R`): if a rule allows it, asked of the host
+    /// (the agent's session waits for its answer); connections to it then come back through
+    /// [`forward::from_host`].
     async fn tcpip_forward(
         &mut self,
         address: &str,
         port: &mut u32,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        self.refused(
-            SshRequestKind::TcpipForward,
-            format!("{address}:{port}"),
-            None,
-        );
-        Ok(false)
+        let what = format!("{address}:{port}");
+        let kind = SshRequestKind::TcpipForward;
+        let (rule, refused) = match self.allows(kind, &what) {
+            Err((rule, why)) => (rule, Some(format!("listening on {what} {why}"))),
+            Ok(rule) => match self.host.tcpip_forward(address, *port).await {
+                Ok(given) => {
+                    if *port == 0 {
+                        *port = given;
+                    }
+                    self.granted.listen(address, *port, &rule);
+                    (rule, None)
+                }
+                Err(e) => (rule, Some(format!("the host refused to listen: {e}"))),
+            },
+        };
+        let ok = refused.is_none();
+        let _ = self.notes.send(Note::Judged {
+            kind,
+            what,
+            rule,
+            refused,
+        });
+        Ok(ok)
+    }
+
+    async fn cancel_tcpip_forward(
+        &mut self,
+        address: &str,
+        port: u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.granted.unlisten(address, port);
+        Ok(self.host.cancel_tcpip_forward(address, port).await.is_ok())
     }
 
     async fn streamlocal_forward(
@@ -181,17 +279,18 @@ impl server::Handler for AgentSide {
         path: &str,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        self.refused(SshRequestKind::TcpipForward, path.to_owned(), None);
+        self.refused(SshRequestKind::TcpipForward, path.to_owned());
         Ok(false)
     }
 
+    // A channel's agent, X11 and env requests: answered here, recorded and passed on to the
+    // host by the channel (channel.rs), which judges them the same way.
     async fn agent_request(
         &mut self,
-        channel: ChannelId,
+        _channel: ChannelId,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        self.refused(SshRequestKind::AgentForward, String::new(), Some(channel));
-        Ok(false)
+        Ok(self.allows(SshRequestKind::AgentForward, "").is_ok())
     }
 
     async fn x11_request(
@@ -203,20 +302,23 @@ impl server::Handler for AgentSide {
         _screen: u32,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.refused(SshRequestKind::X11, String::new(), Some(channel));
-        session.channel_failure(channel)
+        match self.allows(SshRequestKind::X11, "") {
+            Ok(_) => session.channel_success(channel),
+            Err(_) => session.channel_failure(channel),
+        }
     }
 
     async fn env_request(
         &mut self,
         channel: ChannelId,
         name: &str,
-        _value: &str,
+        value: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        // The value stays out of the audit: variables carry tokens as often as locales.
-        self.refused(SshRequestKind::Env, name.to_owned(), Some(channel));
-        session.channel_failure(channel)
+        match self.allows(SshRequestKind::Env, &format!("{name}={value}")) {
+            Ok(_) => session.channel_success(channel),
+            Err(_) => session.channel_failure(channel),
+        }
     }
 
     // The requests the serve loop judges: accepted here (the channel's messages carry them

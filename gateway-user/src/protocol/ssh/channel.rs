@@ -1,7 +1,8 @@
 //! One session channel: its request (exec, shell, subsystem) judged by the target's rules and
 //! held for approval when a rule says so; if allowed, a channel to the host with the same
-//! terminal and request, and the bytes relayed both ways and recorded; if not, a message on
-//! stderr and exit status 1, and the rest of the session goes on.
+//! terminal, the env, agent and X11 requests the rules allowed, and the request, and the bytes
+//! relayed both ways and recorded; if not, a message on stderr and exit status 1, and the rest
+//! of the session goes on.
 
 use bytes::Bytes;
 use russh::{Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Pty, client, server};
@@ -9,6 +10,7 @@ use russh::{Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Pty, client,
 use super::{
     config::SshTarget,
     files,
+    forward::{Granted, judge_now},
     record::{Recorder, lines},
     rules::{RequestKind, SshRequest},
     session::record,
@@ -39,6 +41,19 @@ struct PtyRequest {
     modes: Vec<(Pty, u32)>,
 }
 
+/// What the agent asked of its channel before the command, allowed and kept to be asked of
+/// the host's channel before it.
+enum Setup {
+    Env(String, String),
+    Agent,
+    X11 {
+        single: bool,
+        protocol: String,
+        cookie: String,
+        screen: u32,
+    },
+}
+
 /// A channel's request once judged and let through.
 struct Running {
     up_rd: ChannelReadHalf,
@@ -61,10 +76,12 @@ pub async fn serve(
     host: &Upstream,
     agent: Channel<server::Msg>,
     rec: &Recorder,
+    granted: &Granted,
 ) -> Result<(), SessionError> {
     let ch = u32::from(agent.id());
     let (mut agent_rd, agent_wr) = agent.split();
     let mut pty: Option<PtyRequest> = None;
+    let mut setup = Vec::new();
     let mut run: Option<Running> = None;
     let (mut bytes_in, mut bytes_out, mut exit) = (0u64, 0u64, None);
     loop {
@@ -80,6 +97,29 @@ pub async fn serve(
                     None | Some(ChannelMsg::Close) => break,
                     Some(ChannelMsg::RequestPty { term, col_width, row_height, pix_width, pix_height, terminal_modes, .. }) => {
                         pty = Some(PtyRequest { term, cols: col_width, rows: row_height, pix_w: pix_width, pix_h: pix_height, modes: terminal_modes });
+                        continue;
+                    }
+                    Some(ChannelMsg::SetEnv { variable_name, variable_value, .. }) => {
+                        // Judged on NAME=value; the value stays out of the audit (variables
+                        // carry tokens as often as locales).
+                        let text = format!("{variable_name}={variable_value}");
+                        if setting(s, target, ch, run.is_some(), RequestKind::Env, &text, &variable_name)?.is_some() {
+                            setup.push(Setup::Env(variable_name, variable_value));
+                        }
+                        continue;
+                    }
+                    Some(ChannelMsg::AgentForward { .. }) => {
+                        if let Some(rule) = setting(s, target, ch, run.is_some(), RequestKind::AgentForward, "", "")? {
+                            granted.grant(RequestKind::AgentForward, &rule);
+                            setup.push(Setup::Agent);
+                        }
+                        continue;
+                    }
+                    Some(ChannelMsg::RequestX11 { single_connection, x11_authentication_protocol, x11_authentication_cookie, x11_screen_number, .. }) => {
+                        if let Some(rule) = setting(s, target, ch, run.is_some(), RequestKind::X11, "", &x11_authentication_protocol)? {
+                            granted.grant(RequestKind::X11, &rule);
+                            setup.push(Setup::X11 { single: single_connection, protocol: x11_authentication_protocol, cookie: x11_authentication_cookie, screen: x11_screen_number });
+                        }
                         continue;
                     }
                     Some(ChannelMsg::Exec { command, .. }) => (RequestKind::Exec, command),
@@ -131,7 +171,8 @@ pub async fn serve(
                     // One request per channel, as OpenSSH's server allows.
                     continue;
                 }
-                match start(s, target, host, ch, kind, &text, pty.as_ref(), &mut agent_rd, &agent_wr).await? {
+                let asked = Asked { kind, raw: &text, pty: pty.as_ref(), setup: std::mem::take(&mut setup) };
+                match start(s, target, host, ch, asked, &mut agent_rd, &agent_wr).await? {
                     Some(r) => run = Some(r),
                     None => break,
                 }
@@ -203,19 +244,69 @@ fn masked(detectors: &Detectors, data: Bytes) -> Bytes {
     }
 }
 
+/// Judges a channel's env, agent or X11 request (as the agent side answered it): the rule
+/// that allows it, recorded, or `None`, recorded with why. Asked after the channel's command,
+/// it is refused: the host's channel is already running.
+fn setting(
+    s: &Session,
+    target: &SshTarget,
+    ch: u32,
+    running: bool,
+    kind: RequestKind,
+    text: &str,
+    shown: &str,
+) -> Result<Option<String>, SessionError> {
+    let judged = judge_now(target, s.who(), kind, text);
+    let (verdict, rule, why) = match (&judged, running) {
+        (Ok(rule), false) => (Action::Allow, rule.as_str(), None),
+        (Ok(rule), true) => (
+            Action::Deny,
+            rule.as_str(),
+            Some("asked after the channel's command".to_owned()),
+        ),
+        (Err((rule, why)), _) => (Action::Deny, rule.as_str(), Some((*why).to_owned())),
+    };
+    let mut e = s.event(
+        verdict,
+        rule,
+        Detail::Ssh(SshDetail {
+            channel: ch,
+            request: kind,
+            command: shown.to_owned(),
+            exit_status: None,
+            bytes_in: 0,
+            bytes_out: 0,
+        }),
+    );
+    e.error = why;
+    record(s, e)?;
+    Ok((verdict == Action::Allow).then(|| rule.to_owned()))
+}
+
+/// The channel's request and what the agent asked of the channel before it.
+struct Asked<'a> {
+    kind: RequestKind,
+    raw: &'a [u8],
+    pty: Option<&'a PtyRequest>,
+    setup: Vec<Setup>,
+}
+
 /// Judges the channel's request and starts it upstream, or refuses it on the channel.
-#[allow(clippy::too_many_arguments)]
 async fn start(
     s: &Session,
     target: &SshTarget,
     host: &Upstream,
     ch: u32,
-    kind: RequestKind,
-    raw: &[u8],
-    pty: Option<&PtyRequest>,
+    asked: Asked<'_>,
     agent_rd: &mut ChannelReadHalf,
     agent_wr: &ChannelWriteHalf<server::Msg>,
 ) -> Result<Option<Running>, SessionError> {
+    let Asked {
+        kind,
+        raw,
+        pty,
+        setup,
+    } = asked;
     let text = String::from_utf8_lossy(raw).into_owned();
     let request = SshRequest {
         kind,
@@ -363,6 +454,23 @@ async fn start(
     };
     let (up_rd, up_wr) = up.split();
     let failed = |e: russh::Error| SessionError::upstream(Phase::Serve, e);
+    for asked in setup {
+        match asked {
+            Setup::Env(name, value) => up_wr.set_env(false, name, value).await,
+            Setup::Agent => up_wr.agent_forward(false).await,
+            Setup::X11 {
+                single,
+                protocol,
+                cookie,
+                screen,
+            } => {
+                up_wr
+                    .request_x11(false, single, protocol, cookie, screen)
+                    .await
+            }
+        }
+        .map_err(failed)?;
+    }
     if let Some(p) = pty {
         up_wr
             .request_pty(false, &p.term, p.cols, p.rows, p.pix_w, p.pix_h, &p.modes)

@@ -8,6 +8,7 @@ pub mod ca;
 pub mod channel;
 pub mod config;
 mod files;
+pub mod forward;
 mod prefixed;
 pub mod record;
 pub mod rules;

@@ -114,10 +114,14 @@ impl Rule for SshRule {
         if raw && self.action == Action::Allow && !self.raw_shell {
             return false;
         }
-        // A shell or a subsystem runs whatever is typed or sent into it: an allow rule grants
+        // A shell or a subsystem runs whatever is typed or sent into it, and a forward, the
+        // agent's SSH agent, X11 or a variable reach past the command: an allow rule grants
         // one only by naming its kind.
         if self.action == Action::Allow
-            && matches!(r.kind, RequestKind::Shell | RequestKind::Subsystem)
+            && !matches!(
+                r.kind,
+                RequestKind::Exec | RequestKind::SftpRead | RequestKind::SftpWrite
+            )
             && !self.kinds.contains(&r.kind)
         {
             return false;
@@ -203,6 +207,18 @@ mod tests {
             paths = ["/srv/drop/*"]
 
             [[rules]]
+            name = "tunnel-web"
+            action = "allow"
+            kinds = ["direct_tcpip"]
+            targets = ["127.0.0.1:80", "web.internal:*"]
+
+            [[rules]]
+            name = "locale"
+            action = "allow"
+            kinds = ["env"]
+            targets = ["LANG=*", "LC_*=*"]
+
+            [[rules]]
             name = "no-cat-shadow"
             action = "deny"
             programs = ["cat"]
@@ -251,6 +267,13 @@ mod tests {
             (other(RequestKind::Subsystem, "sftp"), Action::Allow, "files"),
             (other(RequestKind::DirectTcpip, "127.0.0.1:5432"), Action::Deny, DEFAULT_RULE),
             (other(RequestKind::AgentForward, ""), Action::Deny, DEFAULT_RULE),
+            (other(RequestKind::DirectTcpip, "127.0.0.1:80"), Action::Allow, "tunnel-web"),
+            (other(RequestKind::DirectTcpip, "web.internal:8080"), Action::Allow, "tunnel-web"),
+            (other(RequestKind::DirectTcpip, "127.0.0.1:8080"), Action::Deny, DEFAULT_RULE),
+            (other(RequestKind::TcpipForward, "127.0.0.1:80"), Action::Deny, DEFAULT_RULE),
+            (other(RequestKind::Env, "LANG=C.UTF-8"), Action::Allow, "locale"),
+            (other(RequestKind::Env, "LD_PRELOAD=/tmp/x.so"), Action::Deny, DEFAULT_RULE),
+            (other(RequestKind::X11, ""), Action::Deny, DEFAULT_RULE),
             (other(RequestKind::SftpRead, "/srv/data/a.csv"), Action::Allow, "data-read"),
             (other(RequestKind::SftpWrite, "/srv/data/a.csv"), Action::Deny, DEFAULT_RULE),
             (other(RequestKind::SftpWrite, "/srv/drop/in.csv"), Action::Allow, "drop-write"),
@@ -289,6 +312,21 @@ mod tests {
             ..shell
         };
         assert_eq!(decide(&f.rules, &ops, &sftp).action, Action::Deny);
+        // Nor what reaches past the command: forwards, the agent's SSH agent, X11, variables.
+        for (kind, text) in [
+            (RequestKind::DirectTcpip, "127.0.0.1:5432"),
+            (RequestKind::TcpipForward, "127.0.0.1:8080"),
+            (RequestKind::AgentForward, ""),
+            (RequestKind::X11, ""),
+            (RequestKind::Env, "LANG=C"),
+        ] {
+            let r = SshRequest {
+                kind,
+                text: text.into(),
+                words: None,
+            };
+            assert_eq!(decide(&f.rules, &ops, &r).action, Action::Deny, "{kind:?}");
+        }
     }
 
     #[test]

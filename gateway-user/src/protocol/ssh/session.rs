@@ -5,7 +5,10 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Arc, OnceLock},
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -21,12 +24,14 @@ use super::{
     ca::HostCa,
     channel,
     config::SshTarget,
+    forward::{self, Granted},
     prefixed::Prefixed,
     record::Recorder,
     upstream,
 };
 use crate::{
     audit::{Detail, SshDetail},
+    identity::Who,
     rules::Action,
     session::{BoxFuture, HANDSHAKE_STEP, Handler, Phase, Session, SessionError, Source, Upstream},
 };
@@ -136,9 +141,18 @@ async fn run(
             return Err(e);
         }
     };
-    let login = upstream::login(&p.target, tcp, &up.server_name, up.addr.port());
+    // Channels the host opens back (forwards the session granted) come through `back`.
+    let open = Arc::new(AtomicUsize::new(0));
+    let granted = Arc::new(Granted::default());
+    let (opened, mut from_host) = mpsc::unbounded_channel();
+    let back = upstream::Back {
+        granted: granted.clone(),
+        opened,
+        open: open.clone(),
+    };
+    let login = upstream::login(&p.target, tcp, &up.server_name, up.addr.port(), back);
     let host = match tokio::time::timeout(HANDSHAKE_STEP, login).await {
-        Ok(Ok(h)) => h,
+        Ok(Ok(h)) => Arc::new(h),
         Ok(Err(e)) => {
             disconnect(agent, &format!("upstream {}: {e}", session.admitted.target)).await;
             return Err(SessionError::upstream(Phase::Connect, e));
@@ -171,11 +185,14 @@ async fn run(
         ..Default::default()
     });
     let (notes, mut inbox) = mpsc::unbounded_channel();
-    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let side = AgentSide {
         notes,
         jwt: p.target.jwt.clone().map(Arc::new),
         open: open.clone(),
+        target: p.target.clone(),
+        host: host.clone(),
+        granted: granted.clone(),
+        who: Who::default(),
     };
     let running = match tokio::time::timeout(
         HANDSHAKE_STEP,
@@ -193,22 +210,30 @@ async fn run(
         }
     };
     let recorder = Recorder::new(p.target.record_limit);
-    let mut channels = FuturesUnordered::new();
+    let to_agent = running.handle();
+    let mut channels: FuturesUnordered<BoxFuture<'_, Result<(), SessionError>>> =
+        FuturesUnordered::new();
     tokio::pin!(running);
     let ended = loop {
         tokio::select! {
             r = &mut running => break r,
             Some(note) = inbox.recv() => match note {
                 Note::Channel(c) => {
-                    channels.push(channel::serve(session, &p.target, &host, c, &recorder));
+                    let ch = channel::serve(session, &p.target, &host, c, &recorder, &granted);
+                    channels.push(Box::pin(ch));
+                }
+                Note::Direct { channel, reply, to, from } => {
+                    let f = forward::direct(session, &p.target, &host, &recorder, channel, reply, to, from);
+                    channels.push(Box::pin(f));
                 }
                 Note::Token(t) => session.set_token(t),
-                Note::Refused { kind, what, channel } => {
+                Note::Judged { kind, what, rule, refused } => {
+                    let verdict = if refused.is_some() { Action::Deny } else { Action::Allow };
                     let mut e = session.event(
-                        Action::Deny,
-                        "not-supported",
+                        verdict,
+                        &rule,
                         Detail::Ssh(SshDetail {
-                            channel,
+                            channel: 0,
                             request: kind,
                             command: what,
                             exit_status: None,
@@ -216,12 +241,15 @@ async fn run(
                             bytes_out: 0,
                         }),
                     );
-                    e.error = Some("the gateway does not forward this request".into());
+                    e.error = refused;
                     record(session, e)?;
                 }
             },
+            Some((opened, rule)) = from_host.recv() => {
+                channels.push(Box::pin(forward::from_host(session, &recorder, &to_agent, opened, rule)));
+            }
             Some(r) = channels.next(), if !channels.is_empty() => {
-                open.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                open.fetch_sub(1, Ordering::AcqRel);
                 r?
             }
         }

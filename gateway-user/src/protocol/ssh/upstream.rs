@@ -4,23 +4,42 @@
 //! CA, or a password. Files are read off the async workers, at each session.
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, SystemTime},
 };
 
 use russh::{
-    client::{self, AuthResult, Handle},
+    Channel, ChannelOpenFailure,
+    client::{self, AuthResult, Handle, Msg, Session},
     keys::{
         HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate,
         ssh_key::certificate::CertType,
     },
 };
-use tokio::net::TcpStream;
+use tokio::{net::TcpStream, sync::mpsc::UnboundedSender};
 
 use super::{
+    agent::MAX_CHANNELS,
     ca,
     config::{HostTrust, SshTarget, UpstreamAuth},
+    forward::{Granted, HostChannel},
+    rules::RequestKind,
 };
+use crate::rules::Action;
+
+/// How channels the host opens reach the session: only those the session granted (an agent
+/// or X11 channel after an allowed request, a connection to an allowed listening port), within
+/// the same bound as the agent's own channels. The rest are refused: a host cannot open a
+/// channel to the agent it did not ask for.
+#[derive(Clone)]
+pub struct Back {
+    pub granted: Arc<Granted>,
+    pub opened: UnboundedSender<(HostChannel, String)>,
+    pub open: Arc<AtomicUsize>,
+}
 
 /// Checks the host's key as the target says; remembers why it refused.
 pub struct Verifier {
@@ -28,10 +47,114 @@ pub struct Verifier {
     host: String,
     port: u16,
     refused: Arc<Mutex<Option<String>>>,
+    back: Back,
 }
 
 impl client::Handler for Verifier {
     type Error = russh::Error;
+
+    async fn server_channel_open_forwarded_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        address: &str,
+        port: u32,
+        from: &str,
+        from_port: u32,
+        reply: client::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let opened = HostChannel::Forwarded {
+            channel,
+            address: address.to_owned(),
+            port,
+            from: from.to_owned(),
+            from_port,
+        };
+        self.take(opened, reply).await;
+        Ok(())
+    }
+
+    async fn server_channel_open_agent_forward(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: client::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.take(HostChannel::Agent(channel), reply).await;
+        Ok(())
+    }
+
+    async fn server_channel_open_x11(
+        &mut self,
+        channel: Channel<Msg>,
+        from: &str,
+        from_port: u32,
+        reply: client::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let opened = HostChannel::X11 {
+            channel,
+            from: from.to_owned(),
+            from_port,
+        };
+        self.take(opened, reply).await;
+        Ok(())
+    }
+
+    // Channels a client never asks for: refused (russh's default would accept them).
+    async fn server_channel_open_session(
+        &mut self,
+        _channel: Channel<Msg>,
+        reply: client::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        Ok(())
+    }
+
+    async fn server_channel_open_direct_tcpip(
+        &mut self,
+        _channel: Channel<Msg>,
+        _host: &str,
+        _port: u32,
+        _from: &str,
+        _from_port: u32,
+        reply: client::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        Ok(())
+    }
+
+    async fn server_channel_open_forwarded_streamlocal(
+        &mut self,
+        _channel: Channel<Msg>,
+        _path: &str,
+        reply: client::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        Ok(())
+    }
+
+    async fn server_channel_open_direct_streamlocal(
+        &mut self,
+        _channel: Channel<Msg>,
+        _path: &str,
+        reply: client::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        Ok(())
+    }
 
     async fn check_server_key(
         &mut self,
@@ -79,6 +202,26 @@ impl client::Handler for Verifier {
 }
 
 impl Verifier {
+    /// Accepts a channel the host opened if the session granted it and the bound has room.
+    async fn take(&self, opened: HostChannel, reply: client::ChannelOpenHandle) {
+        let Some(rule) = self.back.granted.rule_for(&opened) else {
+            tracing::warn!("the SSH host opened a channel the session did not ask for; refused");
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return;
+        };
+        if self.back.open.fetch_add(1, Ordering::AcqRel) >= MAX_CHANNELS {
+            self.back.open.fetch_sub(1, Ordering::AcqRel);
+            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+            return;
+        }
+        reply.accept().await;
+        if self.back.opened.send((opened, rule)).is_err() {
+            self.back.open.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
     fn refuse(&self, why: String) {
         *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
     }
@@ -106,6 +249,7 @@ pub async fn login(
     tcp: TcpStream,
     host: &str,
     port: u16,
+    back: Back,
 ) -> Result<Upstream, LoginError> {
     let refused = Arc::new(Mutex::new(None));
     let verifier = Verifier {
@@ -113,6 +257,7 @@ pub async fn login(
         host: host.to_owned(),
         port,
         refused: refused.clone(),
+        back,
     };
     let config = Arc::new(client::Config {
         inactivity_timeout: None,
@@ -157,8 +302,14 @@ pub async fn login(
         } => {
             let ca_key = read_key(ca_path.clone()).await?;
             let key = ca::ed25519().map_err(LoginError::Protocol)?;
-            let cert = user_certificate(&ca_key, key.public_key(), &target.user, *lifetime)
-                .map_err(LoginError::Protocol)?;
+            let cert = user_certificate(
+                &ca_key,
+                key.public_key(),
+                &target.user,
+                *lifetime,
+                &permits(target),
+            )
+            .map_err(LoginError::Protocol)?;
             handle
                 .authenticate_openssh_cert(user, Arc::new(key), cert)
                 .await
@@ -190,13 +341,35 @@ async fn read_key(path: std::path::PathBuf) -> Result<PrivateKey, LoginError> {
         })
 }
 
-/// A certificate for `user`, valid from a minute ago for `lifetime`, allowing a terminal
-/// (forwarding is the policy's to allow, not the certificate's).
+/// What the session's certificate lets the host do: a terminal always, forwarding only what
+/// some allow rule of the target could allow (the rules still judge each request).
+fn permits(target: &SshTarget) -> Vec<&'static str> {
+    let allows = |kinds: &[RequestKind]| {
+        target
+            .rules
+            .iter()
+            .any(|r| r.action == Action::Allow && kinds.iter().any(|k| r.kinds.contains(k)))
+    };
+    let mut permits = vec!["permit-pty"];
+    if allows(&[RequestKind::DirectTcpip, RequestKind::TcpipForward]) {
+        permits.push("permit-port-forwarding");
+    }
+    if allows(&[RequestKind::AgentForward]) {
+        permits.push("permit-agent-forwarding");
+    }
+    if allows(&[RequestKind::X11]) {
+        permits.push("permit-X11-forwarding");
+    }
+    permits
+}
+
+/// A certificate for `user`, valid from a minute ago for `lifetime`, with `permits`.
 fn user_certificate(
     ca: &PrivateKey,
     key: &PublicKey,
     user: &str,
     lifetime: Duration,
+    permits: &[&str],
 ) -> Result<russh::keys::Certificate, String> {
     let now = SystemTime::now();
     ca::sign(
@@ -206,6 +379,6 @@ fn user_certificate(
         &format!("gatewayd:{user}"),
         &[user.to_owned()],
         (now - Duration::from_secs(60), now + lifetime),
-        &["permit-pty"],
+        permits,
     )
 }
