@@ -7,15 +7,18 @@
 use std::{
     io::Write as _,
     os::unix::fs::PermissionsExt as _,
-    process::{Command, Output, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use gateway_tests::{Gateway, SshServer, bin, es256_keys};
 use serde_json::Value;
 
+use gateway_tests::{
+    es256_keys,
+    ssh_agent::{PORT, assert_logged_in_as, assert_refused, ctl, decide, events, fixture, text},
+};
+
 const IP: &str = "127.10.0.20";
-const PORT: u16 = 2222;
 
 const RULES: &str = r#"
 [[targets.ssh.rules]]
@@ -69,170 +72,6 @@ fn file_rules(home: &std::path::Path) -> String {
          \n[[targets.ssh.rules]]\nname = \"drop-write\"\naction = \"allow\"\nkinds = [\"sftp_write\"]\n\
          paths = [\"{h}/drop/*\"]\n"
     )
-}
-
-struct Agent {
-    dir: tempfile::TempDir,
-}
-
-impl Agent {
-    /// A home for the agent's ssh (readable by the unprivileged uid) whose known_hosts holds
-    /// only the line `gatewayctl ssh known-hosts` prints.
-    fn new(config: &std::path::Path) -> Agent {
-        let dir = tempfile::Builder::new()
-            .prefix("gwtest-ssh-agent")
-            .tempdir()
-            .unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let out = Command::new(bin("gatewayctl"))
-            .args(["ssh", "known-hosts", "--config"])
-            .arg(config)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let line = String::from_utf8(out.stdout).unwrap();
-        assert!(line.starts_with("@cert-authority * ssh-ed25519 "), "{line}");
-        std::fs::write(dir.path().join("known_hosts"), &line).unwrap();
-        Agent { dir }
-    }
-
-    /// `ssh` as nobody in the governed cgroup, strict host key checking, no keys of its own.
-    fn ssh(&self, gw: &Gateway, args: &[&str], stdin: &[u8]) -> Output {
-        self.run(gw, "ssh", "-p", args, stdin)
-    }
-
-    fn sftp(&self, gw: &Gateway, args: &[&str]) -> Output {
-        self.run(gw, "sftp", "-P", args, b"")
-    }
-
-    fn scp(&self, gw: &Gateway, args: &[&str]) -> Output {
-        self.run(gw, "scp", "-P", args, b"")
-    }
-
-    fn run(
-        &self,
-        gw: &Gateway,
-        tool: &str,
-        port_flag: &str,
-        args: &[&str],
-        stdin: &[u8],
-    ) -> Output {
-        let mut cmd = self.command(tool, port_flag, &["-oBatchMode=yes"]);
-        cmd.args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = gw.cgroup.command(cmd).spawn().expect("ssh");
-        child.stdin.take().unwrap().write_all(stdin).unwrap();
-        child.wait_with_output().unwrap()
-    }
-
-    /// The OpenSSH `tool` as nobody, trusting only the CA line, with `opts` first (ssh keeps
-    /// the first value it reads of an option), up to the port.
-    fn command(&self, tool: &str, port_flag: &str, opts: &[&str]) -> Command {
-        let mut cmd = Command::new("setpriv");
-        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-            .args(["timeout", "60", tool])
-            .args(self.options(opts))
-            .args([port_flag, &PORT.to_string()])
-            .env("HOME", self.dir.path());
-        cmd
-    }
-
-    fn options(&self, opts: &[&str]) -> Vec<String> {
-        let mut all: Vec<String> = opts.iter().map(|o| (*o).to_owned()).collect();
-        all.extend([
-            "-F".into(),
-            "/dev/null".into(),
-            format!(
-                "-oUserKnownHostsFile={}",
-                self.dir.path().join("known_hosts").display()
-            ),
-            "-oGlobalKnownHostsFile=/dev/null".into(),
-            "-oStrictHostKeyChecking=yes".into(),
-            "-oConnectTimeout=10".into(),
-        ]);
-        all
-    }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// `id -un` ran on the host as the target's user.
-fn assert_logged_in_as(out: &Output, srv: &SshServer, gw: &Gateway) {
-    assert_eq!(
-        (out.status.code(), text(&out.stdout).trim()),
-        (Some(0), srv.user.as_str()),
-        "{}\n{}",
-        text(&out.stderr),
-        gw.log()
-    );
-}
-
-/// The channel was refused: exit status 1 and `why` on stderr.
-fn assert_refused(out: &Output, why: &str) {
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains(why), "{}", text(&out.stderr));
-}
-
-fn ctl(gw: &Gateway, args: &[&str]) -> Output {
-    Command::new(bin("gatewayctl"))
-        .arg("--socket")
-        .arg(gw.socket())
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-/// Waits for one pending approval and decides it.
-fn decide(gw: &Gateway, verb: &[&str]) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let out = ctl(gw, &["--json", "approvals", "list"]);
-        let list: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        if let Some(r) = list.as_array().and_then(|a| a.first()).cloned() {
-            let id = r["id"].as_u64().unwrap().to_string();
-            let mut args = verb.to_vec();
-            args.insert(1, &id);
-            let out = ctl(gw, &args);
-            assert!(out.status.success(), "{}", text(&out.stderr));
-            return r;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no approval request:\n{}",
-            gw.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn events(gw: &Gateway, id: u64) -> Vec<Value> {
-    let out = ctl(gw, &["--json", "sessions", "show", &id.to_string()]);
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["events"].as_array().cloned().unwrap_or_default()
-}
-
-/// sshd on `ip`, a gatewayd whose policy body `policy` makes from it, and an agent trusting
-/// the gateway's CA.
-fn fixture(
-    ip: &str,
-    test: &str,
-    policy: impl FnOnce(&SshServer) -> String,
-) -> (SshServer, Gateway, Agent) {
-    let srv = SshServer::start(ip, PORT);
-    let config = srv.path("gatewayd.toml");
-    let config_text = format!("ssh_host_ca = \"{}\"\n", srv.path("gw_host_ca").display());
-    std::fs::write(&config, &config_text).unwrap();
-    let gw = Gateway::start_with_config(test, &policy(&srv), &config_text);
-    let agent = Agent::new(&config);
-    (srv, gw, agent)
 }
 
 #[test]
@@ -626,8 +465,9 @@ fn agent_tokens_over_ssh_passwords_feed_the_rules() {
         public.display()
     );
     let (srv, gw, agent) = fixture("127.10.0.23", "sshjwt", |srv| srv.target("web", &rules));
-    // OpenSSH's askpass hands the token over as the password, with no terminal.
-    let ask = |subject: &str| {
+    // OpenSSH's askpass hands the token over as the password (or the answer to the
+    // keyboard-interactive prompt), with no terminal.
+    let ask_by = |method: &str, subject: &str| {
         let file = agent.dir.path().join(format!("askpass-{subject}"));
         let token = if subject == "forged" {
             let forger = tempfile::tempdir().unwrap();
@@ -642,7 +482,7 @@ fn agent_tokens_over_ssh_passwords_feed_the_rules() {
             "ssh",
             "-p",
             &[
-                "-oPreferredAuthentications=password",
+                &format!("-oPreferredAuthentications={method}"),
                 "-oNumberOfPasswordPrompts=1",
             ],
         );
@@ -652,6 +492,7 @@ fn agent_tokens_over_ssh_passwords_feed_the_rules() {
             .stdin(Stdio::null());
         gw.cgroup.command(cmd).output().unwrap()
     };
+    let ask = |subject: &str| ask_by("password", subject);
     let out = ask("ops-bot");
     assert_logged_in_as(&out, &srv, &gw);
     // A verified subject the rule does not name: logged in, the command refused.
@@ -660,16 +501,26 @@ fn agent_tokens_over_ssh_passwords_feed_the_rules() {
     // A token signed by anyone else: not let in at all.
     let out = ask("forged");
     assert_eq!(out.status.code(), Some(255), "{}", text(&out.stderr));
-    let sessions = gw.ended_sessions(3);
+    // The same token as the answer to the gateway's keyboard-interactive prompt.
+    let out = ask_by("keyboard-interactive", "ops-kbd");
+    assert_logged_in_as(&out, &srv, &gw);
+    let out = ask_by("keyboard-interactive", "forged");
+    assert_eq!(out.status.code(), Some(255), "{}", text(&out.stderr));
+    let sessions = gw.ended_sessions(5);
     let subjects: Vec<Option<String>> = sessions
         .iter()
         .map(|s| s.token.as_ref().map(|t| t.subject.clone()))
         .collect();
     assert_eq!(
-        subjects[..2],
-        [Some("ops-bot".into()), Some("intern".into())]
+        subjects,
+        [
+            Some("ops-bot".into()),
+            Some("intern".into()),
+            None,
+            Some("ops-kbd".into()),
+            None
+        ]
     );
-    assert_eq!(subjects[2], None);
 }
 
 #[test]
@@ -761,4 +612,75 @@ fn one_agent_cannot_hold_unbounded_channels() {
     }
     let _ = master.kill();
     let _ = master.wait();
+}
+
+#[test]
+fn held_sftp_writes_wait_for_an_approver() {
+    let (srv, gw, agent) = fixture("127.10.0.39", "sshsftphold", |srv| {
+        let h = srv.path("home");
+        let hold = format!(
+            "\n[[targets.ssh.rules]]\nname = \"hold-held\"\naction = \"hold\"\n\
+             kinds = [\"sftp_write\"]\npaths = [\"{}/held/*\"]\ntimeout_secs = 60\n",
+            h.display()
+        );
+        srv.target("web", &format!("{RULES}{}{hold}", file_rules(&h)))
+    });
+    let home = srv.path("home");
+    let held = home.join("held");
+    std::fs::create_dir(&held).unwrap();
+    assert!(
+        Command::new("chown")
+            .arg(&srv.user)
+            .arg(&held)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let local = agent.dir.path().join("files");
+    std::fs::create_dir(&local).unwrap();
+    std::os::unix::fs::chown(&local, Some(65534), Some(65534)).unwrap();
+    std::fs::write(local.join("up.txt"), "payload\n").unwrap();
+    let put = |name: &str| {
+        let batch = local.join(format!("batch-{name}"));
+        let line = format!("put {}/up.txt {}/{name}\n", local.display(), held.display());
+        std::fs::write(&batch, line).unwrap();
+        agent.sftp(&gw, &["-b", batch.to_str().unwrap(), "agent@127.10.0.39"])
+    };
+    // The write waits for an approver, who sees the path; approved, it runs.
+    std::thread::scope(|s| {
+        let h = s.spawn(|| put("yes.txt"));
+        let req = decide(&gw, &["approve", "--note", "ok"]);
+        assert_eq!(req["rule"], "hold-held");
+        assert!(
+            req["command"].as_str().unwrap().contains("held/yes.txt"),
+            "{req}"
+        );
+        let out = h.join().unwrap();
+        assert!(out.status.success(), "{}\n{}", text(&out.stderr), gw.log());
+    });
+    assert_eq!(
+        std::fs::read_to_string(held.join("yes.txt")).unwrap(),
+        "payload\n"
+    );
+    // Denied: SFTP's permission denied, nothing written, and the session went on to say so.
+    std::thread::scope(|s| {
+        let h = s.spawn(|| put("no.txt"));
+        decide(&gw, &["deny", "--reason", "not today"]);
+        let out = h.join().unwrap();
+        assert!(!out.status.success());
+        assert!(
+            text(&out.stderr).contains("Permission denied"),
+            "{}",
+            text(&out.stderr)
+        );
+    });
+    assert!(!held.join("no.txt").exists());
+    let holds: Vec<Value> = gw
+        .ended_sessions(2)
+        .iter()
+        .flat_map(|s| events(&gw, s.id))
+        .filter(|e| e["verdict"] == "hold")
+        .collect();
+    let outcomes: Vec<&Value> = holds.iter().map(|e| &e["approval"]["outcome"]).collect();
+    assert_eq!(outcomes, ["approved", "denied"], "{holds:#?}");
 }

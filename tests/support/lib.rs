@@ -9,6 +9,7 @@ mod cgroup;
 mod postgres;
 mod servers;
 mod ssh;
+pub mod ssh_agent;
 
 use std::{
     net::TcpListener,

@@ -75,7 +75,7 @@ impl SshServer {
             "ListenAddress {ip}:{port}\nHostKey {hk}\nPidFile {pid}\nAuthorizedKeysFile {ak}\n\
              TrustedUserCAKeys {ca}.pub\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
              UsePAM no\nStrictModes no\nForceCommand {force}\nSubsystem sftp /usr/lib/openssh/sftp-server\n\
-             AllowTcpForwarding yes\nAllowAgentForwarding yes\nMaxSessions {max}\nLogLevel VERBOSE\n",
+             AllowTcpForwarding yes\nAllowAgentForwarding yes\nX11Forwarding yes\nAcceptEnv GW_*\nMaxSessions {max}\nLogLevel VERBOSE\n",
             max = MAX_SESSIONS,
             hk = p("host_key").display(),
             pid = p("sshd.pid").display(),

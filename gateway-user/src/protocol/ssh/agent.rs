@@ -243,16 +243,25 @@ impl server::Handler for AgentSide {
         let kind = SshRequestKind::TcpipForward;
         let (rule, refused) = match self.allows(kind, &what) {
             Err((rule, why)) => (rule, Some(format!("listening on {what} {why}"))),
-            Ok(rule) => match self.host.tcpip_forward(address, *port).await {
-                Ok(given) => {
-                    if *port == 0 {
-                        *port = given;
+            // Granted before the host is asked: it may open the first connection back before
+            // its answer to this request reaches here.
+            Ok(rule) => {
+                self.granted.listen(address, *port, &rule);
+                match self.host.tcpip_forward(address, *port).await {
+                    Ok(given) => {
+                        if *port == 0 {
+                            self.granted.listen(address, given, &rule);
+                            self.granted.unlisten(address, 0);
+                            *port = given;
+                        }
+                        (rule, None)
                     }
-                    self.granted.listen(address, *port, &rule);
-                    (rule, None)
+                    Err(e) => {
+                        self.granted.unlisten(address, *port);
+                        (rule, Some(format!("the host refused to listen: {e}")))
+                    }
                 }
-                Err(e) => (rule, Some(format!("the host refused to listen: {e}"))),
-            },
+            }
         };
         let ok = refused.is_none();
         let _ = self.notes.send(Note::Judged {

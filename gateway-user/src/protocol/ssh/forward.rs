@@ -117,8 +117,23 @@ impl Granted {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .iter()
-                .find(|(a, p, _)| a == address && p == port)
+                // Port 0: the host picks it, and may use it before saying which it picked.
+                .find(|(a, p, _)| a == address && (p == port || *p == 0))
                 .map(|(_, _, rule)| rule.clone()),
+        }
+    }
+}
+
+impl HostChannel {
+    pub(super) fn describe(&self) -> String {
+        match self {
+            HostChannel::Agent(_) => "auth-agent".into(),
+            HostChannel::X11 {
+                from, from_port, ..
+            } => format!("x11 from {from}:{from_port}"),
+            HostChannel::Forwarded { address, port, .. } => {
+                format!("forwarded-tcpip {address}:{port}")
+            }
         }
     }
 }
@@ -347,7 +362,7 @@ pub(super) async fn from_host(
             return record(s, ev);
         }
     };
-    let (bytes_out, bytes_in) = pump(s, rec, ch, &rule, down, channel, verbatim).await?;
+    let (bytes_in, bytes_out) = pump(s, rec, ch, &rule, down, channel, verbatim).await?;
     record(
         s,
         s.event(

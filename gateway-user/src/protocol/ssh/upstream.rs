@@ -205,7 +205,10 @@ impl Verifier {
     /// Accepts a channel the host opened if the session granted it and the bound has room.
     async fn take(&self, opened: HostChannel, reply: client::ChannelOpenHandle) {
         let Some(rule) = self.back.granted.rule_for(&opened) else {
-            tracing::warn!("the SSH host opened a channel the session did not ask for; refused");
+            tracing::warn!(
+                channel = opened.describe(),
+                "the SSH host opened a channel the session did not ask for; refused"
+            );
             reply
                 .reject(ChannelOpenFailure::AdministrativelyProhibited)
                 .await;
