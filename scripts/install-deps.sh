@@ -17,8 +17,9 @@ packages=(
     # pg_query (PostgreSQL's own parser, libpg_query) generates its protobuf types with protoc.
     protobuf-compiler
     # SSH tests: a real sshd and the OpenSSH clients (ssh, scp, sftp, ssh-keygen), rsync,
-    # asciinema to play exported recordings, and script(1) (util-linux) to give it a terminal.
-    openssh-server openssh-client rsync asciinema util-linux
+    # asciinema to play exported recordings, and script(1) (util-linux) to give it a terminal;
+    # xauth, which sshd and ssh run for X11 forwarding (tests/ssh_forward.rs).
+    openssh-server openssh-client rsync asciinema util-linux xauth
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -17,7 +17,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::{
     config::SshTarget,
-    forward::{self, Granted},
+    forward::{self, Granted, MAX_LISTENS},
     upstream::Upstream,
 };
 use crate::{
@@ -245,23 +245,24 @@ impl server::Handler for AgentSide {
             Err((rule, why)) => (rule, Some(format!("listening on {what} {why}"))),
             // Granted before the host is asked: it may open the first connection back before
             // its answer to this request reaches here.
-            Ok(rule) => {
-                self.granted.listen(address, *port, &rule);
-                match self.host.tcpip_forward(address, *port).await {
-                    Ok(given) => {
-                        if *port == 0 {
-                            self.granted.listen(address, given, &rule);
-                            self.granted.unlisten(address, 0);
-                            *port = given;
-                        }
-                        (rule, None)
-                    }
-                    Err(e) => {
-                        self.granted.unlisten(address, *port);
-                        (rule, Some(format!("the host refused to listen: {e}")))
-                    }
-                }
+            Ok(rule) if !self.granted.listen(address, *port, &rule) => {
+                let why = format!("listening on {what}: the session holds {MAX_LISTENS} already");
+                (rule, Some(why))
             }
+            Ok(rule) => match self.host.tcpip_forward(address, *port).await {
+                Ok(given) => {
+                    if *port == 0 {
+                        self.granted.listen(address, given, &rule);
+                        self.granted.unlisten(address, 0);
+                        *port = given;
+                    }
+                    (rule, None)
+                }
+                Err(e) => {
+                    self.granted.unlisten(address, *port);
+                    (rule, Some(format!("the host refused to listen: {e}")))
+                }
+            },
         };
         let ok = refused.is_none();
         let _ = self.notes.send(Note::Judged {

@@ -64,6 +64,9 @@ pub(super) fn judge_now(
     }
 }
 
+/// Listening ports one session may have the host hold (each is a socket there).
+pub const MAX_LISTENS: usize = 16;
+
 /// What the session granted that lets the host open channels back to the agent: the host may
 /// open an agent or X11 channel only after the agent's request for one was allowed, and a
 /// forwarded connection only on a port the agent was allowed to have the host listen on.
@@ -85,11 +88,14 @@ impl Granted {
         *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(rule.to_owned());
     }
 
-    pub(super) fn listen(&self, address: &str, port: u32, rule: &str) {
-        self.listens
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push((address.to_owned(), port, rule.to_owned()));
+    /// Records a listening port the host is asked for; false past [`MAX_LISTENS`].
+    pub(super) fn listen(&self, address: &str, port: u32, rule: &str) -> bool {
+        let mut listens = self.listens.lock().unwrap_or_else(PoisonError::into_inner);
+        if listens.len() >= MAX_LISTENS {
+            return false;
+        }
+        listens.push((address.to_owned(), port, rule.to_owned()));
+        true
     }
 
     pub(super) fn unlisten(&self, address: &str, port: u32) {
@@ -112,15 +118,19 @@ impl Granted {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone(),
-            HostChannel::Forwarded { address, port, .. } => self
-                .listens
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .iter()
-                // Port 0: the host picks it, and may use it before saying which it picked.
-                .find(|(a, p, _)| a == address && (p == port || *p == 0))
-                .map(|(_, _, rule)| rule.clone()),
+            HostChannel::Forwarded { address, port, .. } => self.listening(address, *port),
         }
+    }
+
+    /// The rule that let the host listen on `address:port`.
+    fn listening(&self, address: &str, port: u32) -> Option<String> {
+        self.listens
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            // Port 0: the host picks it, and may use it before saying which it picked.
+            .find(|(a, p, _)| a == address && (*p == port || *p == 0))
+            .map(|(_, _, rule)| rule.clone())
     }
 }
 
@@ -440,4 +450,88 @@ async fn pump(
     let _ = a_wr.close().await;
     let _ = h_wr.close().await;
     Ok((from_agent, from_host))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::{
+        approval::Broker,
+        audit::AuditStore,
+        session::{Admitted, Reach},
+    };
+
+    fn session(dir: &std::path::Path) -> Session {
+        // The agent's policy: a tcp target on 127.0.0.1:7000, a PostgreSQL one on :5432.
+        let reach: Reach =
+            Arc::new(
+                |dst: SocketAddr| match (dst.ip().to_string().as_str(), dst.port()) {
+                    ("127.0.0.1", 7000) => Some(("echo".into(), Protocol::Tcp)),
+                    ("127.0.0.1", 5432) => Some(("db".into(), Protocol::Postgres)),
+                    _ => None,
+                },
+            );
+        Session::new(
+            Admitted {
+                id: 1,
+                policy: "p".into(),
+                target: "web".into(),
+                protocol: Protocol::Ssh,
+                governed_cgroup_id: 1,
+                destination: "127.0.0.1:22".parse().unwrap(),
+                agent: None,
+                reach,
+            },
+            AuditStore::open(dir).unwrap(),
+            Arc::new(Broker::default()),
+        )
+    }
+
+    #[tokio::test]
+    async fn forwards_reach_only_plain_tcp_targets_of_the_agents_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = session(dir.path());
+        let ok = "127.0.0.1:7000".parse::<SocketAddr>().unwrap();
+        assert_eq!(admitted(&s, "127.0.0.1", 7000).await, Ok(ok));
+        // A name is resolved here, and judged by the address it resolves to.
+        assert_eq!(admitted(&s, "localhost", 7000).await, Ok(ok));
+        let why = admitted(&s, "127.0.0.1", 5432).await.unwrap_err();
+        assert!(why.contains("target db, a postgres target"), "{why}");
+        let why = admitted(&s, "127.0.0.2", 7000).await.unwrap_err();
+        assert!(why.contains("admits no target"), "{why}");
+        for hostile in ["no-such-host.invalid", "", "a\0b", &"x".repeat(4096)] {
+            assert!(admitted(&s, hostile, 7000).await.is_err(), "{hostile:?}");
+        }
+    }
+
+    #[test]
+    fn the_host_opens_only_what_the_session_granted() {
+        let g = Granted::default();
+        let rule = |port| g.listening("127.0.0.1", port);
+        assert_eq!(rule(8080), None);
+        assert!(g.listen("127.0.0.1", 8080, "listen"));
+        assert_eq!(rule(8080).as_deref(), Some("listen"));
+        assert_eq!(rule(8081), None);
+        g.unlisten("127.0.0.1", 8080);
+        assert_eq!(rule(8080), None);
+        for port in 0..MAX_LISTENS as u32 {
+            assert!(g.listen("127.0.0.1", 9000 + port, "listen"));
+        }
+        assert!(!g.listen("127.0.0.1", 1, "listen"), "bounded");
+        assert_eq!(g.listening("127.0.0.2", 9000), None, "another address");
+        // A port the host is to pick: any port of that address until it says which.
+        let g = Granted::default();
+        assert!(g.listen("127.0.0.1", 0, "listen"));
+        assert_eq!(g.listening("127.0.0.1", 41234).as_deref(), Some("listen"));
+        let g = Granted::default();
+        assert!(g.agent.lock().unwrap().is_none());
+        g.grant(RequestKind::AgentForward, "agent");
+        assert_eq!(g.agent.lock().unwrap().as_deref(), Some("agent"));
+        assert!(
+            g.x11.lock().unwrap().is_none(),
+            "granting one grants nothing else"
+        );
+    }
 }
