@@ -74,9 +74,16 @@ where
             .push(e)
             .map_err(|e| RelayError::Limit(e.to_string()))
     };
+    let mut batch: Vec<(frame::Frame, Message)> = Vec::new();
     loop {
+        // Every complete message read is framed and decoded before any is judged: a batch
+        // that ends in a malformed message sends nothing, and audits nothing as if it would
+        // run.
         while let Some(frame) = next_frame_by(&mut buf, agent_limit).map_err(RelayError::Agent)? {
             let msg = Message::decode(frame.tag, &frame.body).map_err(RelayError::Agent)?;
+            batch.push((frame, msg));
+        }
+        for (frame, msg) in batch.drain(..) {
             // The audit is the product: once an event of this session could not be stored,
             // nothing more of it goes upstream (the agent gets FATAL 58000).
             if ctx

@@ -227,6 +227,10 @@ impl ExpectRx {
     }
 }
 
+/// The error audited for a message the server skipped: after an error in the extended
+/// protocol it discards everything up to the next Sync.
+const SKIPPED: &str = "not run: the server skipped it after an earlier error in its batch";
+
 /// What the agent side expects the upstream to answer, in order.
 enum Expect {
     /// A simple query (or a refused function call): answers until ReadyForQuery.
@@ -500,10 +504,18 @@ where
                             format!("{}: {}", error.code, error.message)
                         });
                     }
-                    // After an error in the extended protocol the server skips to Sync.
+                    // After an error in the extended protocol the server skips to Sync: what
+                    // came after the failed message in that batch did not run.
                     if !matches!(queue.front(), Some(Expect::Simple(_)) | None) {
+                        let mut failed = true;
                         while !matches!(queue.front(), Some(Expect::Sync) | None) {
-                            let e = queue.pop_front().expect("front");
+                            let mut e = queue.pop_front().expect("front");
+                            if !std::mem::take(&mut failed)
+                                && let Some(p) = e.pending()
+                                && p.error.is_none()
+                            {
+                                p.error = Some(SKIPPED.to_owned());
+                            }
                             finish(ctx, e);
                         }
                     }
