@@ -70,7 +70,12 @@ fn start(ip: &str, test: &str) -> (gateway_tests::SshServer, Gateway, Agent, Ech
          \n[[targets]]\nname = \"xserver\"\naddress = \"127.10.0.31:6000\"\nprotocol = \"tcp\"\n",
         echo.addr
     );
-    let (srv, gw, agent) = fixture(ip, test, |srv| format!("{tcp}{}", srv.target("web", RULES)));
+    // The echo server is on loopback: on the host itself, so the target lists it.
+    let ssh = format!(
+        "host_forwards = [\"{}\", \"127.0.0.1:7000\"]\n{RULES}",
+        echo.addr
+    );
+    let (srv, gw, agent) = fixture(ip, test, |srv| format!("{tcp}{}", srv.target("web", &ssh)));
     (srv, gw, agent, echo)
 }
 
@@ -96,8 +101,8 @@ fn find<'a>(events: &'a [Value], request: &str, verdict: &str, command: &str) ->
 fn local_forwards_reach_only_what_the_agent_could_dial() {
     let (_srv, gw, agent, echo) = start("127.10.0.30", "sshfwd");
     let host = format!("agent@{}", "127.10.0.30");
-    // Allowed by the rule, and the echo server is a tcp target of the agent's policy: the
-    // host connects to it, and what the agent sends comes back.
+    // Allowed by the rule, and the echo server (on the host itself: loopback) is one of the
+    // target's host_forwards: the host connects to it, and what the agent sends comes back.
     let to = echo.addr.to_string();
     let out = agent.ssh(&gw, &["-W", &to, &host], b"through the host");
     assert_eq!(
@@ -107,8 +112,9 @@ fn local_forwards_reach_only_what_the_agent_could_dial() {
         text(&out.stderr),
         gw.log()
     );
-    // The rule allows these too, the connection policy does not: an address it names no
-    // target at, and the SSH target itself (a forward would carry its commands unjudged).
+    // The rule allows these too, host_forwards do not: another port on the host's loopback,
+    // and the host's own sshd. (Addresses off the host go through the agent's own connection
+    // policy instead: loopback is all a test may dial, so that is a unit test of forward.rs.)
     for to in ["127.10.0.32:7000", "127.10.0.30:2222"] {
         let out = agent.ssh(&gw, &["-W", to, &host], b"");
         assert_eq!(out.status.code(), Some(255), "{to}: {}", text(&out.stderr));
@@ -118,7 +124,7 @@ fn local_forwards_reach_only_what_the_agent_could_dial() {
             text(&out.stderr)
         );
     }
-    // No rule allows this one.
+    // Listed on the host, but no rule allows it.
     let out = agent.ssh(&gw, &["-W", "127.0.0.1:7000", &host], b"");
     assert_eq!(out.status.code(), Some(255), "{}", text(&out.stderr));
 
@@ -129,16 +135,14 @@ fn local_forwards_reach_only_what_the_agent_could_dial() {
         .unwrap_or_else(|| panic!("the forward's closing event: {evs:#?}"));
     assert_eq!(done["rule"], "tunnels");
     assert_eq!(done["bytes_out"], 21, "{done}");
-    let none = find(&evs, "direct_tcpip", "deny", "127.10.0.32:7000").expect("refused");
-    assert!(
-        none["error"].as_str().unwrap().contains("admits no target"),
-        "{none}"
-    );
-    let ssh = find(&evs, "direct_tcpip", "deny", "127.10.0.30:2222").expect("refused");
-    assert!(
-        ssh["error"].as_str().unwrap().contains("ssh target"),
-        "{ssh}"
-    );
+    for to in ["127.10.0.32:7000", "127.10.0.30:2222"] {
+        let e = find(&evs, "direct_tcpip", "deny", to).expect("refused");
+        assert_eq!(e["rule"], "forward-destination");
+        assert!(
+            e["error"].as_str().unwrap().contains("on the host itself"),
+            "{e}"
+        );
+    }
     let default = find(&evs, "direct_tcpip", "deny", "127.0.0.1:7000").expect("refused");
     assert_eq!(default["rule"], "default");
     // The forwarded bytes are in the recording, like a command's.

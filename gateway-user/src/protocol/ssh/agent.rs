@@ -15,14 +15,11 @@ use russh::{
 };
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::{
-    config::SshTarget,
-    forward::{self, Granted, MAX_LISTENS},
-    upstream::Upstream,
-};
+use super::{config::SshTarget, forward, grants::Granted, upstream::Upstream};
 use crate::{
     audit::SshRequestKind,
     identity::{TokenIdentity, Who, token::JwtVerifier},
+    session::HANDSHAKE_STEP,
 };
 
 /// What the agent side tells the serve loop.
@@ -60,22 +57,56 @@ pub struct AgentSide {
     pub granted: Arc<Granted>,
     /// The agent as rules see it: who its token says, once one verified.
     pub who: Who,
+    /// Requests refused here so far.
+    pub refusals: usize,
 }
 
+/// Requests one session may have refused before it is ended.
+pub const MAX_REFUSALS: usize = 64;
+
 impl AgentSide {
-    fn refused(&self, kind: SshRequestKind, what: String) {
+    /// Records a request refused here, and ends the session past [`MAX_REFUSALS`]: refusals
+    /// cost the agent nothing, and each is an audit event.
+    fn refused(
+        &mut self,
+        kind: SshRequestKind,
+        what: String,
+        rule: String,
+        why: String,
+    ) -> Result<(), russh::Error> {
+        self.refusals += 1;
+        let over = self.refusals > MAX_REFUSALS;
+        let why = if over {
+            format!("{why}; past {MAX_REFUSALS} refused requests the session is ended")
+        } else {
+            why
+        };
         let _ = self.notes.send(Note::Judged {
             kind,
             what,
-            rule: "not-supported".into(),
-            refused: Some("the gateway does not forward this request".into()),
+            rule,
+            refused: Some(why),
         });
+        if over {
+            Err(russh::Error::Disconnect)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn unsupported(&mut self, kind: SshRequestKind, what: String) -> Result<(), russh::Error> {
+        let why = "the gateway does not forward this request".to_owned();
+        self.refused(kind, what, "not-supported".into(), why)
     }
 
     /// Judges a request answered at once; channel requests are recorded by their channel,
     /// which judges them the same way.
-    fn allows(&self, kind: SshRequestKind, text: &str) -> Result<String, (String, &'static str)> {
-        forward::judge_now(&self.target, &self.who, kind, text)
+    fn allows(
+        &self,
+        kind: SshRequestKind,
+        texts: &[String],
+    ) -> Result<String, (String, &'static str)> {
+        forward::judge_now(&self.target, &self.who, kind, texts)
     }
 
     fn token(&mut self, token: &str) -> Auth {
@@ -211,8 +242,7 @@ impl server::Handler for AgentSide {
         reply
             .reject(ChannelOpenFailure::AdministrativelyProhibited)
             .await;
-        self.refused(SshRequestKind::X11, String::new());
-        Ok(())
+        self.unsupported(SshRequestKind::X11, String::new())
     }
 
     async fn channel_open_direct_streamlocal(
@@ -226,13 +256,12 @@ impl server::Handler for AgentSide {
             .reject(ChannelOpenFailure::AdministrativelyProhibited)
             .await;
         // A socket on the host is no address the agent's connection policy can judge.
-        self.refused(SshRequestKind::DirectTcpip, path.to_owned());
-        Ok(())
+        self.unsupported(SshRequestKind::DirectTcpip, path.to_owned())
     }
 
-    /// A port for the host to listen on (`ssh -R`): if a rule allows it, asked of the host
-    /// (the agent's session waits for its answer); connections to it then come back through
-    /// [`forward::from_host`].
+    /// A port for the host to listen on (`ssh -R`): if a rule allows it, reserved and asked
+    /// of the host (the agent's session waits for its answer, within a bound); connections to
+    /// it then come back through [`forward::from_host`].
     async fn tcpip_forward(
         &mut self,
         address: &str,
@@ -241,37 +270,59 @@ impl server::Handler for AgentSide {
     ) -> Result<bool, Self::Error> {
         let what = format!("{address}:{port}");
         let kind = SshRequestKind::TcpipForward;
-        let (rule, refused) = match self.allows(kind, &what) {
-            Err((rule, why)) => (rule, Some(format!("listening on {what} {why}"))),
-            // Granted before the host is asked: it may open the first connection back before
-            // its answer to this request reaches here.
-            Ok(rule) if !self.granted.listen(address, *port, &rule) => {
-                let why = format!("listening on {what}: the session holds {MAX_LISTENS} already");
-                (rule, Some(why))
+        let rule = match self.allows(kind, &forward::listen_spellings(address, *port)) {
+            Ok(rule) => rule,
+            Err((rule, why)) => {
+                self.refused(
+                    kind,
+                    what.clone(),
+                    rule,
+                    format!("listening on {what} {why}"),
+                )?;
+                return Ok(false);
             }
-            Ok(rule) => match self.host.tcpip_forward(address, *port).await {
-                Ok(given) => {
-                    if *port == 0 {
-                        self.granted.listen(address, given, &rule);
-                        self.granted.unlisten(address, 0);
-                        *port = given;
-                    }
-                    (rule, None)
-                }
-                Err(e) => {
-                    self.granted.unlisten(address, *port);
-                    (rule, Some(format!("the host refused to listen: {e}")))
-                }
-            },
         };
-        let ok = refused.is_none();
+        // Reserved before the host is asked: it may open the first connection back before its
+        // answer to this request reaches here.
+        let id = match self.granted.reserve(address, *port, &rule) {
+            Ok(id) => id,
+            Err(why) => {
+                self.refused(
+                    kind,
+                    what.clone(),
+                    rule,
+                    format!("listening on {what}: {why}"),
+                )?;
+                return Ok(false);
+            }
+        };
+        let asked = tokio::time::timeout(HANDSHAKE_STEP, self.host.tcpip_forward(address, *port));
+        let given = match asked.await {
+            Ok(Ok(given)) => given,
+            Ok(Err(e)) => {
+                self.granted.release(id);
+                self.refused(kind, what, rule, format!("the host refused to listen: {e}"))?;
+                return Ok(false);
+            }
+            Err(_) => {
+                self.granted.release(id);
+                let why = format!("the host did not answer within {HANDSHAKE_STEP:?}");
+                self.refused(kind, what, rule, why)?;
+                return Ok(false);
+            }
+        };
+        if *port == 0 {
+            self.granted.confirm(id, given);
+            *port = given;
+        }
+        let what = format!("{address}:{port}");
         let _ = self.notes.send(Note::Judged {
             kind,
             what,
             rule,
-            refused,
+            refused: None,
         });
-        Ok(ok)
+        Ok(true)
     }
 
     async fn cancel_tcpip_forward(
@@ -280,8 +331,22 @@ impl server::Handler for AgentSide {
         port: u32,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        self.granted.unlisten(address, port);
-        Ok(self.host.cancel_tcpip_forward(address, port).await.is_ok())
+        let Some(id) = self.granted.find(address, port) else {
+            return Ok(false);
+        };
+        self.granted.release(id);
+        let cancel = tokio::time::timeout(
+            HANDSHAKE_STEP,
+            self.host.cancel_tcpip_forward(address, port),
+        );
+        let done = matches!(cancel.await, Ok(Ok(())));
+        let _ = self.notes.send(Note::Judged {
+            kind: SshRequestKind::TcpipForward,
+            what: format!("cancel {address}:{port}"),
+            rule: "cancel".into(),
+            refused: (!done).then(|| "the host did not cancel it".to_owned()),
+        });
+        Ok(done)
     }
 
     async fn streamlocal_forward(
@@ -289,7 +354,7 @@ impl server::Handler for AgentSide {
         path: &str,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        self.refused(SshRequestKind::TcpipForward, path.to_owned());
+        self.unsupported(SshRequestKind::TcpipForward, path.to_owned())?;
         Ok(false)
     }
 
@@ -300,7 +365,9 @@ impl server::Handler for AgentSide {
         _channel: ChannelId,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        Ok(self.allows(SshRequestKind::AgentForward, "").is_ok())
+        Ok(self
+            .allows(SshRequestKind::AgentForward, &[String::new()])
+            .is_ok())
     }
 
     async fn x11_request(
@@ -312,7 +379,7 @@ impl server::Handler for AgentSide {
         _screen: u32,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        match self.allows(SshRequestKind::X11, "") {
+        match self.allows(SshRequestKind::X11, &[String::new()]) {
             Ok(_) => session.channel_success(channel),
             Err(_) => session.channel_failure(channel),
         }
@@ -325,7 +392,7 @@ impl server::Handler for AgentSide {
         value: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        match self.allows(SshRequestKind::Env, &format!("{name}={value}")) {
+        match self.allows(SshRequestKind::Env, &[format!("{name}={value}")]) {
             Ok(_) => session.channel_success(channel),
             Err(_) => session.channel_failure(channel),
         }

@@ -10,7 +10,8 @@ use russh::{Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Pty, client,
 use super::{
     config::SshTarget,
     files,
-    forward::{Granted, judge_now},
+    forward::{detail, judge_now},
+    grants::Granted,
     record::{Recorder, lines},
     rules::{RequestKind, SshRequest},
     session::record,
@@ -41,8 +42,15 @@ struct PtyRequest {
     modes: Vec<(Pty, u32)>,
 }
 
-/// What the agent asked of its channel before the command, allowed and kept to be asked of
-/// the host's channel before it.
+/// The env, agent and X11 requests of a channel: how many it made, and those allowed before
+/// the command, kept to be asked of the host's channel before it.
+#[derive(Default)]
+struct Setup_ {
+    asked: usize,
+    kept: Vec<(Setup, String)>,
+}
+
+/// An env, agent or X11 request of the agent's channel.
 enum Setup {
     Env(String, String),
     Agent,
@@ -68,6 +76,8 @@ struct Running {
     sftp: Option<Filter>,
     /// For a shell: what the agent has typed since its last Enter.
     typed: Option<Vec<u8>>,
+    /// The agent and X11 grants this channel holds (revoked when it ends).
+    granted: Vec<RequestKind>,
 }
 
 pub async fn serve(
@@ -81,7 +91,7 @@ pub async fn serve(
     let ch = u32::from(agent.id());
     let (mut agent_rd, agent_wr) = agent.split();
     let mut pty: Option<PtyRequest> = None;
-    let mut setup = Vec::new();
+    let mut setup = Setup_::default();
     let mut run: Option<Running> = None;
     let (mut bytes_in, mut bytes_out, mut exit) = (0u64, 0u64, None);
     loop {
@@ -100,26 +110,16 @@ pub async fn serve(
                         continue;
                     }
                     Some(ChannelMsg::SetEnv { variable_name, variable_value, .. }) => {
-                        // Judged on NAME=value; the value stays out of the audit (variables
-                        // carry tokens as often as locales).
-                        let text = format!("{variable_name}={variable_value}");
-                        if setting(s, target, ch, run.is_some(), RequestKind::Env, &text, &variable_name)?.is_some() {
-                            setup.push(Setup::Env(variable_name, variable_value));
-                        }
+                        asked_setup(s, target, ch, Setup::Env(variable_name, variable_value), &mut setup, run.as_mut(), granted).await?;
                         continue;
                     }
                     Some(ChannelMsg::AgentForward { .. }) => {
-                        if let Some(rule) = setting(s, target, ch, run.is_some(), RequestKind::AgentForward, "", "")? {
-                            granted.grant(RequestKind::AgentForward, &rule);
-                            setup.push(Setup::Agent);
-                        }
+                        asked_setup(s, target, ch, Setup::Agent, &mut setup, run.as_mut(), granted).await?;
                         continue;
                     }
                     Some(ChannelMsg::RequestX11 { single_connection, x11_authentication_protocol, x11_authentication_cookie, x11_screen_number, .. }) => {
-                        if let Some(rule) = setting(s, target, ch, run.is_some(), RequestKind::X11, "", &x11_authentication_protocol)? {
-                            granted.grant(RequestKind::X11, &rule);
-                            setup.push(Setup::X11 { single: single_connection, protocol: x11_authentication_protocol, cookie: x11_authentication_cookie, screen: x11_screen_number });
-                        }
+                        let x11 = Setup::X11 { single: single_connection, protocol: x11_authentication_protocol, cookie: x11_authentication_cookie, screen: x11_screen_number };
+                        asked_setup(s, target, ch, x11, &mut setup, run.as_mut(), granted).await?;
                         continue;
                     }
                     Some(ChannelMsg::Exec { command, .. }) => (RequestKind::Exec, command),
@@ -171,7 +171,7 @@ pub async fn serve(
                     // One request per channel, as OpenSSH's server allows.
                     continue;
                 }
-                let asked = Asked { kind, raw: &text, pty: pty.as_ref(), setup: std::mem::take(&mut setup) };
+                let asked = Asked { kind, raw: &text, pty: pty.as_ref(), setup: std::mem::take(&mut setup.kept), granted };
                 match start(s, target, host, ch, asked, &mut agent_rd, &agent_wr).await? {
                     Some(r) => run = Some(r),
                     None => break,
@@ -223,6 +223,9 @@ pub async fn serve(
         }
     }
     if let Some(r) = run {
+        for kind in &r.granted {
+            granted.revoke(*kind);
+        }
         let _ = r.up_wr.close().await;
         let detail = Detail::Ssh(SshDetail {
             channel: ch,
@@ -244,43 +247,84 @@ fn masked(detectors: &Detectors, data: Bytes) -> Bytes {
     }
 }
 
-/// Judges a channel's env, agent or X11 request (as the agent side answered it): the rule
-/// that allows it, recorded, or `None`, recorded with why. Asked after the channel's command,
-/// it is refused: the host's channel is already running.
-fn setting(
+/// Env, agent and X11 requests one channel may make (each judged and audited).
+const MAX_SETUP: usize = 64;
+
+/// A channel's env, agent or X11 request: judged (as the agent side answered it) and audited;
+/// if allowed, kept for the host's channel, or sent on at once if that is running.
+async fn asked_setup(
     s: &Session,
     target: &SshTarget,
     ch: u32,
-    running: bool,
-    kind: RequestKind,
-    text: &str,
-    shown: &str,
-) -> Result<Option<String>, SessionError> {
-    let judged = judge_now(target, s.who(), kind, text);
-    let (verdict, rule, why) = match (&judged, running) {
-        (Ok(rule), false) => (Action::Allow, rule.as_str(), None),
-        (Ok(rule), true) => (
-            Action::Deny,
-            rule.as_str(),
-            Some("asked after the channel's command".to_owned()),
-        ),
-        (Err((rule, why)), _) => (Action::Deny, rule.as_str(), Some((*why).to_owned())),
+    asked: Setup,
+    setup: &mut Setup_,
+    run: Option<&mut Running>,
+    granted: &Granted,
+) -> Result<(), SessionError> {
+    setup.asked += 1;
+    if setup.asked > MAX_SETUP {
+        let why = format!("more than {MAX_SETUP} env, agent and X11 requests on one channel");
+        return Err(SessionError::agent(Phase::Serve, why));
+    }
+    let (kind, text, shown) = match &asked {
+        // Judged on NAME=value; the value stays out of the audit (variables carry tokens as
+        // often as locales).
+        Setup::Env(name, value) => (RequestKind::Env, format!("{name}={value}"), name.clone()),
+        Setup::Agent => (RequestKind::AgentForward, String::new(), String::new()),
+        Setup::X11 { protocol, .. } => (RequestKind::X11, String::new(), protocol.clone()),
     };
-    let mut e = s.event(
-        verdict,
-        rule,
-        Detail::Ssh(SshDetail {
-            channel: ch,
-            request: kind,
-            command: shown.to_owned(),
-            exit_status: None,
-            bytes_in: 0,
-            bytes_out: 0,
-        }),
-    );
+    let judged = judge_now(target, s.who(), kind, &[text]);
+    let (verdict, rule, why) = match &judged {
+        Ok(rule) => (Action::Allow, rule.as_str(), None),
+        Err((rule, why)) => (Action::Deny, rule.as_str(), Some((*why).to_owned())),
+    };
+    let mut e = s.event(verdict, rule, detail(ch, kind, &shown, 0, 0));
     e.error = why;
     record(s, e)?;
-    Ok((verdict == Action::Allow).then(|| rule.to_owned()))
+    let Ok(rule) = judged else { return Ok(()) };
+    match run {
+        Some(r) => send_setup(&r.up_wr, asked, &rule, granted, &mut r.granted).await,
+        None => {
+            setup.kept.push((asked, rule));
+            Ok(())
+        }
+    }
+}
+
+/// Asks the host's channel for an allowed request; an agent or X11 request, once sent, lets
+/// the host open such channels back until this channel ends.
+async fn send_setup(
+    up_wr: &ChannelWriteHalf<client::Msg>,
+    asked: Setup,
+    rule: &str,
+    granted: &Granted,
+    held: &mut Vec<RequestKind>,
+) -> Result<(), SessionError> {
+    let kind = match &asked {
+        Setup::Env(..) => RequestKind::Env,
+        Setup::Agent => RequestKind::AgentForward,
+        Setup::X11 { .. } => RequestKind::X11,
+    };
+    match asked {
+        Setup::Env(name, value) => up_wr.set_env(false, name, value).await,
+        Setup::Agent => up_wr.agent_forward(false).await,
+        Setup::X11 {
+            single,
+            protocol,
+            cookie,
+            screen,
+        } => {
+            up_wr
+                .request_x11(false, single, protocol, cookie, screen)
+                .await
+        }
+    }
+    .map_err(|e| SessionError::upstream(Phase::Serve, e))?;
+    if kind != RequestKind::Env {
+        granted.grant(kind, rule);
+        held.push(kind);
+    }
+    Ok(())
 }
 
 /// The channel's request and what the agent asked of the channel before it.
@@ -288,7 +332,8 @@ struct Asked<'a> {
     kind: RequestKind,
     raw: &'a [u8],
     pty: Option<&'a PtyRequest>,
-    setup: Vec<Setup>,
+    setup: Vec<(Setup, String)>,
+    granted: &'a Granted,
 }
 
 /// Judges the channel's request and starts it upstream, or refuses it on the channel.
@@ -306,6 +351,7 @@ async fn start(
         raw,
         pty,
         setup,
+        granted,
     } = asked;
     let text = String::from_utf8_lossy(raw).into_owned();
     let request = SshRequest {
@@ -454,22 +500,9 @@ async fn start(
     };
     let (up_rd, up_wr) = up.split();
     let failed = |e: russh::Error| SessionError::upstream(Phase::Serve, e);
-    for asked in setup {
-        match asked {
-            Setup::Env(name, value) => up_wr.set_env(false, name, value).await,
-            Setup::Agent => up_wr.agent_forward(false).await,
-            Setup::X11 {
-                single,
-                protocol,
-                cookie,
-                screen,
-            } => {
-                up_wr
-                    .request_x11(false, single, protocol, cookie, screen)
-                    .await
-            }
-        }
-        .map_err(failed)?;
+    let mut held = Vec::new();
+    for (asked, rule) in setup {
+        send_setup(&up_wr, asked, &rule, granted, &mut held).await?;
     }
     if let Some(p) = pty {
         up_wr
@@ -506,5 +539,6 @@ async fn start(
         verbatim: kind != RequestKind::Subsystem,
         sftp,
         typed: (kind == RequestKind::Shell).then(Vec::new),
+        granted: held,
     }))
 }

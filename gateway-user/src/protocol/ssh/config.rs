@@ -2,7 +2,9 @@
 //! the real host, how much of a session it records, and the per-request rules. Validated here,
 //! so the session never meets a bad combination.
 
-use std::{path::PathBuf, time::Duration};
+use std::{net::IpAddr, path::PathBuf, time::Duration};
+
+use ipnet::IpNet;
 
 use serde::Deserialize;
 
@@ -39,6 +41,11 @@ pub struct SshFile {
     /// and groups feed the rules. Without it, any authentication is accepted: who the agent
     /// is comes from the kernel.
     pub agent_jwt: Option<JwtFile>,
+    /// Addresses on the host itself (its loopback, link-local...) that a rule may let a
+    /// `direct_tcpip` forward reach: `127.0.0.1:5432`, `[::1]:8080`, `127.0.0.0/8:9090`. The
+    /// agent's connection policy speaks of the agent's own machine, so it cannot admit them.
+    #[serde(default)]
+    pub host_forwards: Vec<String>,
     #[serde(default)]
     pub rules: Vec<SshRule>,
 }
@@ -66,6 +73,7 @@ pub struct SshTarget {
     pub trust: HostTrust,
     pub record_limit: u64,
     pub jwt: Option<JwtVerifier>,
+    pub host_forwards: Vec<(IpNet, u16)>,
     pub rules: Vec<SshRule>,
 }
 
@@ -123,9 +131,33 @@ impl SshTarget {
                 .map(JwtVerifier::load)
                 .transpose()
                 .map_err(|e| e.to_string())?,
+            host_forwards: raw
+                .host_forwards
+                .iter()
+                .map(|d| host_forward(d))
+                .collect::<Result<_, _>>()?,
             rules: raw.rules,
         })
     }
+}
+
+/// `ADDRESS:PORT`, `NET/LEN:PORT`, `[V6]:PORT` or `[V6NET/LEN]:PORT`.
+fn host_forward(d: &str) -> Result<(IpNet, u16), String> {
+    let bad = || {
+        format!(
+            "host_forwards entry {d:?}: expected ADDRESS:PORT (127.0.0.1:5432, [::1]:8080, 127.0.0.0/8:9090)"
+        )
+    };
+    let (host, port) = match d.strip_prefix('[') {
+        Some(rest) => rest.split_once("]:").ok_or_else(bad)?,
+        None => d.rsplit_once(':').ok_or_else(bad)?,
+    };
+    let port: u16 = port.parse().ok().filter(|p| *p != 0).ok_or_else(bad)?;
+    let net = match host.parse::<IpNet>() {
+        Ok(net) => net.trunc(),
+        Err(_) => IpNet::from(host.parse::<IpAddr>().map_err(|_| bad())?.to_canonical()),
+    };
+    Ok((net, port))
 }
 
 #[cfg(test)]
@@ -143,6 +175,16 @@ mod tests {
         assert_eq!(t.auth, UpstreamAuth::Key("/k".into()));
         assert_eq!(t.trust, HostTrust::KnownHosts("/kh".into()));
         assert_eq!(t.record_limit, DEFAULT_RECORD_LIMIT);
+        let t = parse("key_file = \"/k\"\nknown_hosts = \"/kh\"\nhost_forwards = [\"127.0.0.1:5432\", \"[::1]:80\", \"127.0.0.0/8:9090\"]").unwrap();
+        let nets: Vec<String> = t
+            .host_forwards
+            .iter()
+            .map(|(n, p)| format!("{n}:{p}"))
+            .collect();
+        assert_eq!(
+            nets,
+            ["127.0.0.1/32:5432", "::1/128:80", "127.0.0.0/8:9090"]
+        );
         let t = parse("user_ca_file = \"/ca\"\ncertificate_lifetime = \"2m\"\nhost_keys = [\"SHA256:abcdefghijklmnopqrstu\"]").unwrap();
         assert_eq!(
             t.auth,
@@ -159,6 +201,14 @@ mod tests {
             ),
             ("key_file = \"/k\"", "`known_hosts` and `host_keys`"),
             ("key_file = \"/k\"\nhost_keys = [\"MD5:aa\"]", "SHA256"),
+            (
+                "key_file = \"/k\"\nknown_hosts = \"/kh\"\nhost_forwards = [\"localhost:5432\"]",
+                "host_forwards entry",
+            ),
+            (
+                "key_file = \"/k\"\nknown_hosts = \"/kh\"\nhost_forwards = [\"127.0.0.1:0\"]",
+                "host_forwards entry",
+            ),
             (
                 "key_file = \"/k\"\nknown_hosts = \"/kh\"\ncertificate_lifetime = \"1m\"",
                 "only used",

@@ -1,14 +1,13 @@
 //! What SSH carries besides commands: forwarded TCP connections both ways (`ssh -L/-D/-W`,
 //! `ssh -R`), the agent's own SSH agent (`ssh -A`), X11 and environment variables. Each is
 //! refused unless a rule of the target allows its kind. A forwarded destination must also be
-//! one the agent's own connection policy admits, as a plain `tcp` target: a PostgreSQL or SSH
-//! target reached through a forward would carry its statements past their judge. Allowed
+//! reachable under the agent's own connection policy as a plain `tcp` target (a PostgreSQL or
+//! SSH target reached through a forward would carry its statements past their judge), or,
+//! for an address on the host itself (loopback, link-local...), one of the target's
+//! `host_forwards`: the agent's policy speaks of its own machine, not the host's. Allowed
 //! forwards are relayed through the host, as SSH does, and recorded like any channel.
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    sync::{Mutex, PoisonError},
-};
+use std::net::{IpAddr, SocketAddr};
 
 use russh::{
     Channel, ChannelMsg, ChannelOpenFailure, client,
@@ -17,6 +16,7 @@ use russh::{
 
 use super::{
     config::SshTarget,
+    grants::HostChannel,
     record::Recorder,
     rules::{RequestKind, SshRequest},
     session::record,
@@ -26,7 +26,7 @@ use crate::{
     approval::Decision,
     audit::{Detail, SshDetail, Stream},
     identity::Who,
-    rules::{Action, decide},
+    rules::{Action, DEFAULT_RULE, Verdict, decide},
     session::{
         HANDSHAKE_STEP, Phase, Session, SessionError,
         hold::{HoldEnd, HoldRequest, HoldTerms, hold},
@@ -34,22 +34,53 @@ use crate::{
     target::Protocol,
 };
 
+/// The verdict on a request the rules see under several spellings (as the agent wrote it, and
+/// as the address it resolves to): a named deny of any wins, then a hold, a mask, an allow,
+/// and the default last, so a rule cannot be sidestepped by writing an address another way.
+pub(super) fn judge(target: &SshTarget, who: &Who, kind: RequestKind, texts: &[String]) -> Verdict {
+    let rank = |v: &Verdict| match v.action {
+        Action::Deny if v.rule != DEFAULT_RULE => 4,
+        Action::Hold => 3,
+        Action::Mask => 2,
+        Action::Allow => 1,
+        Action::Deny => 0,
+    };
+    let mut best: Option<Verdict> = None;
+    for text in texts {
+        let request = SshRequest {
+            kind,
+            text: text.clone(),
+            words: None,
+        };
+        let v = decide(&target.rules, who, &request);
+        if best.as_ref().is_none_or(|b| rank(&v) > rank(b)) {
+            best = Some(v);
+        }
+    }
+    best.unwrap_or_else(|| {
+        decide(
+            &target.rules,
+            who,
+            &SshRequest {
+                kind,
+                text: String::new(),
+                words: None,
+            },
+        )
+    })
+}
+
 /// A request answered on the spot (a channel's env, agent and X11 requests, a listening
-/// port): the rule that let it through, or why not. A hold cannot wait here (SSH wants the
-/// answer before the next message), so a hold rule refuses; a mask rule too, since a
-/// forwarded stream is not read, so nothing in it could be masked.
+/// port): the rule that let it through, or the rule and why not. A hold cannot wait here (SSH
+/// wants the answer before the next message), so a hold rule refuses; a mask rule too, since
+/// a forwarded stream is not read, so nothing in it could be masked.
 pub(super) fn judge_now(
     target: &SshTarget,
     who: &Who,
     kind: RequestKind,
-    text: &str,
+    texts: &[String],
 ) -> Result<String, (String, &'static str)> {
-    let request = SshRequest {
-        kind,
-        text: text.to_owned(),
-        words: None,
-    };
-    let v = decide(&target.rules, who, &request);
+    let v = judge(target, who, kind, texts);
     match v.action {
         Action::Allow => Ok(v.rule),
         Action::Deny => Err((v.rule, "denied")),
@@ -64,111 +95,48 @@ pub(super) fn judge_now(
     }
 }
 
-/// Listening ports one session may have the host hold (each is a socket there).
-pub const MAX_LISTENS: usize = 16;
-
-/// What the session granted that lets the host open channels back to the agent: the host may
-/// open an agent or X11 channel only after the agent's request for one was allowed, and a
-/// forwarded connection only on a port the agent was allowed to have the host listen on.
-/// Anything else the host opens is refused.
-#[derive(Default)]
-pub struct Granted {
-    agent: Mutex<Option<String>>,
-    x11: Mutex<Option<String>>,
-    listens: Mutex<Vec<(String, u32, String)>>,
+/// A listening address as rules see it, besides its spelling: every wildcard (`""`, `*`,
+/// `0.0.0.0`, `::`) as `*`, an address in its canonical form.
+pub(super) fn listen_spellings(address: &str, port: u32) -> Vec<String> {
+    let canonical = match address {
+        "" | "*" | "0.0.0.0" | "::" | "[::]" => "*".to_owned(),
+        a => a
+            .parse::<IpAddr>()
+            .map_or_else(|_| a.to_owned(), |ip| ip.to_canonical().to_string()),
+    };
+    let mut texts = vec![format!("{address}:{port}")];
+    let other = format!("{canonical}:{port}");
+    if other != texts[0] {
+        texts.push(other);
+    }
+    texts
 }
 
-impl Granted {
-    pub(super) fn grant(&self, kind: RequestKind, rule: &str) {
-        let slot = match kind {
-            RequestKind::AgentForward => &self.agent,
-            RequestKind::X11 => &self.x11,
-            _ => return,
-        };
-        *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(rule.to_owned());
-    }
-
-    /// Records a listening port the host is asked for; false past [`MAX_LISTENS`].
-    pub(super) fn listen(&self, address: &str, port: u32, rule: &str) -> bool {
-        let mut listens = self.listens.lock().unwrap_or_else(PoisonError::into_inner);
-        if listens.len() >= MAX_LISTENS {
-            return false;
+/// Whether an address names the host itself or its link rather than a place on the network:
+/// the host reaching it reaches itself, which the agent's connection policy says nothing of.
+fn on_the_host(ip: IpAddr) -> bool {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            v4.is_loopback()
+                || v4.octets()[0] == 0
+                || v4.is_link_local()
+                || v4.is_multicast()
+                || v4.is_broadcast()
         }
-        listens.push((address.to_owned(), port, rule.to_owned()));
-        true
-    }
-
-    pub(super) fn unlisten(&self, address: &str, port: u32) {
-        self.listens
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|(a, p, _)| !(a == address && *p == port));
-    }
-
-    /// The rule that granted what the host opens, if anything did.
-    pub(super) fn rule_for(&self, opened: &HostChannel) -> Option<String> {
-        match opened {
-            HostChannel::Agent(_) => self
-                .agent
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone(),
-            HostChannel::X11 { .. } => self
-                .x11
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone(),
-            HostChannel::Forwarded { address, port, .. } => self.listening(address, *port),
-        }
-    }
-
-    /// The rule that let the host listen on `address:port`.
-    fn listening(&self, address: &str, port: u32) -> Option<String> {
-        self.listens
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            // Port 0: the host picks it, and may use it before saying which it picked.
-            .find(|(a, p, _)| a == address && (*p == port || *p == 0))
-            .map(|(_, _, rule)| rule.clone())
-    }
-}
-
-impl HostChannel {
-    pub(super) fn describe(&self) -> String {
-        match self {
-            HostChannel::Agent(_) => "auth-agent".into(),
-            HostChannel::X11 {
-                from, from_port, ..
-            } => format!("x11 from {from}:{from_port}"),
-            HostChannel::Forwarded { address, port, .. } => {
-                format!("forwarded-tcpip {address}:{port}")
-            }
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
         }
     }
 }
 
-/// A channel the host opened towards the agent, accepted because the session granted it.
-pub enum HostChannel {
-    Agent(Channel<client::Msg>),
-    X11 {
-        channel: Channel<client::Msg>,
-        from: String,
-        from_port: u32,
-    },
-    Forwarded {
-        channel: Channel<client::Msg>,
-        address: String,
-        port: u32,
-        from: String,
-        from_port: u32,
-    },
-}
-
-/// The agent's `direct-tcpip` channel (`ssh -L`, `-D`, `-W`): judged by the rules (and held
-/// if they say so), its destination resolved here and checked against the agent's connection
-/// policy, then opened by the host to the address checked (not the name, which the host might
-/// resolve elsewhere), accepted, relayed and recorded.
+/// The agent's `direct-tcpip` channel (`ssh -L`, `-D`, `-W`): its destination resolved here
+/// and checked (the agent's connection policy, or the target's `host_forwards`), then judged
+/// by the rules under both spellings (and held if they say so), then opened by the host to the
+/// address checked (not the name, which the host might resolve elsewhere), accepted, relayed
+/// and recorded.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn direct(
     s: &Session,
@@ -181,38 +149,53 @@ pub(super) async fn direct(
     from: (String, u32),
 ) -> Result<(), SessionError> {
     let ch = u32::from(agent.id());
-    let shown = format!("{}:{}", to.0, to.1);
-    let event = |action, rule: &str, why: Option<String>| {
-        let mut e = s.event(
-            action,
-            rule,
-            detail(ch, RequestKind::DirectTcpip, &shown, 0, 0),
-        );
-        e.error = why;
-        e
+    let asked = format!("{}:{}", to.0, to.1);
+    let port = match u16::try_from(to.1) {
+        Ok(p) if p != 0 => p,
+        _ => {
+            return refuse(
+                s,
+                ch,
+                FORWARD_RULE,
+                &asked,
+                format!("{asked}: not a TCP port"),
+                reply,
+            )
+            .await;
+        }
     };
-    let refuse = |rule: &str, why: String| {
-        tracing::info!(session.id = s.admitted.id, to = %shown, why, "SSH forward refused");
-        record(s, event(Action::Deny, rule, Some(why)))
+    let addr = match reachable(s, target, &to.0, port).await {
+        Ok(addr) => addr,
+        Err(why) => return refuse(s, ch, FORWARD_RULE, &asked, why, reply).await,
     };
-    let request = SshRequest {
-        kind: RequestKind::DirectTcpip,
-        text: shown.clone(),
-        words: None,
+    let checked = SocketAddr::new(addr.ip().to_canonical(), port).to_string();
+    let shown = if checked == asked {
+        asked.clone()
+    } else {
+        format!("{asked} ({checked})")
     };
-    let verdict = decide(&target.rules, s.who(), &request);
+    let verdict = judge(
+        target,
+        s.who(),
+        RequestKind::DirectTcpip,
+        &[asked.clone(), checked],
+    );
     match verdict.action {
         Action::Allow => {}
-        Action::Deny | Action::Mask => {
-            reply
-                .reject(ChannelOpenFailure::AdministrativelyProhibited)
-                .await;
-            let why = if verdict.action == Action::Deny {
-                "denied"
-            } else {
-                "masked, but a forward is not read: a mask rule refuses it"
-            };
-            return refuse(&verdict.rule, format!("forward to {shown} {why}"));
+        Action::Deny => {
+            return refuse(
+                s,
+                ch,
+                &verdict.rule,
+                &shown,
+                format!("forward to {shown} denied"),
+                reply,
+            )
+            .await;
+        }
+        Action::Mask => {
+            let why = "masked, but a forward is not read: a mask rule refuses it".to_owned();
+            return refuse(s, ch, &verdict.rule, &shown, why, reply).await;
         }
         Action::Hold => {
             let rule = target.rules.iter().find(|r| r.name == verdict.rule);
@@ -226,12 +209,17 @@ pub(super) async fn direct(
                 rule: verdict.rule.clone(),
                 terms,
             };
-            let pending = std::future::pending::<std::io::Result<()>>();
-            let held = hold(s, req, std::future::pending(), pending)
+            // The agent waits for the channel's answer: nothing of it to read meanwhile.
+            let waiting = std::future::pending::<std::io::Result<()>>();
+            let held = hold(s, req, std::future::pending(), waiting)
                 .await
                 .map_err(|e| SessionError::agent(Phase::Serve, e))?;
             let approved = matches!(held.end, HoldEnd::Decided(Decision::Approved { .. }));
-            let mut e = event(Action::Hold, &verdict.rule, None);
+            let mut e = s.event(
+                Action::Hold,
+                &verdict.rule,
+                detail(ch, RequestKind::DirectTcpip, &shown, 0, 0),
+            );
             e.approval = Some(Box::new(held.record));
             if !approved {
                 e.error = Some(format!("approval {} did not approve it", held.id));
@@ -245,44 +233,74 @@ pub(super) async fn direct(
             }
         }
     }
-    let port = match u16::try_from(to.1) {
-        Ok(p) if p != 0 => p,
-        _ => {
-            reply.reject(ChannelOpenFailure::ConnectFailed).await;
-            return refuse(&verdict.rule, format!("{shown}: not a TCP port"));
-        }
-    };
-    let addr = match admitted(s, &to.0, port).await {
-        Ok(addr) => addr,
-        Err(why) => {
-            reply
-                .reject(ChannelOpenFailure::AdministrativelyProhibited)
-                .await;
-            return refuse(&verdict.rule, why);
-        }
-    };
     let up = match host
-        .channel_open_direct_tcpip(addr.ip().to_string(), u32::from(port), from.0, from.1)
+        .channel_open_direct_tcpip(
+            addr.ip().to_canonical().to_string(),
+            u32::from(port),
+            from.0,
+            from.1,
+        )
         .await
     {
         Ok(up) => up,
         Err(e) => {
             reply.reject(ChannelOpenFailure::ConnectFailed).await;
-            return refuse(
+            let mut ev = s.event(
+                Action::Allow,
                 &verdict.rule,
-                format!("the host could not reach {addr}: {e}"),
+                detail(ch, RequestKind::DirectTcpip, &shown, 0, 0),
             );
+            ev.error = Some(format!("the host could not reach {addr}: {e}"));
+            return record(s, ev);
         }
     };
     reply.accept().await;
-    record(s, event(Action::Allow, &verdict.rule, None))?;
+    if verdict.action != Action::Hold {
+        let e = s.event(
+            Action::Allow,
+            &verdict.rule,
+            detail(ch, RequestKind::DirectTcpip, &shown, 0, 0),
+        );
+        record(s, e)?;
+    }
     let (bytes_in, bytes_out) = pump(s, rec, ch, &verdict.rule, agent, up, true).await?;
     let d = detail(ch, RequestKind::DirectTcpip, &shown, bytes_in, bytes_out);
     record(s, s.event(Action::Allow, &verdict.rule, d))
 }
 
-/// The first address of `host` that the agent's own policy admits as a plain TCP target.
-async fn admitted(s: &Session, host: &str, port: u16) -> Result<SocketAddr, String> {
+/// Refuses a `direct-tcpip` channel and audits why.
+async fn refuse(
+    s: &Session,
+    ch: u32,
+    rule: &str,
+    shown: &str,
+    why: String,
+    reply: ChannelOpenHandle,
+) -> Result<(), SessionError> {
+    reply
+        .reject(ChannelOpenFailure::AdministrativelyProhibited)
+        .await;
+    tracing::info!(session.id = s.admitted.id, to = %shown, why, "SSH forward refused");
+    let mut e = s.event(
+        Action::Deny,
+        rule,
+        detail(ch, RequestKind::DirectTcpip, shown, 0, 0),
+    );
+    e.error = Some(why);
+    record(s, e)
+}
+
+/// The rule named when a forward's destination, not a rule, refuses it.
+const FORWARD_RULE: &str = "forward-destination";
+
+/// The first address of `host` a forward may reach: on the host itself, one of the target's
+/// `host_forwards`; elsewhere, a plain `tcp` target of the agent's own connection policy.
+async fn reachable(
+    s: &Session,
+    target: &SshTarget,
+    host: &str,
+    port: u16,
+) -> Result<SocketAddr, String> {
     let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
         Ok(ip) => vec![SocketAddr::new(ip, port)],
         Err(_) => match tokio::time::timeout(HANDSHAKE_STEP, tokio::net::lookup_host((host, port)))
@@ -298,12 +316,26 @@ async fn admitted(s: &Session, host: &str, port: u16) -> Result<SocketAddr, Stri
         s.admitted.policy
     );
     for addr in addrs {
+        let addr = SocketAddr::new(addr.ip().to_canonical(), port);
+        if on_the_host(addr.ip()) {
+            if target
+                .host_forwards
+                .iter()
+                .any(|(net, p)| *p == port && net.contains(&addr.ip()))
+            {
+                return Ok(addr);
+            }
+            why = format!(
+                "{addr} is on the host itself (loopback, link-local...), where the agent's policy does not reach: only the target's host_forwards are"
+            );
+            continue;
+        }
         match (s.admitted.reach)(addr) {
             Some((_, Protocol::Tcp)) => return Ok(addr),
             Some((name, protocol)) => {
-                let protocol = format!("{protocol:?}").to_lowercase();
                 why = format!(
-                    "{addr} is target {name}, a {protocol} target: through a forward its commands would not be judged; connect to it directly"
+                    "{addr} is target {name}, a {} target: through a forward its commands would not be judged; connect to it directly",
+                    protocol.as_str()
                 );
             }
             None => {}
@@ -312,7 +344,8 @@ async fn admitted(s: &Session, host: &str, port: u16) -> Result<SocketAddr, Stri
     Err(why)
 }
 
-/// A channel the host opened and the session granted, opened on towards the agent and relayed.
+/// A channel the host opened and the session granted, opened on towards the agent, audited
+/// before any byte of it moves, relayed and audited again with its byte counts.
 pub(super) async fn from_host(
     s: &Session,
     rec: &Recorder,
@@ -320,22 +353,14 @@ pub(super) async fn from_host(
     opened: HostChannel,
     rule: String,
 ) -> Result<(), SessionError> {
-    let (kind, shown, verbatim, channel, to_agent) = match opened {
-        HostChannel::Agent(c) => (RequestKind::AgentForward, String::new(), false, c, None),
+    let (kind, shown) = (opened.kind(), opened.describe());
+    let (channel, opening) = match opened {
+        HostChannel::Agent(c) => (c, agent.channel_open_agent().await),
         HostChannel::X11 {
             channel,
             from,
             from_port,
-        } => {
-            let shown = format!("{from}:{from_port}");
-            (
-                RequestKind::X11,
-                shown,
-                false,
-                channel,
-                Some((from, from_port, None)),
-            )
-        }
+        } => (channel, agent.channel_open_x11(from, from_port).await),
         HostChannel::Forwarded {
             channel,
             address,
@@ -343,23 +368,10 @@ pub(super) async fn from_host(
             from,
             from_port,
         } => {
-            let shown = format!("{address}:{port} from {from}:{from_port}");
-            (
-                RequestKind::TcpipForward,
-                shown,
-                true,
-                channel,
-                Some((from, from_port, Some((address, port)))),
-            )
-        }
-    };
-    let opening = match to_agent {
-        None => agent.channel_open_agent().await,
-        Some((from, from_port, None)) => agent.channel_open_x11(from, from_port).await,
-        Some((from, from_port, Some((address, port)))) => {
-            agent
+            let opening = agent
                 .channel_open_forwarded_tcpip(address, port, from, from_port)
-                .await
+                .await;
+            (channel, opening)
         }
     };
     let ch = u32::from(channel.id());
@@ -372,6 +384,12 @@ pub(super) async fn from_host(
             return record(s, ev);
         }
     };
+    record(
+        s,
+        s.event(Action::Allow, &rule, detail(ch, kind, &shown, 0, 0)),
+    )?;
+    // An SSH agent's or X11's bytes are counted, not kept: signatures and pixels, not commands.
+    let verbatim = kind == RequestKind::TcpipForward;
     let (bytes_in, bytes_out) = pump(s, rec, ch, &rule, down, channel, verbatim).await?;
     record(
         s,
@@ -383,7 +401,13 @@ pub(super) async fn from_host(
     )
 }
 
-fn detail(channel: u32, request: RequestKind, what: &str, bytes_in: u64, bytes_out: u64) -> Detail {
+pub(super) fn detail(
+    channel: u32,
+    request: RequestKind,
+    what: &str,
+    bytes_in: u64,
+    bytes_out: u64,
+) -> Detail {
     Detail::Ssh(SshDetail {
         channel,
         request,
@@ -464,12 +488,12 @@ mod tests {
     };
 
     fn session(dir: &std::path::Path) -> Session {
-        // The agent's policy: a tcp target on 127.0.0.1:7000, a PostgreSQL one on :5432.
+        // The agent's policy: a tcp target on 10.0.0.7:7000, a PostgreSQL one on :5432.
         let reach: Reach =
             Arc::new(
                 |dst: SocketAddr| match (dst.ip().to_string().as_str(), dst.port()) {
-                    ("127.0.0.1", 7000) => Some(("echo".into(), Protocol::Tcp)),
-                    ("127.0.0.1", 5432) => Some(("db".into(), Protocol::Postgres)),
+                    ("10.0.0.7", 7000) => Some(("echo".into(), Protocol::Tcp)),
+                    ("10.0.0.7", 5432) => Some(("db".into(), Protocol::Postgres)),
                     _ => None,
                 },
             );
@@ -489,49 +513,88 @@ mod tests {
         )
     }
 
+    fn target(extra: &str) -> SshTarget {
+        let text = format!("user = \"deploy\"\nkey_file = \"/k\"\nknown_hosts = \"/kh\"\n{extra}");
+        SshTarget::validate(toml::from_str(&text).unwrap()).unwrap()
+    }
+
     #[tokio::test]
-    async fn forwards_reach_only_plain_tcp_targets_of_the_agents_policy() {
+    async fn forwards_reach_plain_tcp_targets_of_the_agents_policy_or_the_hosts_own_list() {
         let dir = tempfile::tempdir().unwrap();
         let s = session(dir.path());
-        let ok = "127.0.0.1:7000".parse::<SocketAddr>().unwrap();
-        assert_eq!(admitted(&s, "127.0.0.1", 7000).await, Ok(ok));
-        // A name is resolved here, and judged by the address it resolves to.
-        assert_eq!(admitted(&s, "localhost", 7000).await, Ok(ok));
-        let why = admitted(&s, "127.0.0.1", 5432).await.unwrap_err();
+        let t = target("host_forwards = [\"127.0.0.1:5432\"]");
+        let ok = "10.0.0.7:7000".parse::<SocketAddr>().unwrap();
+        assert_eq!(reachable(&s, &t, "10.0.0.7", 7000).await, Ok(ok));
+        assert_eq!(
+            reachable(&s, &t, "::ffff:10.0.0.7", 7000).await,
+            Ok(ok),
+            "v4-mapped"
+        );
+        let why = reachable(&s, &t, "10.0.0.7", 5432).await.unwrap_err();
         assert!(why.contains("target db, a postgres target"), "{why}");
-        let why = admitted(&s, "127.0.0.2", 7000).await.unwrap_err();
+        let why = reachable(&s, &t, "10.0.0.8", 7000).await.unwrap_err();
         assert!(why.contains("admits no target"), "{why}");
+        // On the host itself only what the target lists, whatever the agent's policy says of
+        // its own loopback or of the cloud's metadata address.
+        let local = "127.0.0.1:5432".parse::<SocketAddr>().unwrap();
+        assert_eq!(reachable(&s, &t, "127.0.0.1", 5432).await, Ok(local));
+        assert_eq!(
+            reachable(&s, &t, "localhost", 5432).await,
+            Ok(local),
+            "a name resolved here"
+        );
+        for (host, port) in [
+            ("127.0.0.1", 22),
+            ("169.254.169.254", 80),
+            ("0.0.0.0", 5432),
+            ("::1", 5432),
+            ("fe80::1", 22),
+            ("224.0.0.1", 7000),
+        ] {
+            let why = reachable(&s, &t, host, port).await.unwrap_err();
+            assert!(
+                why.contains("on the host itself") || why.contains("admits no target"),
+                "{host}: {why}"
+            );
+        }
         for hostile in ["no-such-host.invalid", "", "a\0b", &"x".repeat(4096)] {
-            assert!(admitted(&s, hostile, 7000).await.is_err(), "{hostile:?}");
+            assert!(
+                reachable(&s, &t, hostile, 7000).await.is_err(),
+                "{hostile:?}"
+            );
         }
     }
 
     #[test]
-    fn the_host_opens_only_what_the_session_granted() {
-        let g = Granted::default();
-        let rule = |port| g.listening("127.0.0.1", port);
-        assert_eq!(rule(8080), None);
-        assert!(g.listen("127.0.0.1", 8080, "listen"));
-        assert_eq!(rule(8080).as_deref(), Some("listen"));
-        assert_eq!(rule(8081), None);
-        g.unlisten("127.0.0.1", 8080);
-        assert_eq!(rule(8080), None);
-        for port in 0..MAX_LISTENS as u32 {
-            assert!(g.listen("127.0.0.1", 9000 + port, "listen"));
-        }
-        assert!(!g.listen("127.0.0.1", 1, "listen"), "bounded");
-        assert_eq!(g.listening("127.0.0.2", 9000), None, "another address");
-        // A port the host is to pick: any port of that address until it says which.
-        let g = Granted::default();
-        assert!(g.listen("127.0.0.1", 0, "listen"));
-        assert_eq!(g.listening("127.0.0.1", 41234).as_deref(), Some("listen"));
-        let g = Granted::default();
-        assert!(g.agent.lock().unwrap().is_none());
-        g.grant(RequestKind::AgentForward, "agent");
-        assert_eq!(g.agent.lock().unwrap().as_deref(), Some("agent"));
-        assert!(
-            g.x11.lock().unwrap().is_none(),
-            "granting one grants nothing else"
+    fn rules_see_every_spelling_of_a_destination() {
+        let t = target(
+            "[[rules]]\nname = \"tunnels\"\naction = \"allow\"\nkinds = [\"direct_tcpip\"]\n\
+             [[rules]]\nname = \"not-db\"\naction = \"deny\"\nkinds = [\"direct_tcpip\"]\ntargets = [\"10.0.0.5:*\"]\n\
+             [[rules]]\nname = \"hold-web\"\naction = \"hold\"\ntargets = [\"web.internal:*\"]\n",
+        );
+        let who = Who::default();
+        let v = |texts: &[&str]| {
+            let texts: Vec<String> = texts.iter().map(|t| (*t).to_owned()).collect();
+            let v = judge(&t, &who, RequestKind::DirectTcpip, &texts);
+            (v.action, v.rule)
+        };
+        assert_eq!(v(&["10.0.0.6:80"]), (Action::Allow, "tunnels".into()));
+        // Another spelling of the denied address is denied by the address it resolved to.
+        assert_eq!(
+            v(&["167772165:80", "10.0.0.5:80"]),
+            (Action::Deny, "not-db".into())
+        );
+        // The held name, dialled by its address or under its name, is held either way.
+        assert_eq!(
+            v(&["web.internal:443", "10.0.0.9:443"]),
+            (Action::Hold, "hold-web".into())
+        );
+        assert_eq!(listen_spellings("0.0.0.0", 80), ["0.0.0.0:80", "*:80"]);
+        assert_eq!(listen_spellings("", 80), [":80", "*:80"]);
+        assert_eq!(listen_spellings("127.0.0.1", 80), ["127.0.0.1:80"]);
+        assert_eq!(
+            listen_spellings("::ffff:127.0.0.1", 80),
+            ["::ffff:127.0.0.1:80", "127.0.0.1:80"]
         );
     }
 }

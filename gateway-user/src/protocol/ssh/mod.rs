@@ -9,6 +9,7 @@ pub mod channel;
 pub mod config;
 mod files;
 pub mod forward;
+pub mod grants;
 mod prefixed;
 pub mod record;
 pub mod rules;

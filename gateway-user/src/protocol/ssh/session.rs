@@ -24,13 +24,13 @@ use super::{
     ca::HostCa,
     channel,
     config::SshTarget,
-    forward::{self, Granted},
+    forward::{self, detail},
+    grants::{Granted, HostNote},
     prefixed::Prefixed,
     record::Recorder,
     upstream,
 };
 use crate::{
-    audit::{Detail, SshDetail},
     identity::Who,
     rules::Action,
     session::{BoxFuture, HANDSHAKE_STEP, Handler, Phase, Session, SessionError, Source, Upstream},
@@ -143,12 +143,14 @@ async fn run(
     };
     // Channels the host opens back (forwards the session granted) come through `back`.
     let open = Arc::new(AtomicUsize::new(0));
+    let host_open = Arc::new(AtomicUsize::new(0));
     let granted = Arc::new(Granted::default());
-    let (opened, mut from_host) = mpsc::unbounded_channel();
+    let (host_notes, mut from_host) = mpsc::unbounded_channel();
     let back = upstream::Back {
         granted: granted.clone(),
-        opened,
+        notes: host_notes,
         open: open.clone(),
+        host_open: host_open.clone(),
     };
     let login = upstream::login(&p.target, tcp, &up.server_name, up.addr.port(), back);
     let host = match tokio::time::timeout(HANDSHAKE_STEP, login).await {
@@ -193,6 +195,7 @@ async fn run(
         host: host.clone(),
         granted: granted.clone(),
         who: Who::default(),
+        refusals: 0,
     };
     let running = match tokio::time::timeout(
         HANDSHAKE_STEP,
@@ -229,25 +232,26 @@ async fn run(
                 Note::Token(t) => session.set_token(t),
                 Note::Judged { kind, what, rule, refused } => {
                     let verdict = if refused.is_some() { Action::Deny } else { Action::Allow };
-                    let mut e = session.event(
-                        verdict,
-                        &rule,
-                        Detail::Ssh(SshDetail {
-                            channel: 0,
-                            request: kind,
-                            command: what,
-                            exit_status: None,
-                            bytes_in: 0,
-                            bytes_out: 0,
-                        }),
-                    );
+                    let mut e = session.event(verdict, &rule, detail(0, kind, &what, 0, 0));
                     e.error = refused;
                     record(session, e)?;
                 }
             },
-            Some((opened, rule)) = from_host.recv() => {
-                channels.push(Box::pin(forward::from_host(session, &recorder, &to_agent, opened, rule)));
-            }
+            Some(note) = from_host.recv() => match note {
+                HostNote::Opened(opened, rule) => {
+                    let (host_open, recorder, to_agent) = (&host_open, &recorder, &to_agent);
+                    channels.push(Box::pin(async move {
+                        let r = forward::from_host(session, recorder, to_agent, opened, rule).await;
+                        host_open.fetch_sub(1, Ordering::AcqRel);
+                        r
+                    }));
+                }
+                HostNote::Refused { kind, what } => {
+                    let mut e = session.event(Action::Deny, "not-granted", detail(0, kind, &what, 0, 0));
+                    e.error = Some("the host opened a channel the session did not grant".into());
+                    record(session, e)?;
+                }
+            },
             Some(r) = channels.next(), if !channels.is_empty() => {
                 open.fetch_sub(1, Ordering::AcqRel);
                 r?

@@ -22,23 +22,26 @@ use russh::{
 use tokio::{net::TcpStream, sync::mpsc::UnboundedSender};
 
 use super::{
-    agent::MAX_CHANNELS,
+    agent::{MAX_CHANNELS, MAX_REFUSALS},
     ca,
     config::{HostTrust, SshTarget, UpstreamAuth},
-    forward::{Granted, HostChannel},
+    grants::{Granted, HostChannel, HostNote, MAX_HOST_CHANNELS},
     rules::RequestKind,
 };
 use crate::rules::Action;
 
 /// How channels the host opens reach the session: only those the session granted (an agent
 /// or X11 channel after an allowed request, a connection to an allowed listening port), within
-/// the same bound as the agent's own channels. The rest are refused: a host cannot open a
-/// channel to the agent it did not ask for.
+/// [`MAX_HOST_CHANNELS`] and the session's own bound. The rest are refused and reported: a
+/// host cannot open a channel to the agent it was not asked for, and one that keeps trying is
+/// cut off after [`MAX_REFUSALS`].
 #[derive(Clone)]
 pub struct Back {
     pub granted: Arc<Granted>,
-    pub opened: UnboundedSender<(HostChannel, String)>,
+    pub notes: UnboundedSender<HostNote>,
+    /// Every channel of the session (the agent's and the host's), and the host's alone.
     pub open: Arc<AtomicUsize>,
+    pub host_open: Arc<AtomicUsize>,
 }
 
 /// Checks the host's key as the target says; remembers why it refused.
@@ -48,6 +51,8 @@ pub struct Verifier {
     port: u16,
     refused: Arc<Mutex<Option<String>>>,
     back: Back,
+    /// Channels it opened that nothing granted.
+    refusals: usize,
 }
 
 impl client::Handler for Verifier {
@@ -70,8 +75,7 @@ impl client::Handler for Verifier {
             from: from.to_owned(),
             from_port,
         };
-        self.take(opened, reply).await;
-        Ok(())
+        self.take(opened, reply).await
     }
 
     async fn server_channel_open_agent_forward(
@@ -80,8 +84,7 @@ impl client::Handler for Verifier {
         reply: client::ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.take(HostChannel::Agent(channel), reply).await;
-        Ok(())
+        self.take(HostChannel::Agent(channel), reply).await
     }
 
     async fn server_channel_open_x11(
@@ -97,8 +100,7 @@ impl client::Handler for Verifier {
             from: from.to_owned(),
             from_port,
         };
-        self.take(opened, reply).await;
-        Ok(())
+        self.take(opened, reply).await
     }
 
     // Channels a client never asks for: refused (russh's default would accept them).
@@ -202,27 +204,53 @@ impl client::Handler for Verifier {
 }
 
 impl Verifier {
-    /// Accepts a channel the host opened if the session granted it and the bound has room.
-    async fn take(&self, opened: HostChannel, reply: client::ChannelOpenHandle) {
+    /// Accepts a channel the host opened if the session granted it and the bounds have room.
+    async fn take(
+        &mut self,
+        opened: HostChannel,
+        reply: client::ChannelOpenHandle,
+    ) -> Result<(), russh::Error> {
         let Some(rule) = self.back.granted.rule_for(&opened) else {
-            tracing::warn!(
-                channel = opened.describe(),
-                "the SSH host opened a channel the session did not ask for; refused"
-            );
             reply
                 .reject(ChannelOpenFailure::AdministrativelyProhibited)
                 .await;
-            return;
+            self.refusals += 1;
+            let (kind, what) = (opened.kind(), opened.describe());
+            tracing::warn!(
+                ?kind,
+                what,
+                "the SSH host opened a channel the session did not grant"
+            );
+            let _ = self.back.notes.send(HostNote::Refused { kind, what });
+            return if self.refusals > MAX_REFUSALS {
+                Err(russh::Error::Disconnect)
+            } else {
+                Ok(())
+            };
         };
-        if self.back.open.fetch_add(1, Ordering::AcqRel) >= MAX_CHANNELS {
-            self.back.open.fetch_sub(1, Ordering::AcqRel);
+        let (open, host_open) = (&self.back.open, &self.back.host_open);
+        if host_open.fetch_add(1, Ordering::AcqRel) >= MAX_HOST_CHANNELS {
+            host_open.fetch_sub(1, Ordering::AcqRel);
             reply.reject(ChannelOpenFailure::ResourceShortage).await;
-            return;
+            return Ok(());
+        }
+        if open.fetch_add(1, Ordering::AcqRel) >= MAX_CHANNELS {
+            open.fetch_sub(1, Ordering::AcqRel);
+            host_open.fetch_sub(1, Ordering::AcqRel);
+            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+            return Ok(());
         }
         reply.accept().await;
-        if self.back.opened.send((opened, rule)).is_err() {
-            self.back.open.fetch_sub(1, Ordering::AcqRel);
+        if self
+            .back
+            .notes
+            .send(HostNote::Opened(opened, rule))
+            .is_err()
+        {
+            open.fetch_sub(1, Ordering::AcqRel);
+            host_open.fetch_sub(1, Ordering::AcqRel);
         }
+        Ok(())
     }
 
     fn refuse(&self, why: String) {
@@ -261,6 +289,7 @@ pub async fn login(
         port,
         refused: refused.clone(),
         back,
+        refusals: 0,
     };
     let config = Arc::new(client::Config {
         inactivity_timeout: None,
@@ -345,13 +374,14 @@ async fn read_key(path: std::path::PathBuf) -> Result<PrivateKey, LoginError> {
 }
 
 /// What the session's certificate lets the host do: a terminal always, forwarding only what
-/// some allow rule of the target could allow (the rules still judge each request).
+/// some allow or hold rule of the target could let through (the rules still judge each
+/// request).
 fn permits(target: &SshTarget) -> Vec<&'static str> {
     let allows = |kinds: &[RequestKind]| {
-        target
-            .rules
-            .iter()
-            .any(|r| r.action == Action::Allow && kinds.iter().any(|k| r.kinds.contains(k)))
+        target.rules.iter().any(|r| {
+            matches!(r.action, Action::Allow | Action::Hold)
+                && kinds.iter().any(|k| r.kinds.contains(k))
+        })
     };
     let mut permits = vec!["permit-pty"];
     if allows(&[RequestKind::DirectTcpip, RequestKind::TcpipForward]) {
