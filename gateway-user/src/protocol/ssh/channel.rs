@@ -10,9 +10,9 @@ use russh::{Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Pty, client,
 use super::{
     config::SshTarget,
     files,
-    forward::{detail, judge_now},
+    forward::judge_now,
     grants::Granted,
-    record::{Recorder, lines},
+    record::{Recorder, detail, lines},
     rules::{RequestKind, SshRequest},
     session::record,
     sftp::Filter,
@@ -26,7 +26,7 @@ use crate::{
     rules::{Action, decide},
     session::{
         Phase, Session, SessionError,
-        hold::{HoldEnd, HoldRequest, HoldTerms, hold},
+        hold::{HoldEnd, hold},
     },
 };
 
@@ -360,20 +360,7 @@ async fn start(
         words: (kind == RequestKind::Exec).then(|| Words::parse(raw)),
     };
     let verdict = decide(&target.rules, s.who(), &request);
-    let event = |action, rule: &str| {
-        s.event(
-            action,
-            rule,
-            Detail::Ssh(SshDetail {
-                channel: ch,
-                request: kind,
-                command: text.clone(),
-                exit_status: None,
-                bytes_in: 0,
-                bytes_out: 0,
-            }),
-        )
-    };
+    let event = |action, rule: &str| s.event(action, rule, detail(ch, kind, &text, 0, 0));
     let shown = if text.is_empty() {
         format!("{kind:?}").to_lowercase()
     } else {
@@ -401,11 +388,7 @@ async fn start(
             Some(why)
         }
         Action::Hold => {
-            let rule = target.rules.iter().find(|r| r.name == verdict.rule);
-            let terms = HoldTerms::of_rule(
-                rule.and_then(|r| r.timeout_secs),
-                rule.and_then(|r| r.approval),
-            );
+            let req = target.hold_request(&verdict.rule, shown.clone());
             // The agent's input meanwhile is kept (up to a bound) and passed on if approved.
             // Past the bound the channel stops reading (the agent's window then fills) until
             // the decision.
@@ -426,12 +409,7 @@ async fn start(
                     }
                 }
             };
-            let req = HoldRequest {
-                command: shown.clone(),
-                command_redacted: shown.clone(),
-                rule: verdict.rule.clone(),
-                terms,
-            };
+            let timeout = req.terms.timeout;
             let held = hold(s, req, std::future::pending(), left)
                 .await
                 .map_err(|e| SessionError::agent(Phase::Serve, e))?;
@@ -444,7 +422,7 @@ async fn start(
                 )),
                 HoldEnd::Decided(Decision::Expired) => Some(format!(
                     "gatewayd: no approver decided within {}s (approval {id}, rule {}); it was not run",
-                    terms.timeout.as_secs(),
+                    timeout.as_secs(),
                     verdict.rule
                 )),
                 HoldEnd::Decided(Decision::Withdrawn) | HoldEnd::Cancelled | HoldEnd::AgentLeft => {

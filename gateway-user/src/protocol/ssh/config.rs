@@ -11,7 +11,10 @@ use serde::Deserialize;
 use super::rules::SshRule;
 use crate::{
     identity::token::{JwtFile, JwtVerifier},
-    session::credential::Credential,
+    session::{
+        credential::Credential,
+        hold::{HoldRequest, HoldTerms},
+    },
 };
 
 #[derive(Debug, Deserialize)]
@@ -138,6 +141,20 @@ impl SshTarget {
                 .collect::<Result<_, _>>()?,
             rules: raw.rules,
         })
+    }
+}
+
+impl SshTarget {
+    /// What an approver is asked for a request held by `rule`: `command` as shown, with the
+    /// rule's timeout and approval scope.
+    pub fn hold_request(&self, rule: &str, command: String) -> HoldRequest {
+        let r = self.rules.iter().find(|r| r.name == rule);
+        HoldRequest {
+            command_redacted: command.clone(),
+            command,
+            rule: rule.to_owned(),
+            terms: HoldTerms::of_rule(r.and_then(|r| r.timeout_secs), r.and_then(|r| r.approval)),
+        }
     }
 }
 

@@ -6,17 +6,17 @@ use russh::{ChannelWriteHalf, client, server};
 
 use super::{
     config::SshTarget,
+    record::detail,
     rules::{RequestKind, SshRequest},
     session::record,
     sftp::{self, Access, Filter, Request},
 };
 use crate::{
     approval::Decision,
-    audit::{Detail, SshDetail},
     rules::{Action, decide_all},
     session::{
         Phase, Session, SessionError,
-        hold::{HoldEnd, HoldRequest, HoldTerms, hold},
+        hold::{HoldEnd, hold},
     },
 };
 
@@ -36,18 +36,7 @@ pub(super) async fn requests(
         .agent_bytes(data)
         .map_err(|e| SessionError::agent(Phase::Serve, e))?;
     let event = |action, rule: &str, kind, command: String, error: Option<String>| {
-        let mut e = s.event(
-            action,
-            rule,
-            Detail::Ssh(SshDetail {
-                channel: ch,
-                request: kind,
-                command,
-                exit_status: None,
-                bytes_in: 0,
-                bytes_out: 0,
-            }),
-        );
+        let mut e = s.event(action, rule, detail(ch, kind, &command, 0, 0));
         e.error = error;
         e
     };
@@ -102,17 +91,7 @@ pub(super) async fn requests(
                 };
                 let mut e = event(action, &v.rule, kind, shown.clone(), None);
                 if action == Action::Hold {
-                    let rule = target.rules.iter().find(|r| r.name == v.rule);
-                    let terms = HoldTerms::of_rule(
-                        rule.and_then(|r| r.timeout_secs),
-                        rule.and_then(|r| r.approval),
-                    );
-                    let req = HoldRequest {
-                        command: format!("sftp {shown}"),
-                        command_redacted: format!("sftp {shown}"),
-                        rule: v.rule.clone(),
-                        terms,
-                    };
+                    let req = target.hold_request(&v.rule, format!("sftp {shown}"));
                     let held = hold(s, req, std::future::pending(), std::future::pending())
                         .await
                         .map_err(|e| SessionError::agent(Phase::Serve, e))?;
@@ -138,21 +117,16 @@ pub(super) async fn requests(
             }
             None => {
                 if let Some(f) = filter.forwarded(&packet) {
+                    let kind = if f.written > 0 {
+                        RequestKind::SftpWrite
+                    } else {
+                        RequestKind::SftpRead
+                    };
+                    let closed = format!("close {}", f.path);
                     let e = s.event(
                         Action::Allow,
                         "sftp",
-                        Detail::Ssh(SshDetail {
-                            channel: ch,
-                            request: if f.written > 0 {
-                                RequestKind::SftpWrite
-                            } else {
-                                RequestKind::SftpRead
-                            },
-                            command: format!("close {}", f.path),
-                            exit_status: None,
-                            bytes_in: f.written,
-                            bytes_out: f.read,
-                        }),
+                        detail(ch, kind, &closed, f.written, f.read),
                     );
                     record(s, e)?;
                 }

@@ -17,19 +17,19 @@ use russh::{
 use super::{
     config::SshTarget,
     grants::HostChannel,
-    record::Recorder,
+    record::{Recorder, detail},
     rules::{RequestKind, SshRequest},
     session::record,
     upstream::Upstream,
 };
 use crate::{
     approval::Decision,
-    audit::{Detail, SshDetail, Stream},
+    audit::Stream,
     identity::Who,
     rules::{Action, DEFAULT_RULE, Verdict, decide},
     session::{
         HANDSHAKE_STEP, Phase, Session, SessionError,
-        hold::{HoldEnd, HoldRequest, HoldTerms, hold},
+        hold::{HoldEnd, hold},
     },
     target::Protocol,
 };
@@ -198,17 +198,7 @@ pub(super) async fn direct(
             return refuse(s, ch, &verdict.rule, &shown, why, reply).await;
         }
         Action::Hold => {
-            let rule = target.rules.iter().find(|r| r.name == verdict.rule);
-            let terms = HoldTerms::of_rule(
-                rule.and_then(|r| r.timeout_secs),
-                rule.and_then(|r| r.approval),
-            );
-            let req = HoldRequest {
-                command: format!("forward to {shown}"),
-                command_redacted: format!("forward to {shown}"),
-                rule: verdict.rule.clone(),
-                terms,
-            };
+            let req = target.hold_request(&verdict.rule, format!("forward to {shown}"));
             // The agent waits for the channel's answer: nothing of it to read meanwhile.
             let waiting = std::future::pending::<std::io::Result<()>>();
             let held = hold(s, req, std::future::pending(), waiting)
@@ -399,23 +389,6 @@ pub(super) async fn from_host(
             detail(ch, kind, &shown, bytes_in, bytes_out),
         ),
     )
-}
-
-pub(super) fn detail(
-    channel: u32,
-    request: RequestKind,
-    what: &str,
-    bytes_in: u64,
-    bytes_out: u64,
-) -> Detail {
-    Detail::Ssh(SshDetail {
-        channel,
-        request,
-        command: what.to_owned(),
-        exit_status: None,
-        bytes_in,
-        bytes_out,
-    })
 }
 
 /// Relays a channel of the agent's with one of the host's until either closes; returns the

@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::session::record;
 use crate::{
-    audit::{Detail, OutputDetail, Stream},
+    audit::{Detail, OutputDetail, SshDetail, Stream},
+    protocol::ssh::rules::RequestKind,
     rules::Action,
     session::{Session, SessionError},
 };
@@ -51,6 +52,24 @@ impl Recorder {
         });
         record(s, s.event(Action::Allow, rule, detail))
     }
+}
+
+/// An SSH request's audit detail, with no exit status.
+pub(super) fn detail(
+    channel: u32,
+    request: RequestKind,
+    what: &str,
+    bytes_in: u64,
+    bytes_out: u64,
+) -> Detail {
+    Detail::Ssh(SshDetail {
+        channel,
+        request,
+        command: what.to_owned(),
+        exit_status: None,
+        bytes_in,
+        bytes_out,
+    })
 }
 
 /// The lines completed by `data` (at CR or LF), with backspaces applied: what the agent typed,

@@ -24,10 +24,10 @@ use super::{
     ca::HostCa,
     channel,
     config::SshTarget,
-    forward::{self, detail},
+    forward,
     grants::{Granted, HostNote},
     prefixed::Prefixed,
-    record::Recorder,
+    record::{Recorder, detail},
     upstream,
 };
 use crate::{
