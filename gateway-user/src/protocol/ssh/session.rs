@@ -165,11 +165,7 @@ async fn run(
             return Err(SessionError::upstream(Phase::Connect, what));
         }
     };
-    // Answer as the host the agent dialled: its address and the policy's name for it.
-    let mut principals = vec![up.addr.ip().to_string()];
-    if up.server_name != principals[0] {
-        principals.push(up.server_name.clone());
-    }
+    let principals = principals(up.addr.ip(), &up.server_name);
     let cert = ca
         .certificate(&principals)
         .map_err(|e| SessionError::new(Source::Internal, Phase::Handshake, e))?;
@@ -276,6 +272,20 @@ async fn run(
     }
 }
 
+/// The names the agent may have dialled the host by: its address, the policy's name for it,
+/// and that name's first label (`ssh web-1` with a search domain, where the policy says
+/// `web-1.internal`): OpenSSH checks the certificate against the name as typed.
+fn principals(ip: std::net::IpAddr, name: &str) -> Vec<String> {
+    let mut principals = vec![ip.to_string()];
+    if name.parse::<std::net::IpAddr>().is_err() {
+        principals.push(name.to_owned());
+        if let Some((short, _)) = name.split_once('.') {
+            principals.push(short.to_owned());
+        }
+    }
+    principals
+}
+
 pub(super) fn record(session: &Session, event: crate::audit::Event) -> Result<(), SessionError> {
     session
         .record(event)
@@ -336,4 +346,18 @@ pub async fn disconnect(mut agent: TcpStream, why: &str) {
         while matches!(agent.read(&mut buf).await, Ok(n) if n > 0) {}
     };
     let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn certificates_name_the_host_as_an_agent_may_dial_it() {
+        let ip = "10.0.0.5".parse().unwrap();
+        assert_eq!(super::principals(ip, "10.0.0.5"), ["10.0.0.5"]);
+        assert_eq!(
+            super::principals(ip, "web-1.internal"),
+            ["10.0.0.5", "web-1.internal", "web-1"]
+        );
+        assert_eq!(super::principals(ip, "web-1"), ["10.0.0.5", "web-1"]);
+    }
 }
