@@ -6,7 +6,7 @@
 
 use std::{
     future::Future,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     panic::AssertUnwindSafe,
     pin::Pin,
     sync::{Arc, atomic::Ordering},
@@ -22,7 +22,8 @@ use crate::{
     kernel::origins::destination,
     policy::{Denial, Host, Verdict, decide},
     session::{
-        Admitted, Handler, Phase, Reach, Session, SessionError, Source, Upstream, handler::reset,
+        Admitted, Handler, Phase, Reach, Reached, Session, SessionError, Source, Upstream,
+        handler::reset,
     },
 };
 
@@ -131,7 +132,10 @@ async fn serve(state: &Arc<State>, agent: TcpStream, peer: SocketAddr) -> Sessio
             governed_cgroup_id: origin.governed_cgroup_id,
             destination: dst,
             agent: record.agent.clone(),
-            reach: reach(state, origin.governed_cgroup_id),
+            reach: Arc::new(PolicyReach {
+                state: state.clone(),
+                cgroup: origin.governed_cgroup_id,
+            }),
         },
         state.audit.clone(),
         state.approvals.clone(),
@@ -153,15 +157,38 @@ async fn serve(state: &Arc<State>, agent: TcpStream, peer: SocketAddr) -> Sessio
 
 /// The agent's connection policy as a [`Reach`]: the policy pinned to its cgroup and the
 /// names resolved when asked, not when the session began.
-fn reach(state: &Arc<State>, cgroup: u64) -> Reach {
-    let state = state.clone();
-    Arc::new(move |dst| {
-        let policy = state.policies().by_cgroup.get(&cgroup).cloned();
-        match decide(policy.as_deref(), &state.resolved(), dst) {
-            Verdict::Allow { target, protocol } => Some((target, protocol)),
-            Verdict::Deny(_) => None,
-        }
-    })
+struct PolicyReach {
+    state: Arc<State>,
+    cgroup: u64,
+}
+
+impl Reach for PolicyReach {
+    fn target_at(&self, dst: SocketAddr) -> Option<Reached> {
+        let policy = self.state.policies().by_cgroup.get(&self.cgroup).cloned()?;
+        let Verdict::Allow { target, protocol } =
+            decide(Some(&policy), &self.state.resolved(), dst)
+        else {
+            return None;
+        };
+        let t = policy.targets.iter().find(|t| t.name == target)?;
+        let one_host = match &t.destination.host {
+            Host::Name(_) => true,
+            Host::Net(net) => net.prefix_len() == net.max_prefix_len(),
+        };
+        Some(Reached {
+            target,
+            protocol,
+            one_host,
+        })
+    }
+
+    fn addresses(&self, name: &str) -> Option<Vec<IpAddr>> {
+        let policy = self.state.policies().by_cgroup.get(&self.cgroup).cloned()?;
+        let named =
+            |t: &&crate::policy::Target| matches!(&t.destination.host, Host::Name(n) if n == name);
+        policy.targets.iter().find(named)?;
+        self.state.resolved().get(name).cloned()
+    }
 }
 
 /// Upstream: the address the agent dialled, checked by the verdict; certificates and host

@@ -165,7 +165,7 @@ mod tests {
                 governed_cgroup_id: 1,
                 destination: "127.0.0.1:1".parse().unwrap(),
                 agent: None,
-                reach: crate::session::reach_nowhere(),
+                reach: Arc::new(crate::session::Nowhere),
             },
             AuditStore::open(dir).unwrap(),
             Arc::new(Broker::default()),

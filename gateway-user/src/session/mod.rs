@@ -11,7 +11,7 @@ pub mod hold;
 pub mod tls;
 
 use std::{
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::{
         Arc, OnceLock,
         atomic::{AtomicU64, Ordering},
@@ -59,16 +59,40 @@ pub struct Admitted {
     pub agent: Option<Agent>,
     /// The agent's connection policy, asked again for each connection a protocol carries
     /// inside this one (an SSH forward): it may reach only what it could dial itself.
-    pub reach: Reach,
+    pub reach: Arc<dyn Reach>,
 }
 
-/// The target (and its protocol) the agent's policy admits at an address, as of now
-/// (policies reload and names re-resolve while a session runs); `None` where it denies.
-pub type Reach = Arc<dyn Fn(SocketAddr) -> Option<(String, Protocol)> + Send + Sync>;
+/// The agent's connection policy, asked again for each connection a protocol carries inside
+/// this one (an SSH forward), as of now: policies reload and names re-resolve while a
+/// session runs.
+pub trait Reach: Send + Sync {
+    /// The target the agent's policy admits at `dst`, or `None` where it denies.
+    fn target_at(&self, dst: SocketAddr) -> Option<Reached>;
+    /// The addresses of a host name the agent's policy uses, as the daemon resolved them;
+    /// `None` for any other name (the daemon looks up no name an agent makes up).
+    fn addresses(&self, name: &str) -> Option<Vec<IpAddr>>;
+}
+
+/// A target the agent's policy admits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reached {
+    pub target: String,
+    pub protocol: Protocol,
+    /// Whether the target names one host (an address or a name), not a network.
+    pub one_host: bool,
+}
 
 /// A [`Reach`] that admits nothing, for sessions that carry no other connection.
-pub fn reach_nowhere() -> Reach {
-    Arc::new(|_| None)
+pub struct Nowhere;
+
+impl Reach for Nowhere {
+    fn target_at(&self, _: SocketAddr) -> Option<Reached> {
+        None
+    }
+
+    fn addresses(&self, _: &str) -> Option<Vec<IpAddr>> {
+        None
+    }
 }
 
 impl Session {

@@ -57,8 +57,8 @@ pub struct AgentSide {
     pub granted: Arc<Granted>,
     /// The agent as rules see it: who its token says, once one verified.
     pub who: Who,
-    /// Requests refused here so far.
-    pub refusals: usize,
+    /// Requests of this session refused so far (here and by its forwards).
+    pub refusals: Arc<AtomicUsize>,
 }
 
 /// Requests one session may have refused before it is ended.
@@ -74,8 +74,7 @@ impl AgentSide {
         rule: String,
         why: String,
     ) -> Result<(), russh::Error> {
-        self.refusals += 1;
-        let over = self.refusals > MAX_REFUSALS;
+        let over = self.refusals.fetch_add(1, Ordering::Relaxed) + 1 > MAX_REFUSALS;
         let why = if over {
             format!("{why}; past {MAX_REFUSALS} refused requests the session is ended")
         } else {
@@ -270,7 +269,14 @@ impl server::Handler for AgentSide {
     ) -> Result<bool, Self::Error> {
         let what = format!("{address}:{port}");
         let kind = SshRequestKind::TcpipForward;
-        let rule = match self.allows(kind, &forward::listen_spellings(address, *port)) {
+        let Some(spellings) = forward::listen_spellings(address, *port) else {
+            let why = format!(
+                "listening on {what}: give an address, localhost or * (names are not read)"
+            );
+            self.refused(kind, what, "forward-destination".into(), why)?;
+            return Ok(false);
+        };
+        let rule = match self.allows(kind, &spellings) {
             Ok(rule) => rule,
             Err((rule, why)) => {
                 self.refused(
@@ -392,7 +398,9 @@ impl server::Handler for AgentSide {
         value: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        let odd = name.is_empty() || name.contains(['=', '\0']);
         match self.allows(SshRequestKind::Env, &[format!("{name}={value}")]) {
+            Ok(_) if odd => session.channel_failure(channel),
             Ok(_) => session.channel_success(channel),
             Err(_) => session.channel_failure(channel),
         }

@@ -45,7 +45,7 @@ struct PtyRequest {
 /// The env, agent and X11 requests of a channel: how many it made, and those allowed before
 /// the command, kept to be asked of the host's channel before it.
 #[derive(Default)]
-struct Setup_ {
+struct Setups {
     asked: usize,
     kept: Vec<(Setup, String)>,
 }
@@ -62,6 +62,16 @@ enum Setup {
     },
 }
 
+impl Setup {
+    fn kind(&self) -> RequestKind {
+        match self {
+            Setup::Env(..) => RequestKind::Env,
+            Setup::Agent => RequestKind::AgentForward,
+            Setup::X11 { .. } => RequestKind::X11,
+        }
+    }
+}
+
 /// A channel's request once judged and let through.
 struct Running {
     up_rd: ChannelReadHalf,
@@ -76,8 +86,8 @@ struct Running {
     sftp: Option<Filter>,
     /// For a shell: what the agent has typed since its last Enter.
     typed: Option<Vec<u8>>,
-    /// The agent and X11 grants this channel holds (revoked when it ends).
-    granted: Vec<RequestKind>,
+    /// The agent and X11 grants this channel holds, by rule (revoked when it ends).
+    granted: Vec<(RequestKind, String)>,
 }
 
 pub async fn serve(
@@ -91,7 +101,7 @@ pub async fn serve(
     let ch = u32::from(agent.id());
     let (mut agent_rd, agent_wr) = agent.split();
     let mut pty: Option<PtyRequest> = None;
-    let mut setup = Setup_::default();
+    let mut setup = Setups::default();
     let mut run: Option<Running> = None;
     let (mut bytes_in, mut bytes_out, mut exit) = (0u64, 0u64, None);
     loop {
@@ -223,8 +233,8 @@ pub async fn serve(
         }
     }
     if let Some(r) = run {
-        for kind in &r.granted {
-            granted.revoke(*kind);
+        for (kind, rule) in &r.granted {
+            granted.revoke(*kind, rule);
         }
         let _ = r.up_wr.close().await;
         let detail = Detail::Ssh(SshDetail {
@@ -257,7 +267,7 @@ async fn asked_setup(
     target: &SshTarget,
     ch: u32,
     asked: Setup,
-    setup: &mut Setup_,
+    setup: &mut Setups,
     run: Option<&mut Running>,
     granted: &Granted,
 ) -> Result<(), SessionError> {
@@ -266,14 +276,22 @@ async fn asked_setup(
         let why = format!("more than {MAX_SETUP} env, agent and X11 requests on one channel");
         return Err(SessionError::agent(Phase::Serve, why));
     }
-    let (kind, text, shown) = match &asked {
+    let kind = asked.kind();
+    let (text, shown) = match &asked {
         // Judged on NAME=value; the value stays out of the audit (variables carry tokens as
         // often as locales).
-        Setup::Env(name, value) => (RequestKind::Env, format!("{name}={value}"), name.clone()),
-        Setup::Agent => (RequestKind::AgentForward, String::new(), String::new()),
-        Setup::X11 { protocol, .. } => (RequestKind::X11, String::new(), protocol.clone()),
+        Setup::Env(name, value) => (format!("{name}={value}"), name.clone()),
+        Setup::Agent => (String::new(), String::new()),
+        Setup::X11 { protocol, .. } => (String::new(), protocol.clone()),
     };
-    let judged = judge_now(target, s.who(), kind, &[text]);
+    let judged = match &asked {
+        // `NAME=value` must read one way only.
+        Setup::Env(name, _) if name.is_empty() || name.contains(['=', '\0']) => Err((
+            "env-name".to_owned(),
+            "a variable name empty or with = or NUL",
+        )),
+        _ => judge_now(target, s.who(), kind, &[text]),
+    };
     let (verdict, rule, why) = match &judged {
         Ok(rule) => (Action::Allow, rule.as_str(), None),
         Err((rule, why)) => (Action::Deny, rule.as_str(), Some((*why).to_owned())),
@@ -298,13 +316,9 @@ async fn send_setup(
     asked: Setup,
     rule: &str,
     granted: &Granted,
-    held: &mut Vec<RequestKind>,
+    held: &mut Vec<(RequestKind, String)>,
 ) -> Result<(), SessionError> {
-    let kind = match &asked {
-        Setup::Env(..) => RequestKind::Env,
-        Setup::Agent => RequestKind::AgentForward,
-        Setup::X11 { .. } => RequestKind::X11,
-    };
+    let kind = asked.kind();
     match asked {
         Setup::Env(name, value) => up_wr.set_env(false, name, value).await,
         Setup::Agent => up_wr.agent_forward(false).await,
@@ -322,7 +336,7 @@ async fn send_setup(
     .map_err(|e| SessionError::upstream(Phase::Serve, e))?;
     if kind != RequestKind::Env {
         granted.grant(kind, rule);
-        held.push(kind);
+        held.push((kind, rule.to_owned()));
     }
     Ok(())
 }

@@ -77,9 +77,9 @@ struct Listen {
 
 #[derive(Default)]
 struct Grants {
-    /// Channels open with an allowed agent (or X11) request, and the rule of the last one.
-    agent: (usize, String),
-    x11: (usize, String),
+    /// The rules of the open channels whose agent (or X11) request was allowed and sent on.
+    agent: Vec<String>,
+    x11: Vec<String>,
     listens: Vec<Listen>,
     next_id: u64,
 }
@@ -97,16 +97,17 @@ impl Granted {
     pub(super) fn grant(&self, kind: RequestKind, rule: &str) {
         self.with(|g| {
             if let Some(slot) = g.slot(kind) {
-                slot.0 += 1;
-                rule.clone_into(&mut slot.1);
+                slot.push(rule.to_owned());
             }
         });
     }
 
-    pub(super) fn revoke(&self, kind: RequestKind) {
+    pub(super) fn revoke(&self, kind: RequestKind, rule: &str) {
         self.with(|g| {
-            if let Some(slot) = g.slot(kind) {
-                slot.0 = slot.0.saturating_sub(1);
+            if let Some(slot) = g.slot(kind)
+                && let Some(i) = slot.iter().position(|r| r == rule)
+            {
+                slot.remove(i);
             }
         });
     }
@@ -167,8 +168,8 @@ impl Granted {
     pub(super) fn rule_for(&self, opened: &HostChannel) -> Option<String> {
         match opened {
             HostChannel::Agent(_) | HostChannel::X11 { .. } => self.with(|g| {
-                let slot = g.slot(opened.kind())?;
-                (slot.0 > 0).then(|| slot.1.clone())
+                // A rule that grants it now: of a channel still open.
+                g.slot(opened.kind())?.last().cloned()
             }),
             HostChannel::Forwarded { address, port, .. } => self.listening(address, *port),
         }
@@ -187,7 +188,7 @@ impl Granted {
 }
 
 impl Grants {
-    fn slot(&mut self, kind: RequestKind) -> Option<&mut (usize, String)> {
+    fn slot(&mut self, kind: RequestKind) -> Option<&mut Vec<String>> {
         match kind {
             RequestKind::AgentForward => Some(&mut self.agent),
             RequestKind::X11 => Some(&mut self.x11),
@@ -231,15 +232,20 @@ mod tests {
     #[test]
     fn agent_and_x11_channels_only_while_a_grant_is_open() {
         let g = Granted::default();
-        let agent = |g: &Granted| g.with(|g| g.slot(RequestKind::AgentForward).map(|s| s.0));
-        g.grant(RequestKind::AgentForward, "agent");
-        g.grant(RequestKind::AgentForward, "agent");
-        assert_eq!(agent(&g), Some(2));
-        assert_eq!(g.with(|g| g.x11.0), 0, "granting one grants nothing else");
-        g.revoke(RequestKind::AgentForward);
-        g.revoke(RequestKind::AgentForward);
-        g.revoke(RequestKind::AgentForward);
-        assert_eq!(agent(&g), Some(0), "revoked with the channels that asked");
+        let agent = |g: &Granted| g.with(|g| g.slot(RequestKind::AgentForward)?.last().cloned());
+        g.grant(RequestKind::AgentForward, "agent-a");
+        g.grant(RequestKind::AgentForward, "agent-b");
+        assert_eq!(agent(&g).as_deref(), Some("agent-b"));
+        assert!(
+            g.with(|g| g.x11.is_empty()),
+            "granting one grants nothing else"
+        );
+        // The channel that asked under agent-b ends: agent-a's still grants.
+        g.revoke(RequestKind::AgentForward, "agent-b");
+        assert_eq!(agent(&g).as_deref(), Some("agent-a"));
+        g.revoke(RequestKind::AgentForward, "agent-a");
+        g.revoke(RequestKind::AgentForward, "agent-a");
+        assert_eq!(agent(&g), None, "revoked with the channels that asked");
         // Other kinds are not granted this way.
         g.grant(RequestKind::Exec, "x");
         assert!(g.with(|g| g.slot(RequestKind::Exec).is_none()));

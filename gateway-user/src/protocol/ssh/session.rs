@@ -183,6 +183,7 @@ async fn run(
         ..Default::default()
     });
     let (notes, mut inbox) = mpsc::unbounded_channel();
+    let refusals = Arc::new(AtomicUsize::new(0));
     let side = AgentSide {
         notes,
         jwt: p.target.jwt.clone().map(Arc::new),
@@ -191,7 +192,7 @@ async fn run(
         host: host.clone(),
         granted: granted.clone(),
         who: Who::default(),
-        refusals: 0,
+        refusals: refusals.clone(),
     };
     let running = match tokio::time::timeout(
         HANDSHAKE_STEP,
@@ -210,6 +211,13 @@ async fn run(
     };
     let recorder = Recorder::new(p.target.record_limit);
     let to_agent = running.handle();
+    let forwards = forward::Forwards {
+        s: session,
+        target: &p.target,
+        host: &host,
+        rec: &recorder,
+        refusals: &refusals,
+    };
     let mut channels: FuturesUnordered<BoxFuture<'_, Result<(), SessionError>>> =
         FuturesUnordered::new();
     tokio::pin!(running);
@@ -222,8 +230,7 @@ async fn run(
                     channels.push(Box::pin(ch));
                 }
                 Note::Direct { channel, reply, to, from } => {
-                    let f = forward::direct(session, &p.target, &host, &recorder, channel, reply, to, from);
-                    channels.push(Box::pin(f));
+                    channels.push(Box::pin(forwards.direct(channel, reply, to, from)));
                 }
                 Note::Token(t) => session.set_token(t),
                 Note::Judged { kind, what, rule, refused } => {

@@ -110,52 +110,44 @@ impl client::Handler for Verifier {
         reply: client::ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        reply
-            .reject(ChannelOpenFailure::AdministrativelyProhibited)
-            .await;
-        Ok(())
+        self.unasked(RequestKind::Shell, "a session channel".into(), reply)
+            .await
     }
 
     async fn server_channel_open_direct_tcpip(
         &mut self,
         _channel: Channel<Msg>,
-        _host: &str,
-        _port: u32,
+        host: &str,
+        port: u32,
         _from: &str,
-        _from_port: u32,
+        _fromport: u32,
         reply: client::ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        reply
-            .reject(ChannelOpenFailure::AdministrativelyProhibited)
-            .await;
-        Ok(())
+        self.unasked(RequestKind::DirectTcpip, format!("{host}:{port}"), reply)
+            .await
     }
 
     async fn server_channel_open_forwarded_streamlocal(
         &mut self,
         _channel: Channel<Msg>,
-        _path: &str,
+        path: &str,
         reply: client::ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        reply
-            .reject(ChannelOpenFailure::AdministrativelyProhibited)
-            .await;
-        Ok(())
+        self.unasked(RequestKind::TcpipForward, path.to_owned(), reply)
+            .await
     }
 
     async fn server_channel_open_direct_streamlocal(
         &mut self,
         _channel: Channel<Msg>,
-        _path: &str,
+        path: &str,
         reply: client::ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        reply
-            .reject(ChannelOpenFailure::AdministrativelyProhibited)
-            .await;
-        Ok(())
+        self.unasked(RequestKind::DirectTcpip, path.to_owned(), reply)
+            .await
     }
 
     async fn check_server_key(
@@ -211,22 +203,7 @@ impl Verifier {
         reply: client::ChannelOpenHandle,
     ) -> Result<(), russh::Error> {
         let Some(rule) = self.back.granted.rule_for(&opened) else {
-            reply
-                .reject(ChannelOpenFailure::AdministrativelyProhibited)
-                .await;
-            self.refusals += 1;
-            let (kind, what) = (opened.kind(), opened.describe());
-            tracing::warn!(
-                ?kind,
-                what,
-                "the SSH host opened a channel the session did not grant"
-            );
-            let _ = self.back.notes.send(HostNote::Refused { kind, what });
-            return if self.refusals > MAX_REFUSALS {
-                Err(russh::Error::Disconnect)
-            } else {
-                Ok(())
-            };
+            return self.unasked(opened.kind(), opened.describe(), reply).await;
         };
         let (open, host_open) = (&self.back.open, &self.back.host_open);
         if host_open.fetch_add(1, Ordering::AcqRel) >= MAX_HOST_CHANNELS {
@@ -251,6 +228,31 @@ impl Verifier {
             host_open.fetch_sub(1, Ordering::AcqRel);
         }
         Ok(())
+    }
+
+    /// Refuses a channel the host opened that nothing granted, reports it for the audit, and
+    /// cuts the host off past [`MAX_REFUSALS`].
+    async fn unasked(
+        &mut self,
+        kind: RequestKind,
+        what: String,
+        reply: client::ChannelOpenHandle,
+    ) -> Result<(), russh::Error> {
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        self.refusals += 1;
+        tracing::warn!(
+            ?kind,
+            what,
+            "the SSH host opened a channel the session did not grant"
+        );
+        let _ = self.back.notes.send(HostNote::Refused { kind, what });
+        if self.refusals > MAX_REFUSALS {
+            Err(russh::Error::Disconnect)
+        } else {
+            Ok(())
+        }
     }
 
     fn refuse(&self, why: String) {

@@ -320,7 +320,7 @@ async fn relay<F: Future<Output = ()>>(script: impl FnOnce(Wire) -> F) -> Ran {
         governed_cgroup_id: 1,
         destination: "127.0.0.1:5432".parse().unwrap(),
         agent: None,
-        reach: crate::session::reach_nowhere(),
+        reach: Arc::new(crate::session::Nowhere),
     };
     let session = Session::new(admitted, store.clone(), Arc::new(Broker::default()));
     let target = target();
