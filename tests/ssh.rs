@@ -684,3 +684,33 @@ fn held_sftp_writes_wait_for_an_approver() {
     let outcomes: Vec<&Value> = holds.iter().map(|e| &e["approval"]["outcome"]).collect();
     assert_eq!(outcomes, ["approved", "denied"], "{holds:#?}");
 }
+
+#[test]
+fn a_command_echoing_bulk_input_streams_both_ways() {
+    let (_srv, gw, agent) = fixture("127.10.0.40", "sshbulk", |srv| srv.target("web", RULES));
+    // `cat` sends back what it reads while the agent is still sending: a relay that stopped
+    // reading the host while it waited to write to it would stall both ways.
+    const MIB: usize = 16;
+    let mut cmd = agent.command("ssh", "-p", &["-oBatchMode=yes"]);
+    cmd.args(["agent@127.10.0.40", "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = gw.cgroup.command(cmd).spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let chunk = vec![b'x'; 1 << 20];
+        for _ in 0..MIB {
+            stdin.write_all(&chunk).unwrap();
+        }
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert_eq!(
+        (out.status.code(), out.stdout.len()),
+        (Some(0), MIB << 20),
+        "{}\n{}",
+        text(&out.stderr),
+        gw.log()
+    );
+}

@@ -4,6 +4,8 @@
 //! relayed both ways and recorded; if not, a message on stderr and exit status 1, and the rest
 //! of the session goes on.
 
+use std::sync::{Mutex, PoisonError};
+
 use bytes::Bytes;
 use russh::{Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Pty, client, server};
 
@@ -63,6 +65,31 @@ enum Setup {
 }
 
 impl Setup {
+    /// The channel message as an env, agent or X11 request, or the message back.
+    fn of(m: ChannelMsg) -> Result<Setup, ChannelMsg> {
+        match m {
+            ChannelMsg::SetEnv {
+                variable_name,
+                variable_value,
+                ..
+            } => Ok(Setup::Env(variable_name, variable_value)),
+            ChannelMsg::AgentForward { .. } => Ok(Setup::Agent),
+            ChannelMsg::RequestX11 {
+                single_connection,
+                x11_authentication_protocol,
+                x11_authentication_cookie,
+                x11_screen_number,
+                ..
+            } => Ok(Setup::X11 {
+                single: single_connection,
+                protocol: x11_authentication_protocol,
+                cookie: x11_authentication_cookie,
+                screen: x11_screen_number,
+            }),
+            m => Err(m),
+        }
+    }
+
     fn kind(&self) -> RequestKind {
         match self {
             Setup::Env(..) => RequestKind::Env,
@@ -71,6 +98,9 @@ impl Setup {
         }
     }
 }
+
+/// The agent and X11 grants a channel holds, by rule.
+type Held = Vec<(RequestKind, String)>;
 
 /// A channel's request once judged and let through.
 struct Running {
@@ -87,7 +117,7 @@ struct Running {
     /// For a shell: what the agent has typed since its last Enter.
     typed: Option<Vec<u8>>,
     /// The agent and X11 grants this channel holds, by rule (revoked when it ends).
-    granted: Vec<(RequestKind, String)>,
+    granted: Held,
 }
 
 pub async fn serve(
@@ -100,154 +130,224 @@ pub async fn serve(
 ) -> Result<(), SessionError> {
     let ch = u32::from(agent.id());
     let (mut agent_rd, agent_wr) = agent.split();
+    // The channel's terminal, variables and request, until the request is judged; what the
+    // agent sends before it has nowhere to go.
     let mut pty: Option<PtyRequest> = None;
     let mut setup = Setups::default();
-    let mut run: Option<Running> = None;
-    let (mut bytes_in, mut bytes_out, mut exit) = (0u64, 0u64, None);
-    loop {
-        let up_msg = async {
-            match run.as_mut() {
-                Some(r) => r.up_rd.wait().await,
-                None => std::future::pending().await,
+    let run = loop {
+        let (kind, text) = match agent_rd.wait().await {
+            None | Some(ChannelMsg::Close) => return Ok(()),
+            Some(ChannelMsg::RequestPty {
+                term,
+                col_width,
+                row_height,
+                pix_width,
+                pix_height,
+                terminal_modes,
+                ..
+            }) => {
+                pty = Some(PtyRequest {
+                    term,
+                    cols: col_width,
+                    rows: row_height,
+                    pix_w: pix_width,
+                    pix_h: pix_height,
+                    modes: terminal_modes,
+                });
+                continue;
             }
-        };
-        tokio::select! {
-            m = agent_rd.wait() => {
-                let (kind, text) = match m {
-                    None | Some(ChannelMsg::Close) => break,
-                    Some(ChannelMsg::RequestPty { term, col_width, row_height, pix_width, pix_height, terminal_modes, .. }) => {
-                        pty = Some(PtyRequest { term, cols: col_width, rows: row_height, pix_w: pix_width, pix_h: pix_height, modes: terminal_modes });
-                        continue;
-                    }
-                    Some(ChannelMsg::SetEnv { variable_name, variable_value, .. }) => {
-                        asked_setup(s, target, ch, Setup::Env(variable_name, variable_value), &mut setup, run.as_mut(), granted).await?;
-                        continue;
-                    }
-                    Some(ChannelMsg::AgentForward { .. }) => {
-                        asked_setup(s, target, ch, Setup::Agent, &mut setup, run.as_mut(), granted).await?;
-                        continue;
-                    }
-                    Some(ChannelMsg::RequestX11 { single_connection, x11_authentication_protocol, x11_authentication_cookie, x11_screen_number, .. }) => {
-                        let x11 = Setup::X11 { single: single_connection, protocol: x11_authentication_protocol, cookie: x11_authentication_cookie, screen: x11_screen_number };
-                        asked_setup(s, target, ch, x11, &mut setup, run.as_mut(), granted).await?;
-                        continue;
-                    }
-                    Some(ChannelMsg::Exec { command, .. }) => (RequestKind::Exec, command),
-                    Some(ChannelMsg::RequestShell { .. }) => (RequestKind::Shell, Vec::new()),
-                    Some(ChannelMsg::RequestSubsystem { name, .. }) => (RequestKind::Subsystem, name.into_bytes()),
-                    Some(ChannelMsg::Data { data }) => {
-                        if let Some(r) = run.as_mut() {
-                            bytes_in += data.len() as u64;
-                            s.add_up(data.len() as u64);
-                            if let Some(f) = r.sftp.as_mut() {
-                                files::requests(s, target, ch, f, &r.up_wr, &agent_wr, &data).await?;
-                                continue;
-                            }
-                            if r.verbatim {
-                                rec.chunk(s, ch, Stream::Input, &data, &r.rule)?;
-                            }
-                            if let Some(line) = r.typed.as_mut() {
-                                for typed in lines(line, &data) {
-                                    rec.chunk(s, ch, Stream::Typed, typed.as_bytes(), &r.rule)?;
-                                }
-                            }
-                            let _ = r.up_wr.data_bytes(data).await;
-                        }
-                        continue;
-                    }
-                    Some(ChannelMsg::Eof) => {
-                        if let Some(r) = &run {
-                            let _ = r.up_wr.eof().await;
-                        }
-                        continue;
-                    }
-                    Some(ChannelMsg::WindowChange { col_width, row_height, pix_width, pix_height }) => {
-                        if let Some(r) = &run {
-                            let _ = r.up_wr.window_change(col_width, row_height, pix_width, pix_height).await;
-                            let detail = Detail::Output(OutputDetail { channel: ch, stream: Stream::Resize, data: String::new(), cols: Some(col_width), rows: Some(row_height) });
-                            record(s, s.event(Action::Allow, &r.rule, detail))?;
-                        }
-                        continue;
-                    }
-                    Some(ChannelMsg::Signal { signal }) => {
-                        if let Some(r) = &run {
-                            let _ = r.up_wr.signal(signal).await;
-                        }
-                        continue;
-                    }
-                    Some(_) => continue,
-                };
-                if run.is_some() {
-                    // One request per channel, as OpenSSH's server allows.
+            Some(m) => match Setup::of(m) {
+                Ok(asked) => {
+                    asked_setup(s, target, ch, asked, &mut setup, None, granted).await?;
                     continue;
                 }
-                let asked = Asked { kind, raw: &text, pty: pty.as_ref(), setup: std::mem::take(&mut setup.kept), granted };
-                match start(s, target, host, ch, asked, &mut agent_rd, &agent_wr).await? {
-                    Some(r) => run = Some(r),
-                    None => break,
+                Err(ChannelMsg::Exec { command, .. }) => (RequestKind::Exec, command),
+                Err(ChannelMsg::RequestShell { .. }) => (RequestKind::Shell, Vec::new()),
+                Err(ChannelMsg::RequestSubsystem { name, .. }) => {
+                    (RequestKind::Subsystem, name.into_bytes())
                 }
-            }
-            m = up_msg => {
-                let Some(r) = run.as_mut() else { continue };
-                match m {
-                    Some(ChannelMsg::Data { data }) => {
-                        bytes_out += data.len() as u64;
-                        s.add_down(data.len() as u64);
-                        if let Some(f) = r.sftp.as_mut() {
-                            // Whole answers only: a refusal may go between two of them.
-                            let packets = f.host_bytes(&data).map_err(|e| SessionError::upstream(Phase::Serve, e))?;
-                            if !packets.is_empty() {
-                                let _ = agent_wr.data_bytes(packets.concat()).await;
-                            }
-                            continue;
-                        }
-                        let data = masked(&r.detectors, data);
-                        if r.verbatim {
-                            rec.chunk(s, ch, Stream::Output, &data, &r.rule)?;
-                        }
-                        let _ = agent_wr.data_bytes(data).await;
-                    }
-                    Some(ChannelMsg::ExtendedData { data, ext }) => {
-                        bytes_out += data.len() as u64;
-                        s.add_down(data.len() as u64);
-                        let data = masked(&r.detectors, data);
-                        if r.verbatim {
-                            rec.chunk(s, ch, Stream::Error, &data, &r.rule)?;
-                        }
-                        let _ = agent_wr.extended_data_bytes(ext, data).await;
-                    }
-                    Some(ChannelMsg::Eof) => {
-                        let _ = agent_wr.eof().await;
-                    }
-                    Some(ChannelMsg::ExitStatus { exit_status }) => {
-                        exit = Some(exit_status);
-                        let _ = agent_wr.exit_status(exit_status).await;
-                    }
-                    None | Some(ChannelMsg::Close) => {
-                        let _ = agent_wr.close().await;
-                        break;
-                    }
-                    Some(_) => {}
+                Err(_) => continue,
+            },
+        };
+        let asked = Asked {
+            kind,
+            raw: &text,
+            pty: pty.as_ref(),
+            setup: std::mem::take(&mut setup.kept),
+            granted,
+        };
+        match start(s, target, host, ch, asked, &mut agent_rd, &agent_wr).await? {
+            Some(r) => break r,
+            None => return Ok(()),
+        }
+    };
+    relay(
+        s,
+        target,
+        ch,
+        rec,
+        granted,
+        (agent_rd, agent_wr),
+        setup,
+        run,
+    )
+    .await
+}
+
+/// The channel once its request runs on the host: each direction on its own, since russh
+/// grants window as messages arrive, not as they are read: one loop waiting to write to the
+/// host would stop reading it, its messages would fill the connection's queue, and the
+/// window grant the write waits for would never be read (`cat` echoing a large input stalled
+/// so). Either side's close ends both.
+#[allow(clippy::too_many_arguments)]
+async fn relay(
+    s: &Session,
+    target: &SshTarget,
+    ch: u32,
+    rec: &Recorder,
+    granted: &Granted,
+    (mut agent_rd, agent_wr): (ChannelReadHalf, ChannelWriteHalf<server::Msg>),
+    mut setup: Setups,
+    run: Running,
+) -> Result<(), SessionError> {
+    let Running {
+        mut up_rd,
+        up_wr,
+        kind,
+        command,
+        rule,
+        detectors,
+        verbatim,
+        sftp,
+        mut typed,
+        granted: mut held,
+    } = run;
+    let sftp = sftp.map(Mutex::new);
+    let (mut bytes_in, mut bytes_out, mut exit) = (0u64, 0u64, None);
+    let (rule, agent_wr, up_wr) = (&rule, &agent_wr, &up_wr);
+    let up = async {
+        loop {
+            let m = match agent_rd.wait().await {
+                None | Some(ChannelMsg::Close) => return Ok::<(), SessionError>(()),
+                Some(m) => m,
+            };
+            match Setup::of(m) {
+                Ok(asked) => {
+                    let running = Some((up_wr, &mut held));
+                    asked_setup(s, target, ch, asked, &mut setup, running, granted).await?;
                 }
+                Err(ChannelMsg::Data { data }) => {
+                    bytes_in += data.len() as u64;
+                    s.add_up(data.len() as u64);
+                    if let Some(f) = &sftp {
+                        files::requests(s, target, ch, f, up_wr, agent_wr, &data).await?;
+                        continue;
+                    }
+                    if verbatim {
+                        rec.chunk(s, ch, Stream::Input, &data, rule)?;
+                    }
+                    if let Some(line) = typed.as_mut() {
+                        for typed in lines(line, &data) {
+                            rec.chunk(s, ch, Stream::Typed, typed.as_bytes(), rule)?;
+                        }
+                    }
+                    let _ = up_wr.data_bytes(data).await;
+                }
+                Err(ChannelMsg::Eof) => {
+                    let _ = up_wr.eof().await;
+                }
+                Err(ChannelMsg::WindowChange {
+                    col_width,
+                    row_height,
+                    pix_width,
+                    pix_height,
+                }) => {
+                    let _ = up_wr
+                        .window_change(col_width, row_height, pix_width, pix_height)
+                        .await;
+                    let detail = Detail::Output(OutputDetail {
+                        channel: ch,
+                        stream: Stream::Resize,
+                        data: String::new(),
+                        cols: Some(col_width),
+                        rows: Some(row_height),
+                    });
+                    record(s, s.event(Action::Allow, rule, detail))?;
+                }
+                Err(ChannelMsg::Signal { signal }) => {
+                    let _ = up_wr.signal(signal).await;
+                }
+                // One request per channel, as OpenSSH's server allows.
+                Err(_) => {}
             }
         }
-    }
-    if let Some(r) = run {
-        for (kind, rule) in &r.granted {
-            granted.revoke(*kind, rule);
+    };
+    let down = async {
+        loop {
+            match up_rd.wait().await {
+                Some(ChannelMsg::Data { data }) => {
+                    bytes_out += data.len() as u64;
+                    s.add_down(data.len() as u64);
+                    if let Some(f) = &sftp {
+                        // Whole answers only: a refusal may go between two of them.
+                        let packets = f
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .host_bytes(&data)
+                            .map_err(|e| SessionError::upstream(Phase::Serve, e))?;
+                        if !packets.is_empty() {
+                            let _ = agent_wr.data_bytes(packets.concat()).await;
+                        }
+                        continue;
+                    }
+                    let data = masked(&detectors, data);
+                    if verbatim {
+                        rec.chunk(s, ch, Stream::Output, &data, rule)?;
+                    }
+                    let _ = agent_wr.data_bytes(data).await;
+                }
+                Some(ChannelMsg::ExtendedData { data, ext }) => {
+                    bytes_out += data.len() as u64;
+                    s.add_down(data.len() as u64);
+                    let data = masked(&detectors, data);
+                    if verbatim {
+                        rec.chunk(s, ch, Stream::Error, &data, rule)?;
+                    }
+                    let _ = agent_wr.extended_data_bytes(ext, data).await;
+                }
+                Some(ChannelMsg::Eof) => {
+                    let _ = agent_wr.eof().await;
+                }
+                Some(ChannelMsg::ExitStatus { exit_status }) => {
+                    exit = Some(exit_status);
+                    let _ = agent_wr.exit_status(exit_status).await;
+                }
+                None | Some(ChannelMsg::Close) => {
+                    let _ = agent_wr.close().await;
+                    return Ok::<(), SessionError>(());
+                }
+                Some(_) => {}
+            }
         }
-        let _ = r.up_wr.close().await;
-        let detail = Detail::Ssh(SshDetail {
-            channel: ch,
-            request: r.kind,
-            command: r.command,
-            exit_status: exit,
-            bytes_in,
-            bytes_out,
-        });
-        record(s, s.event(Action::Allow, &r.rule, detail))?;
+    };
+    let ended = tokio::select! {
+        r = up => r,
+        r = down => r,
+    };
+    ended?;
+    for (kind, rule) in &held {
+        granted.revoke(*kind, rule);
     }
-    Ok(())
+    let _ = up_wr.close().await;
+    let detail = Detail::Ssh(SshDetail {
+        channel: ch,
+        request: kind,
+        command,
+        exit_status: exit,
+        bytes_in,
+        bytes_out,
+    });
+    record(s, s.event(Action::Allow, rule, detail))
 }
 
 fn masked(detectors: &Detectors, data: Bytes) -> Bytes {
@@ -268,7 +368,7 @@ async fn asked_setup(
     ch: u32,
     asked: Setup,
     setup: &mut Setups,
-    run: Option<&mut Running>,
+    running: Option<(&ChannelWriteHalf<client::Msg>, &mut Held)>,
     granted: &Granted,
 ) -> Result<(), SessionError> {
     setup.asked += 1;
@@ -300,8 +400,8 @@ async fn asked_setup(
     e.error = why;
     record(s, e)?;
     let Ok(rule) = judged else { return Ok(()) };
-    match run {
-        Some(r) => send_setup(&r.up_wr, asked, &rule, granted, &mut r.granted).await,
+    match running {
+        Some((up_wr, held)) => send_setup(up_wr, asked, &rule, granted, held).await,
         None => {
             setup.kept.push((asked, rule));
             Ok(())
@@ -316,7 +416,7 @@ async fn send_setup(
     asked: Setup,
     rule: &str,
     granted: &Granted,
-    held: &mut Vec<(RequestKind, String)>,
+    held: &mut Held,
 ) -> Result<(), SessionError> {
     let kind = asked.kind();
     match asked {

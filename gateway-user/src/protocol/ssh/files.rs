@@ -2,6 +2,8 @@
 //! judged by the target's rules (held when a rule says so), then forwarded, or answered with
 //! SSH_FX_PERMISSION_DENIED; each audited, and each closed file with its byte counts.
 
+use std::sync::{Mutex, PoisonError};
+
 use russh::{ChannelWriteHalf, client, server};
 
 use super::{
@@ -27,12 +29,14 @@ pub(super) async fn requests(
     s: &Session,
     target: &SshTarget,
     ch: u32,
-    filter: &mut Filter,
+    filter: &Mutex<Filter>,
     up_wr: &ChannelWriteHalf<client::Msg>,
     agent_wr: &ChannelWriteHalf<server::Msg>,
     data: &[u8],
 ) -> Result<(), SessionError> {
-    let packets = filter
+    // The filter is shared with the host's direction: locked only between awaits.
+    let lock = || filter.lock().unwrap_or_else(PoisonError::into_inner);
+    let packets = lock()
         .agent_bytes(data)
         .map_err(|e| SessionError::agent(Phase::Serve, e))?;
     let event = |action, rule: &str, kind, command: String, error: Option<String>| {
@@ -116,7 +120,8 @@ pub(super) async fn requests(
                 let _ = agent_wr.data_bytes(sftp::permission_denied(id, &why)).await;
             }
             None => {
-                if let Some(f) = filter.forwarded(&packet) {
+                let closed = lock().forwarded(&packet);
+                if let Some(f) = closed {
                     let kind = if f.written > 0 {
                         RequestKind::SftpWrite
                     } else {

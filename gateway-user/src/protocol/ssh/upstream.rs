@@ -417,3 +417,116 @@ fn user_certificate(
         permits,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    //! The host's side here is russh's server in this process, not sshd: no real server opens
+    //! channels a client did not ask for, which is the attack tested.
+
+    use std::sync::atomic::AtomicUsize;
+
+    use russh::{
+        keys::{HashAlg, ssh_key::LineEnding},
+        server,
+    };
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::protocol::ssh::config::SshFile;
+
+    /// A host that lets the daemon's key in, then does what the test tells it.
+    struct Host;
+
+    impl server::Handler for Host {
+        type Error = russh::Error;
+
+        async fn auth_publickey_offered(
+            &mut self,
+            _: &str,
+            _: server::PublicKeyOffer<'_>,
+        ) -> Result<server::Auth, Self::Error> {
+            Ok(server::Auth::Accept)
+        }
+
+        async fn auth_publickey(
+            &mut self,
+            _: &str,
+            _: server::VerifiedPublicKey<'_>,
+        ) -> Result<server::Auth, Self::Error> {
+            Ok(server::Auth::Accept)
+        }
+    }
+
+    #[tokio::test]
+    async fn the_host_opens_only_channels_the_session_granted() {
+        let dir = tempfile::tempdir().unwrap();
+        let host_key = ca::ed25519().unwrap();
+        let daemon_key = ca::ed25519().unwrap();
+        let key_file = dir.path().join("daemon_key");
+        std::fs::write(&key_file, daemon_key.to_openssh(LineEnding::LF).unwrap()).unwrap();
+        let pin = host_key
+            .public_key()
+            .fingerprint(HashAlg::Sha256)
+            .to_string();
+        let file: SshFile = toml::from_str(&format!(
+            "user = \"deploy\"\nkey_file = \"{}\"\nhost_keys = [\"{pin}\"]",
+            key_file.display()
+        ))
+        .unwrap();
+        let target = SshTarget::validate(file).unwrap();
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config = Arc::new(server::Config {
+            keys: vec![host_key],
+            ..Default::default()
+        });
+        let host = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let running = server::run_stream(config, tcp, Host).await.unwrap();
+            (running.handle(), running)
+        });
+        let granted = Arc::new(Granted::default());
+        let (notes, mut heard) = mpsc::unbounded_channel();
+        let back = Back {
+            granted: granted.clone(),
+            notes,
+            open: Arc::new(AtomicUsize::new(0)),
+            host_open: Arc::new(AtomicUsize::new(0)),
+        };
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let _daemon = login(&target, tcp, "127.0.0.1", addr.port(), back)
+            .await
+            .unwrap();
+        let (to_daemon, _running) = host.await.unwrap();
+
+        // Nothing granted: an agent channel, a connection on a port nobody asked to listen
+        // on, a session channel: each refused, each reported.
+        assert!(to_daemon.channel_open_agent().await.is_err());
+        let forwarded = || to_daemon.channel_open_forwarded_tcpip("127.0.0.1", 8080, "10.0.0.9", 5);
+        assert!(forwarded().await.is_err());
+        assert!(to_daemon.channel_open_session().await.is_err());
+        for want in [
+            RequestKind::AgentForward,
+            RequestKind::TcpipForward,
+            RequestKind::Shell,
+        ] {
+            match heard.recv().await.unwrap() {
+                HostNote::Refused { kind, .. } => assert_eq!(kind, want),
+                HostNote::Opened(..) => panic!("{want:?} was let through"),
+            }
+        }
+        // The port granted: the connection on it is taken, with the rule that granted it.
+        granted.reserve("127.0.0.1", 8080, "listen").unwrap();
+        let _channel = forwarded().await.unwrap();
+        match heard.recv().await.unwrap() {
+            HostNote::Opened(opened, rule) => {
+                assert_eq!(
+                    (opened.kind(), rule.as_str()),
+                    (RequestKind::TcpipForward, "listen")
+                );
+            }
+            HostNote::Refused { .. } => panic!("the granted port was refused"),
+        }
+    }
+}
