@@ -714,3 +714,33 @@ fn a_command_echoing_bulk_input_streams_both_ways() {
         gw.log()
     );
 }
+
+#[test]
+fn masking_sees_a_secret_the_host_writes_in_pieces() {
+    let rules = format!(
+        "{RULES}\n[[targets.ssh.rules]]\nname = \"mask-cat\"\naction = \"mask\"\n\
+         programs = [\"cat\"]\ndetectors = [\"email\"]\n"
+    );
+    let (_srv, gw, agent) = fixture("127.10.0.41", "sshsplit", |srv| srv.target("web", &rules));
+    // `cat` writes what it reads as it reads it: the address reaches the gateway in two
+    // packets, a moment apart, and neither half is an address a detector would know.
+    let mut cmd = agent.command("ssh", "-p", &["-oBatchMode=yes"]);
+    cmd.args(["agent@127.10.0.41", "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = gw.cgroup.command(cmd).spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"to ana@exa").unwrap();
+    stdin.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    stdin.write_all(b"mple.com\nbye").unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        text(&out.stdout),
+        "to [redacted:email]\nbye",
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -18,6 +18,7 @@ use super::{
     rules::{RequestKind, SshRequest},
     session::record,
     sftp::Filter,
+    unsplit::{QUIET, Unsplit},
     upstream::Upstream,
     words::Words,
 };
@@ -118,6 +119,8 @@ struct Running {
     typed: Option<Vec<u8>>,
     /// The agent and X11 grants this channel holds, by rule (revoked when it ends).
     granted: Held,
+    /// Whether the channel has a terminal (what is held for masking goes sooner).
+    terminal: bool,
 }
 
 pub async fn serve(
@@ -221,6 +224,7 @@ async fn relay(
         sftp,
         mut typed,
         granted: mut held,
+        terminal,
     } = run;
     let sftp = sftp.map(Mutex::new);
     let (mut bytes_in, mut bytes_out, mut exit) = (0u64, 0u64, None);
@@ -282,9 +286,35 @@ async fn relay(
             }
         }
     };
+    let mut output = Output {
+        s,
+        rec,
+        ch,
+        rule,
+        detectors: &detectors,
+        verbatim,
+        agent_wr,
+        held: [Unsplit::default(), Unsplit::default()],
+        terminal,
+        stderr: 1,
+    };
     let down = async {
+        let mut quiet = false;
         loop {
-            match up_rd.wait().await {
+            // Output held under a mask rule goes after a quiet moment (see unsplit.rs).
+            let m = if quiet {
+                tokio::select! {
+                    m = up_rd.wait() => m,
+                    () = tokio::time::sleep(QUIET) => {
+                        quiet = false;
+                        output.settle().await?;
+                        continue;
+                    }
+                }
+            } else {
+                up_rd.wait().await
+            };
+            match m {
                 Some(ChannelMsg::Data { data }) => {
                     bytes_out += data.len() as u64;
                     s.add_down(data.len() as u64);
@@ -300,29 +330,25 @@ async fn relay(
                         }
                         continue;
                     }
-                    let data = masked(&detectors, data);
-                    if verbatim {
-                        rec.chunk(s, ch, Stream::Output, &data, rule)?;
-                    }
-                    let _ = agent_wr.data_bytes(data).await;
+                    quiet = output.push(None, data).await?;
                 }
                 Some(ChannelMsg::ExtendedData { data, ext }) => {
                     bytes_out += data.len() as u64;
                     s.add_down(data.len() as u64);
-                    let data = masked(&detectors, data);
-                    if verbatim {
-                        rec.chunk(s, ch, Stream::Error, &data, rule)?;
-                    }
-                    let _ = agent_wr.extended_data_bytes(ext, data).await;
+                    output.stderr = ext;
+                    quiet = output.push(Some(ext), data).await?;
                 }
                 Some(ChannelMsg::Eof) => {
+                    output.flush().await?;
                     let _ = agent_wr.eof().await;
                 }
                 Some(ChannelMsg::ExitStatus { exit_status }) => {
+                    output.flush().await?;
                     exit = Some(exit_status);
                     let _ = agent_wr.exit_status(exit_status).await;
                 }
                 None | Some(ChannelMsg::Close) => {
+                    output.flush().await?;
                     let _ = agent_wr.close().await;
                     return Ok::<(), SessionError>(());
                 }
@@ -348,6 +374,82 @@ async fn relay(
         bytes_out,
     });
     record(s, s.event(Action::Allow, rule, detail))
+}
+
+/// What the host's direction sends the agent: masked under a mask rule (held back until the
+/// detectors can see whole tokens), recorded, on stdout or stderr.
+struct Output<'a> {
+    s: &'a Session,
+    rec: &'a Recorder,
+    ch: u32,
+    rule: &'a str,
+    detectors: &'a Detectors,
+    verbatim: bool,
+    agent_wr: &'a ChannelWriteHalf<server::Msg>,
+    /// What stdout and stderr hold back (only under a mask rule).
+    held: [Unsplit; 2],
+    /// On a terminal, a quiet moment releases everything held: a prompt must show even
+    /// without whitespace after it (so there, a pause inside a secret splits it).
+    terminal: bool,
+    /// The extended-data code stderr came with.
+    stderr: u32,
+}
+
+impl Output<'_> {
+    /// Sends `data` (or what it completes); returns whether something stays held.
+    async fn push(&mut self, ext: Option<u32>, data: Bytes) -> Result<bool, SessionError> {
+        if self.detectors.is_empty() {
+            self.send(ext, data).await?;
+            return Ok(false);
+        }
+        let i = usize::from(ext.is_some());
+        if let Some(ready) = self.held[i].push(&data) {
+            self.send(ext, Bytes::from(ready)).await?;
+        }
+        Ok(!self.held[i].is_empty())
+    }
+
+    async fn settle(&mut self) -> Result<(), SessionError> {
+        for i in 0..2 {
+            let ready = if self.terminal {
+                self.held[i].flush()
+            } else {
+                self.held[i].settle()
+            };
+            if let Some(ready) = ready {
+                let ext = (i == 1).then_some(self.stderr);
+                self.send(ext, Bytes::from(ready)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), SessionError> {
+        for i in 0..2 {
+            if let Some(ready) = self.held[i].flush() {
+                let ext = (i == 1).then_some(self.stderr);
+                self.send(ext, Bytes::from(ready)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn send(&self, ext: Option<u32>, data: Bytes) -> Result<(), SessionError> {
+        let data = masked(self.detectors, data);
+        if self.verbatim {
+            let stream = if ext.is_some() {
+                Stream::Error
+            } else {
+                Stream::Output
+            };
+            self.rec.chunk(self.s, self.ch, stream, &data, self.rule)?;
+        }
+        let _ = match ext {
+            Some(ext) => self.agent_wr.extended_data_bytes(ext, data).await,
+            None => self.agent_wr.data_bytes(data).await,
+        };
+        Ok(())
+    }
 }
 
 fn masked(detectors: &Detectors, data: Bytes) -> Bytes {
@@ -632,5 +734,6 @@ async fn start(
         sftp,
         typed: (kind == RequestKind::Shell).then(Vec::new),
         granted: held,
+        terminal: pty.is_some(),
     }))
 }

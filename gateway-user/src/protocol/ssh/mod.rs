@@ -15,6 +15,7 @@ pub mod record;
 pub mod rules;
 pub mod session;
 pub mod sftp;
+mod unsplit;
 pub mod upstream;
 pub mod words;
 
