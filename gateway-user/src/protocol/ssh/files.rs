@@ -5,6 +5,7 @@
 use std::sync::{Mutex, PoisonError};
 
 use russh::{ChannelWriteHalf, client, server};
+use tokio_util::sync::CancellationToken;
 
 use super::{
     config::SshTarget,
@@ -25,17 +26,26 @@ use crate::{
 /// The agent's SFTP requests in `data`: each judged, then forwarded, or refused with
 /// SSH_FX_PERMISSION_DENIED; each audited.
 #[allow(clippy::too_many_arguments)]
+/// What an SFTP channel's two directions share.
+pub(super) struct Sftp<'a> {
+    pub filter: &'a Mutex<Filter>,
+    /// Held while writing to the agent: whole packets, one writer at a time.
+    pub agent_lock: &'a tokio::sync::Mutex<()>,
+    /// The host closed the channel: a held request is withdrawn.
+    pub closed: &'a CancellationToken,
+}
+
 pub(super) async fn requests(
     s: &Session,
     target: &SshTarget,
     ch: u32,
-    filter: &Mutex<Filter>,
+    sftp: &Sftp<'_>,
     up_wr: &ChannelWriteHalf<client::Msg>,
     agent_wr: &ChannelWriteHalf<server::Msg>,
     data: &[u8],
 ) -> Result<(), SessionError> {
     // The filter is shared with the host's direction: locked only between awaits.
-    let lock = || filter.lock().unwrap_or_else(PoisonError::into_inner);
+    let lock = || sftp.filter.lock().unwrap_or_else(PoisonError::into_inner);
     let packets = lock()
         .agent_bytes(data)
         .map_err(|e| SessionError::agent(Phase::Serve, e))?;
@@ -96,7 +106,7 @@ pub(super) async fn requests(
                 let mut e = event(action, &v.rule, kind, shown.clone(), None);
                 if action == Action::Hold {
                     let req = target.hold_request(&v.rule, format!("sftp {shown}"));
-                    let held = hold(s, req, std::future::pending(), std::future::pending())
+                    let held = hold(s, req, sftp.closed.cancelled(), std::future::pending())
                         .await
                         .map_err(|e| SessionError::agent(Phase::Serve, e))?;
                     if !matches!(held.end, HoldEnd::Decided(Decision::Approved { .. })) {
@@ -117,6 +127,7 @@ pub(super) async fn requests(
         };
         match refusal {
             Some(why) => {
+                let _whole = sftp.agent_lock.lock().await;
                 let _ = agent_wr.data_bytes(sftp::permission_denied(id, &why)).await;
             }
             None => {

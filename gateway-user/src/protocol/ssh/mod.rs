@@ -12,6 +12,7 @@ pub mod forward;
 pub mod grants;
 mod prefixed;
 pub mod record;
+mod relay;
 pub mod rules;
 pub mod session;
 pub mod sftp;

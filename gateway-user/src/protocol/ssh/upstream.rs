@@ -457,6 +457,14 @@ mod tests {
         }
     }
 
+    /// What the daemon's side reported next; a report that never comes fails, not hangs.
+    async fn next(heard: &mut mpsc::UnboundedReceiver<HostNote>) -> HostNote {
+        tokio::time::timeout(std::time::Duration::from_secs(5), heard.recv())
+            .await
+            .expect("a report of the channel")
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn the_host_opens_only_channels_the_session_granted() {
         let dir = tempfile::tempdir().unwrap();
@@ -506,27 +514,40 @@ mod tests {
         let forwarded = || to_daemon.channel_open_forwarded_tcpip("127.0.0.1", 8080, "10.0.0.9", 5);
         assert!(forwarded().await.is_err());
         assert!(to_daemon.channel_open_session().await.is_err());
+        assert!(to_daemon.channel_open_x11("10.0.0.9", 6000).await.is_err());
+        let direct = to_daemon.channel_open_direct_tcpip("10.0.0.9", 22, "10.0.0.1", 5);
+        assert!(direct.await.is_err());
+        let unix = to_daemon.channel_open_forwarded_streamlocal("/run/x.sock");
+        assert!(unix.await.is_err());
         for want in [
             RequestKind::AgentForward,
             RequestKind::TcpipForward,
             RequestKind::Shell,
+            RequestKind::X11,
+            RequestKind::DirectTcpip,
+            RequestKind::TcpipForward,
         ] {
-            match heard.recv().await.unwrap() {
+            match next(&mut heard).await {
                 HostNote::Refused { kind, .. } => assert_eq!(kind, want),
                 HostNote::Opened(..) => panic!("{want:?} was let through"),
             }
         }
-        // The port granted: the connection on it is taken, with the rule that granted it.
+        // The port granted: connections on it are taken, with the rule that granted it, up to
+        // the host's share of the session's channels.
         granted.reserve("127.0.0.1", 8080, "listen").unwrap();
-        let _channel = forwarded().await.unwrap();
-        match heard.recv().await.unwrap() {
-            HostNote::Opened(opened, rule) => {
-                assert_eq!(
-                    (opened.kind(), rule.as_str()),
-                    (RequestKind::TcpipForward, "listen")
-                );
+        let mut taken = Vec::new();
+        for _ in 0..MAX_HOST_CHANNELS {
+            taken.push(forwarded().await.unwrap());
+            match next(&mut heard).await {
+                HostNote::Opened(opened, rule) => {
+                    assert_eq!(
+                        (opened.kind(), rule.as_str()),
+                        (RequestKind::TcpipForward, "listen")
+                    );
+                }
+                HostNote::Refused { .. } => panic!("the granted port was refused"),
             }
-            HostNote::Refused { .. } => panic!("the granted port was refused"),
         }
+        assert!(forwarded().await.is_err(), "past the host's share");
     }
 }
