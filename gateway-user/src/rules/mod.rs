@@ -23,7 +23,7 @@ pub enum Action {
 impl Action {
     /// Deny over hold over mask over allow: a more permissive rule can never
     /// cancel a stricter one, so rule order cannot open a hole.
-    fn strictness(self) -> u8 {
+    pub fn strictness(self) -> u8 {
         match self {
             Action::Allow => 0,
             Action::Mask => 1,

@@ -13,7 +13,7 @@ use russh::{
     Channel, ChannelId, ChannelOpenFailure,
     server::{self, Auth, ChannelOpenHandle, Msg, Response, Session},
 };
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc::UnboundedSender};
 
 use super::{config::SshTarget, forward, grants::Granted, upstream::Upstream};
 use crate::{
@@ -24,10 +24,12 @@ use crate::{
 
 /// What the agent side tells the serve loop.
 pub enum Note {
-    Channel(Channel<Msg>),
+    /// A session channel, with its place among the session's channels.
+    Channel(Channel<Msg>, Slot),
     /// A `direct-tcpip` channel, answered once the serve loop has judged it.
     Direct {
         channel: Channel<Msg>,
+        slot: Slot,
         reply: ChannelOpenHandle,
         to: (String, u32),
         from: (String, u32),
@@ -46,12 +48,15 @@ pub enum Note {
 /// channel upstream (OpenSSH's own server allows 10 by default).
 pub const MAX_CHANNELS: usize = 32;
 
+/// A channel's place among those of its session (see [`MAX_CHANNELS`]): given back when the
+/// channel's work is dropped, however it ends.
+pub type Slot = OwnedSemaphorePermit;
+
 pub struct AgentSide {
     pub notes: UnboundedSender<Note>,
     pub jwt: Option<Arc<JwtVerifier>>,
-    /// Channels open now (the agent's and those the host opened back); the serve loop counts
-    /// them down as they end.
-    pub open: Arc<AtomicUsize>,
+    /// Places for the session's channels (the agent's and those the host opened back).
+    pub open: Arc<Semaphore>,
     pub target: Arc<SshTarget>,
     pub host: Arc<Upstream>,
     pub granted: Arc<Granted>,
@@ -125,14 +130,6 @@ impl AgentSide {
         }
     }
 
-    fn take_channel(&self) -> bool {
-        if self.open.fetch_add(1, Ordering::AcqRel) >= MAX_CHANNELS {
-            self.open.fetch_sub(1, Ordering::AcqRel);
-            return false;
-        }
-        true
-    }
-
     fn open(&self) -> Auth {
         if self.jwt.is_some() {
             Auth::reject()
@@ -198,12 +195,12 @@ impl server::Handler for AgentSide {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if !self.take_channel() {
+        let Ok(slot) = self.open.clone().try_acquire_owned() else {
             reply.reject(ChannelOpenFailure::ResourceShortage).await;
             return Ok(());
-        }
+        };
         reply.accept().await;
-        let _ = self.notes.send(Note::Channel(channel));
+        let _ = self.notes.send(Note::Channel(channel, slot));
         Ok(())
     }
 
@@ -217,12 +214,13 @@ impl server::Handler for AgentSide {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if !self.take_channel() {
+        let Ok(slot) = self.open.clone().try_acquire_owned() else {
             reply.reject(ChannelOpenFailure::ResourceShortage).await;
             return Ok(());
-        }
+        };
         let _ = self.notes.send(Note::Direct {
             channel,
+            slot,
             reply,
             to: (host.to_owned(), port),
             from: (from.to_owned(), from_port),

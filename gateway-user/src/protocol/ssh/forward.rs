@@ -39,39 +39,25 @@ use crate::{
 };
 
 /// The verdict on a request the rules see under several spellings (as the agent wrote it, and
-/// as the address it resolves to): a named deny of any wins, then a hold, a mask, an allow,
-/// and the default last, so a rule cannot be sidestepped by writing an address another way.
+/// as the address it resolves to): a named rule's over the default, then the strictest (deny >
+/// hold > mask > allow), so a rule cannot be sidestepped by writing an address another way.
 pub(super) fn judge(target: &SshTarget, who: &Who, kind: RequestKind, texts: &[String]) -> Verdict {
-    let rank = |v: &Verdict| match v.action {
-        Action::Deny if v.rule != DEFAULT_RULE => 4,
-        Action::Hold => 3,
-        Action::Mask => 2,
-        Action::Allow => 1,
-        Action::Deny => 0,
-    };
-    let mut best: Option<Verdict> = None;
-    for text in texts {
-        let request = SshRequest {
-            kind,
-            text: text.clone(),
-            words: None,
-        };
-        let v = decide(&target.rules, who, &request);
-        if best.as_ref().is_none_or(|b| rank(&v) > rank(b)) {
-            best = Some(v);
-        }
-    }
-    best.unwrap_or_else(|| {
-        decide(
-            &target.rules,
-            who,
-            &SshRequest {
+    texts
+        .iter()
+        .map(|text| {
+            let request = SshRequest {
                 kind,
-                text: String::new(),
+                text: text.clone(),
                 words: None,
-            },
-        )
-    })
+            };
+            decide(&target.rules, who, &request)
+        })
+        .max_by_key(|v| (v.rule != DEFAULT_RULE, v.action.strictness()))
+        .unwrap_or_else(|| Verdict {
+            action: Action::Deny,
+            rule: DEFAULT_RULE.to_owned(),
+            masks: Vec::new(),
+        })
 }
 
 /// A request answered on the spot (a channel's env, agent and X11 requests, a listening

@@ -7,7 +7,7 @@ use std::sync::{Mutex, PoisonError};
 
 use russh::{Channel, client};
 
-use super::rules::RequestKind;
+use super::{agent::Slot, rules::RequestKind};
 
 /// Listening ports one session may have the host hold (each is a socket there).
 pub const MAX_LISTENS: usize = 16;
@@ -18,8 +18,9 @@ pub const MAX_HOST_CHANNELS: usize = 8;
 
 /// What the host's side tells the serve loop.
 pub enum HostNote {
-    /// A channel it opened that the session granted, with the rule that did.
-    Opened(HostChannel, String),
+    /// A channel it opened that the session granted, with the rule that did and its places
+    /// (among the host's channels, and among the session's).
+    Opened(HostChannel, String, [Slot; 2]),
     /// A channel it opened that nothing granted: refused, for the audit.
     Refused { kind: RequestKind, what: String },
 }

@@ -5,10 +5,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::{
-        Arc, OnceLock,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::{Arc, OnceLock, atomic::AtomicUsize},
     time::Duration,
 };
 
@@ -16,16 +13,16 @@ use futures_util::{StreamExt as _, stream::FuturesUnordered};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpStream,
-    sync::mpsc,
+    sync::{Semaphore, mpsc},
 };
 
 use super::{
-    agent::{AgentSide, Note},
+    agent::{AgentSide, MAX_CHANNELS, Note},
     ca::HostCa,
     channel,
     config::SshTarget,
     forward,
-    grants::{Granted, HostNote},
+    grants::{Granted, HostNote, MAX_HOST_CHANNELS},
     prefixed::Prefixed,
     record::{Recorder, detail},
     upstream,
@@ -142,15 +139,15 @@ async fn run(
         }
     };
     // Channels the host opens back (forwards the session granted) come through `back`.
-    let open = Arc::new(AtomicUsize::new(0));
-    let host_open = Arc::new(AtomicUsize::new(0));
+    let open = Arc::new(Semaphore::new(MAX_CHANNELS));
+    let host_open = Arc::new(Semaphore::new(MAX_HOST_CHANNELS));
     let granted = Arc::new(Granted::default());
     let (host_notes, mut from_host) = mpsc::unbounded_channel();
     let back = upstream::Back {
         granted: granted.clone(),
         notes: host_notes,
         open: open.clone(),
-        host_open: host_open.clone(),
+        host_open,
     };
     let login = upstream::login(&p.target, tcp, &up.server_name, up.addr.port(), back);
     let host = match tokio::time::timeout(HANDSHAKE_STEP, login).await {
@@ -225,12 +222,12 @@ async fn run(
         tokio::select! {
             r = &mut running => break r,
             Some(note) = inbox.recv() => match note {
-                Note::Channel(c) => {
+                Note::Channel(c, slot) => {
                     let ch = channel::serve(session, &p.target, &host, c, &recorder, &granted);
-                    channels.push(Box::pin(ch));
+                    channels.push(Box::pin(holding(slot, ch)));
                 }
-                Note::Direct { channel, reply, to, from } => {
-                    channels.push(Box::pin(forwards.direct(channel, reply, to, from)));
+                Note::Direct { channel, slot, reply, to, from } => {
+                    channels.push(Box::pin(holding(slot, forwards.direct(channel, reply, to, from))));
                 }
                 Note::Token(t) => session.set_token(t),
                 Note::Judged { kind, what, rule, refused } => {
@@ -241,13 +238,9 @@ async fn run(
                 }
             },
             Some(note) = from_host.recv() => match note {
-                HostNote::Opened(opened, rule) => {
-                    let (host_open, recorder, to_agent) = (&host_open, &recorder, &to_agent);
-                    channels.push(Box::pin(async move {
-                        let r = forward::from_host(session, recorder, to_agent, opened, rule).await;
-                        host_open.fetch_sub(1, Ordering::AcqRel);
-                        r
-                    }));
+                HostNote::Opened(opened, rule, slots) => {
+                    let f = forward::from_host(session, &recorder, &to_agent, opened, rule);
+                    channels.push(Box::pin(holding(slots, f)));
                 }
                 HostNote::Refused { kind, what } => {
                     let mut e = session.event(Action::Deny, "not-granted", detail(0, kind, &what, 0, 0));
@@ -255,10 +248,7 @@ async fn run(
                     record(session, e)?;
                 }
             },
-            Some(r) = channels.next(), if !channels.is_empty() => {
-                open.fetch_sub(1, Ordering::AcqRel);
-                r?
-            }
+            Some(r) = channels.next(), if !channels.is_empty() => r?,
         }
     };
     // The agent is gone: its channels end now; let them write how they ended.
@@ -291,6 +281,13 @@ fn principals(ip: std::net::IpAddr, name: &str) -> Vec<String> {
         }
     }
     principals
+}
+
+/// A channel's work, holding its places among the session's channels until it ends.
+async fn holding<S, T>(slot: S, work: impl Future<Output = T>) -> T {
+    let r = work.await;
+    drop(slot);
+    r
 }
 
 pub(super) fn record(session: &Session, event: crate::audit::Event) -> Result<(), SessionError> {

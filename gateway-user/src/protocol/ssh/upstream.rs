@@ -4,10 +4,7 @@
 //! CA, or a password. Files are read off the async workers, at each session.
 
 use std::{
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::{Duration, SystemTime},
 };
 
@@ -19,13 +16,16 @@ use russh::{
         ssh_key::certificate::CertType,
     },
 };
-use tokio::{net::TcpStream, sync::mpsc::UnboundedSender};
+use tokio::{
+    net::TcpStream,
+    sync::{Semaphore, mpsc::UnboundedSender},
+};
 
 use super::{
-    agent::{MAX_CHANNELS, MAX_REFUSALS},
+    agent::MAX_REFUSALS,
     ca,
     config::{HostTrust, SshTarget, UpstreamAuth},
-    grants::{Granted, HostChannel, HostNote, MAX_HOST_CHANNELS},
+    grants::{Granted, HostChannel, HostNote},
     rules::RequestKind,
 };
 use crate::rules::Action;
@@ -39,9 +39,10 @@ use crate::rules::Action;
 pub struct Back {
     pub granted: Arc<Granted>,
     pub notes: UnboundedSender<HostNote>,
-    /// Every channel of the session (the agent's and the host's), and the host's alone.
-    pub open: Arc<AtomicUsize>,
-    pub host_open: Arc<AtomicUsize>,
+    /// Places for every channel of the session (the agent's and the host's), and for the
+    /// host's alone ([`MAX_HOST_CHANNELS`]).
+    pub open: Arc<Semaphore>,
+    pub host_open: Arc<Semaphore>,
 }
 
 /// Checks the host's key as the target says; remembers why it refused.
@@ -205,28 +206,18 @@ impl Verifier {
         let Some(rule) = self.back.granted.rule_for(&opened) else {
             return self.unasked(opened.kind(), opened.describe(), reply).await;
         };
-        let (open, host_open) = (&self.back.open, &self.back.host_open);
-        if host_open.fetch_add(1, Ordering::AcqRel) >= MAX_HOST_CHANNELS {
-            host_open.fetch_sub(1, Ordering::AcqRel);
-            reply.reject(ChannelOpenFailure::ResourceShortage).await;
-            return Ok(());
-        }
-        if open.fetch_add(1, Ordering::AcqRel) >= MAX_CHANNELS {
-            open.fetch_sub(1, Ordering::AcqRel);
-            host_open.fetch_sub(1, Ordering::AcqRel);
-            reply.reject(ChannelOpenFailure::ResourceShortage).await;
-            return Ok(());
-        }
-        reply.accept().await;
-        if self
+        let slots = self
             .back
-            .notes
-            .send(HostNote::Opened(opened, rule))
-            .is_err()
-        {
-            open.fetch_sub(1, Ordering::AcqRel);
-            host_open.fetch_sub(1, Ordering::AcqRel);
-        }
+            .host_open
+            .clone()
+            .try_acquire_owned()
+            .and_then(|host| Ok([host, self.back.open.clone().try_acquire_owned()?]));
+        let Ok(slots) = slots else {
+            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+            return Ok(());
+        };
+        reply.accept().await;
+        let _ = self.back.notes.send(HostNote::Opened(opened, rule, slots));
         Ok(())
     }
 
@@ -423,8 +414,6 @@ mod tests {
     //! The host's side here is russh's server in this process, not sshd: no real server opens
     //! channels a client did not ask for, which is the attack tested.
 
-    use std::sync::atomic::AtomicUsize;
-
     use russh::{
         keys::{HashAlg, ssh_key::LineEnding},
         server,
@@ -432,7 +421,7 @@ mod tests {
     use tokio::sync::mpsc;
 
     use super::*;
-    use crate::protocol::ssh::config::SshFile;
+    use crate::protocol::ssh::{agent::MAX_CHANNELS, config::SshFile, grants::MAX_HOST_CHANNELS};
 
     /// A host that lets the daemon's key in, then does what the test tells it.
     struct Host;
@@ -499,8 +488,8 @@ mod tests {
         let back = Back {
             granted: granted.clone(),
             notes,
-            open: Arc::new(AtomicUsize::new(0)),
-            host_open: Arc::new(AtomicUsize::new(0)),
+            open: Arc::new(Semaphore::new(MAX_CHANNELS)),
+            host_open: Arc::new(Semaphore::new(MAX_HOST_CHANNELS)),
         };
         let tcp = TcpStream::connect(addr).await.unwrap();
         let _daemon = login(&target, tcp, "127.0.0.1", addr.port(), back)
@@ -537,17 +526,25 @@ mod tests {
         granted.reserve("127.0.0.1", 8080, "listen").unwrap();
         let mut taken = Vec::new();
         for _ in 0..MAX_HOST_CHANNELS {
-            taken.push(forwarded().await.unwrap());
+            let _agent_side = forwarded().await.unwrap();
             match next(&mut heard).await {
-                HostNote::Opened(opened, rule) => {
+                HostNote::Opened(opened, rule, slots) => {
                     assert_eq!(
                         (opened.kind(), rule.as_str()),
                         (RequestKind::TcpipForward, "listen")
                     );
+                    // Held as the serve loop holds them while the channel runs.
+                    taken.push((opened, slots));
                 }
                 HostNote::Refused { .. } => panic!("the granted port was refused"),
             }
         }
         assert!(forwarded().await.is_err(), "past the host's share");
+        // One ends: its places come back, and the next connection is taken.
+        taken.pop();
+        assert!(
+            forwarded().await.is_ok(),
+            "a place given back is taken again"
+        );
     }
 }
