@@ -14,6 +14,7 @@ use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
 pub const MAX_PACKET: usize = 256 * 1024 + 1024;
 
 const SSH_FX_PERMISSION_DENIED: u32 = 3;
+const SSH_FXF_READ: u32 = 0x01;
 const SSH_FXF_WRITE: u32 = 0x02;
 const SSH_FXF_APPEND: u32 = 0x04;
 const SSH_FXF_CREAT: u32 = 0x08;
@@ -77,8 +78,11 @@ impl Filter {
     pub fn agent_bytes(&mut self, data: &[u8]) -> Result<Vec<(Bytes, Request)>, SftpError> {
         self.from_agent.extend_from_slice(data);
         let mut out = Vec::new();
+        // Ids of this chunk's requests: they are in flight only once forwarded, after all of
+        // them are read, so a second use within one chunk is caught here.
+        let mut ids = std::collections::HashSet::new();
         while let Some(packet) = next_packet(&mut self.from_agent)? {
-            let request = self.read_request(&packet);
+            let request = self.read_request(&packet, &mut ids);
             out.push((packet, request));
         }
         Ok(out)
@@ -134,7 +138,7 @@ impl Filter {
         None
     }
 
-    fn read_request(&mut self, packet: &[u8]) -> Request {
+    fn read_request(&mut self, packet: &[u8], ids: &mut std::collections::HashSet<u32>) -> Request {
         let mut r = Reader(&packet[4..]);
         let Ok(kind) = r.u8() else {
             return Request::Refuse {
@@ -153,7 +157,7 @@ impl Filter {
         };
         // Answers are matched to requests by id (a returned handle to the path opened): an id
         // already waiting for its answer would let one open's handle pass for another's.
-        if self.in_flight.contains(&id) {
+        if self.in_flight.contains(&id) || !ids.insert(id) {
             return Request::Refuse {
                 id,
                 why: format!("request id {id} is already waiting for an answer"),
@@ -163,6 +167,10 @@ impl Filter {
             let raw = r.string().map_err(|_| "a truncated packet".to_owned())?;
             let text =
                 std::str::from_utf8(&raw).map_err(|_| "a path that is not UTF-8".to_owned())?;
+            // A server reading the path as a C string would stop at a NUL the gateway reads past.
+            if text.contains('\0') {
+                return Err("a path with a NUL byte".to_owned());
+            }
             normalise(text).ok_or_else(|| format!("a path that climbs out of the root: {text:?}"))
         };
         let op = |name, paths| Request::Judge(Op { id, name, paths });
@@ -184,7 +192,16 @@ impl Filter {
                 let flags = r.u32().unwrap_or(u32::MAX);
                 let writes =
                     flags & (SSH_FXF_WRITE | SSH_FXF_APPEND | SSH_FXF_CREAT | SSH_FXF_TRUNC) != 0;
-                op("open", vec![(p, if writes { Write } else { Read })])
+                // Opened for both, the handle reads too: both must be allowed.
+                let reads = flags & SSH_FXF_READ != 0 || !writes;
+                let mut paths = Vec::new();
+                if reads {
+                    paths.push((p.clone(), Read));
+                }
+                if writes {
+                    paths.push((p, Write));
+                }
+                op("open", paths)
             }
             // Handle operations: the open that made the handle was judged (and the host holds
             // a read-only handle to reading).
@@ -426,6 +443,8 @@ mod tests {
             (open(1, "/srv/data/a.csv", 0x01), op(1, "open", &[("/srv/data/a.csv", Read)])),
             (open(2, "/srv/data/./b//c", 0x1a), op(2, "open", &[("/srv/data/b/c", Write)])),
             (open(3, "/srv/data/../../etc/shadow", 0x01), op(3, "open", &[("/etc/shadow", Read)])),
+            (open(30, "/srv/drop/x", 0x03), op(30, "open", &[("/srv/drop/x", Read), ("/srv/drop/x", Write)])),
+            (open(31, "/etc/shadow\0/../../srv/data/x", 0x01), Request::Refuse { id: 31, why: "a path with a NUL byte".into() }),
             (packet(13, 4, &[b"/tmp/x"], &[]), op(4, "remove", &[("/tmp/x", Write)])),
             (packet(18, 5, &[b"/a", b"/b"], &[]), op(5, "rename", &[("/a", Write), ("/b", Write)])),
             (packet(200, 6, &[b"posix-rename@openssh.com", b"/a", b"/b"], &[]), op(6, "rename", &[("/a", Write), ("/b", Write)])),
@@ -447,6 +466,13 @@ mod tests {
         let (a, b) = all.split_at(7);
         assert!(judged(&mut f, a).is_empty());
         assert_eq!(judged(&mut f, b).len(), 2);
+        // One id twice in one chunk: the second is refused, before either is in flight.
+        let mut twice = packet(3, 40, &[b"/srv/a"], &[0, 0, 0, 1, 0, 0, 0, 0]);
+        twice.extend(packet(3, 40, &[b"/srv/b"], &[0, 0, 0, 1, 0, 0, 0, 0]));
+        assert!(matches!(
+            &judged(&mut f, &twice)[..],
+            [Request::Judge(_), Request::Refuse { id: 40, .. }]
+        ));
         // A hostile length ends the channel rather than buffer it.
         assert!(f.agent_bytes(&u32::MAX.to_be_bytes()).is_err());
     }
