@@ -73,14 +73,8 @@ impl Pool {
             .map_err(|_| OffloadError::Gone)?;
         let (done, result) = oneshot::channel();
         let job: Job = Box::new(move || {
-            let out = catch_unwind(AssertUnwindSafe(f)).map_err(|p| {
-                let why = p
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| p.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown".into());
-                OffloadError::Panicked(why)
-            });
+            let out = catch_unwind(AssertUnwindSafe(f))
+                .map_err(|p| OffloadError::Panicked(panic_message(p.as_ref())));
             drop(permit);
             let _ = done.send(out);
         });
@@ -102,6 +96,15 @@ pub fn cpu() -> &'static Pool {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get().max(2) - 1);
         Pool::new("cpu", threads, 256 << 20, 1024).expect("spawn the CPU pool threads")
     })
+}
+
+/// What a panic said, from its payload.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
 #[cfg(test)]

@@ -103,17 +103,6 @@ pub enum Detail {
     Output(OutputDetail),
 }
 
-impl Detail {
-    /// One line for listings and replay: the command as the audit keeps it.
-    pub fn summary(&self) -> String {
-        match self {
-            Detail::Sql(d) => d.sql.clone(),
-            Detail::Ssh(d) => d.command.clone(),
-            Detail::Output(d) => d.data.clone(),
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SqlDetail {
     /// The protocol step that carried it.

@@ -5,15 +5,13 @@
 //! handler's ([`crate::session::Handler`]).
 
 use std::{
-    future::Future,
     net::{IpAddr, SocketAddr},
     panic::AssertUnwindSafe,
-    pin::Pin,
     sync::{Arc, atomic::Ordering},
-    task::{Context, Poll},
     time::Instant,
 };
 
+use futures_util::FutureExt as _;
 use tokio::net::TcpStream;
 
 use crate::{
@@ -130,7 +128,6 @@ async fn serve(state: &Arc<State>, agent: TcpStream, peer: SocketAddr) -> Sessio
             target: target.name.clone(),
             protocol: *protocol,
             governed_cgroup_id: origin.governed_cgroup_id,
-            destination: dst,
             agent: record.agent.clone(),
             reach: Arc::new(PolicyReach {
                 state: state.clone(),
@@ -142,6 +139,8 @@ async fn serve(state: &Arc<State>, agent: TcpStream, peer: SocketAddr) -> Sessio
     );
     let upstream = upstream(state, &target.destination.host, dst);
     let result = run(handler.as_ref(), &session, agent, upstream).await;
+    // Approvals scoped to this session end with it, whatever its protocol.
+    session.approvals.session_ended(id);
     record.token = session.token().cloned();
     record.bytes_up = session.bytes_up.load(Ordering::Relaxed);
     record.bytes_down = session.bytes_down.load(Ordering::Relaxed);
@@ -212,34 +211,18 @@ async fn run(
     agent: TcpStream,
     upstream: Upstream,
 ) -> Result<(), SessionError> {
-    match CatchPanic(handler.serve(session, agent, upstream)).await {
+    // Polled in place (the handler borrows the session, so it cannot move to a task of its
+    // own); on a panic its state is dropped, never polled again, so no broken invariant of it
+    // can be observed.
+    match AssertUnwindSafe(handler.serve(session, agent, upstream))
+        .catch_unwind()
+        .await
+    {
         Ok(result) => result,
-        Err(what) => {
+        Err(payload) => {
+            let what = crate::offload::panic_message(payload.as_ref());
             tracing::error!(session.id = session.admitted.id, panic = %what, "handler panicked");
             Err(SessionError::new(Source::Internal, Phase::Serve, what))
-        }
-    }
-}
-
-/// A future whose panics become an error (the message), polled in place: the handler borrows
-/// the session, so it cannot move to a task of its own.
-struct CatchPanic<F>(F);
-
-impl<F: Future + Unpin> Future for CatchPanic<F> {
-    type Output = Result<F::Output, String>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let inner = &mut self.0;
-        // The handler's state is dropped with this future on a panic, never polled again, so
-        // no broken invariant of it can be observed.
-        match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(inner).poll(cx))) {
-            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
-            Ok(Poll::Pending) => Poll::Pending,
-            Err(payload) => Poll::Ready(Err(payload
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic without a message".to_owned()))),
         }
     }
 }

@@ -12,8 +12,6 @@ use crate::audit::SessionEnd;
 pub enum Source {
     Agent,
     Upstream,
-    /// The policy refused (the connection, or a command the protocol cannot refuse alone).
-    Policy,
     Audit,
     Internal,
 }
@@ -21,8 +19,6 @@ pub enum Source {
 /// The phases of a session, in order (the daemon runs them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
-    /// The kernel's record of the connection, the agent's identity, the connection verdict.
-    Admit,
     /// The opening record, written before any byte reaches the upstream.
     Open,
     /// The agent's side of the protocol up to where the upstream is needed (startup, token).
@@ -68,7 +64,7 @@ impl SessionError {
         match (self.source, self.phase) {
             (Source::Agent, _) => SessionEnd::AgentError(what),
             (Source::Upstream, Phase::Connect) => SessionEnd::UpstreamUnreachable(what),
-            (Source::Upstream | Source::Policy, _) => SessionEnd::UpstreamError(what),
+            (Source::Upstream, _) => SessionEnd::UpstreamError(what),
             (Source::Audit, _) => SessionEnd::AuditUnavailable(what),
             (Source::Internal, _) => SessionEnd::Internal(what),
         }
@@ -80,7 +76,6 @@ impl fmt::Display for SessionError {
         let source = match self.source {
             Source::Agent => "agent",
             Source::Upstream => "upstream",
-            Source::Policy => "policy",
             Source::Audit => "audit",
             Source::Internal => "internal",
         };
@@ -104,10 +99,6 @@ mod tests {
             ),
             (
                 SessionError::upstream(Phase::Serve, "closed"),
-                "upstream_error",
-            ),
-            (
-                SessionError::new(Source::Policy, Phase::Serve, "pinned"),
                 "upstream_error",
             ),
             (

@@ -163,7 +163,6 @@ mod tests {
                 target: "t".into(),
                 protocol: Protocol::Tcp,
                 governed_cgroup_id: 1,
-                destination: "127.0.0.1:1".parse().unwrap(),
                 agent: None,
                 reach: Arc::new(crate::session::Nowhere),
             },

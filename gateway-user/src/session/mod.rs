@@ -53,8 +53,6 @@ pub struct Admitted {
     /// The agent's governed cgroup (from the kernel's record): state that must not cross
     /// cgroups, such as cancel keys, is keyed on it.
     pub governed_cgroup_id: u64,
-    /// The address the agent dialled.
-    pub destination: SocketAddr,
     /// The agent as the kernel attested it and /proc named it at accept.
     pub agent: Option<Agent>,
     /// The agent's connection policy, asked again for each connection a protocol carries

@@ -251,6 +251,7 @@ async fn run(
         session,
         texts: relay::text_masker(&p.target),
         names: Default::default(),
+        outstanding: Default::default(),
         cancelled: registered.cancelled.clone(),
         target: p.target.clone(),
     };
@@ -328,7 +329,6 @@ async fn run(
         _ => "no answer: the upstream connection ended",
     };
     rx.abandon(&ctx, why);
-    session.approvals.session_ended(session.admitted.id);
     drop(registered);
     outcome
 }

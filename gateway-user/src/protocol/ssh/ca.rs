@@ -30,7 +30,6 @@ pub struct HostCa {
     ca: PrivateKey,
     /// This run's host key; certificates bind it to the dialled names.
     host: PrivateKey,
-    path: PathBuf,
 }
 
 impl HostCa {
@@ -73,7 +72,6 @@ impl HostCa {
         Ok(HostCa {
             ca,
             host: ed25519()?,
-            path: path.to_owned(),
         })
     }
 
@@ -86,10 +84,6 @@ impl HostCa {
                 .to_openssh()
                 .map_err(|e| e.to_string())?,
         )
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     pub fn host_key(&self) -> &PrivateKey {

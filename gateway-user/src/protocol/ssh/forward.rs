@@ -514,7 +514,6 @@ mod tests {
                 target: "web".into(),
                 protocol: Protocol::Ssh,
                 governed_cgroup_id: 1,
-                destination: "127.0.0.1:22".parse().unwrap(),
                 agent: None,
                 reach,
             },

@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 use super::{
-    Ctx, Expect, ExpectTx, Judgements, Pending, RelayError, describe, flush,
+    Ctx, Expect, ExpectTx, Judgements, MAX_OUTSTANDING, Pending, RelayError, describe, flush,
     hold::{self, Held},
     refused_function_call, refused_now, stand_in_bind, stand_in_execute, stand_in_parse,
     stand_in_query, unknown_name,
@@ -70,16 +70,13 @@ where
     // `sent` events appended since `out` was last written: flushed before it is.
     let mut unflushed = false;
     let mut lease = MessageLease::default();
-    let push = |e: Expect| {
-        // The upstream side only goes away when the session is ending anyway.
-        let _ = expect.0.send(e);
-    };
+    let push = |e: Expect| ctx.expect(&expect, e);
     let effect = |e: Effect<Arc<Judged>>| -> Result<Ticket, RelayError> {
         ctx.names
             .push(e)
             .map_err(|e| RelayError::Limit(e.to_string()))
     };
-    let mut batch: Vec<(frame::Frame, Message)> = Vec::with_capacity(BATCH);
+    let mut batch: Vec<(frame::Frame, Message)> = Vec::new();
     loop {
         // The complete messages read (up to BATCH of them) are framed and decoded before any
         // is judged: a batch that ends in a malformed message sends nothing, and audits
@@ -104,6 +101,11 @@ where
                 return Err(RelayError::Audit(
                     "events of this session could not be stored".into(),
                 ));
+            }
+            if ctx.outstanding.load(std::sync::atomic::Ordering::Relaxed) >= MAX_OUTSTANDING {
+                return Err(RelayError::Limit(format!(
+                    "more than {MAX_OUTSTANDING} messages await the server's answer"
+                )));
             }
             // What a name holds for a message sent now; an earlier batch the server has not
             // answered may decide it, so what was forwarded goes out before waiting for that.

@@ -8,7 +8,7 @@ use std::{
     collections::{HashMap, VecDeque},
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::Instant,
 };
@@ -62,6 +62,23 @@ pub struct Ctx<'s> {
     pub texts: Option<Arc<Masker>>,
     /// The session's prepared statements and portals, as the server has confirmed them.
     pub(crate) names: SharedNames<Arc<Judged>>,
+    /// Messages sent upstream whose answer (or the server's skipping them) is awaited: at most
+    /// [`MAX_OUTSTANDING`].
+    pub(crate) outstanding: AtomicUsize,
+}
+
+/// Messages of one session awaiting the server's answer. After an error the server skips to
+/// the next Sync without answering, so an agent that never sends one would otherwise queue
+/// judgements without end.
+pub const MAX_OUTSTANDING: usize = 16 * 1024;
+
+impl Ctx<'_> {
+    /// The upstream side expects `e` next after what it already expects.
+    fn expect(&self, tx: &ExpectTx, e: Expect) {
+        self.outstanding.fetch_add(1, Ordering::Relaxed);
+        // The upstream side only goes away when the session is ending anyway.
+        let _ = tx.0.send(e);
+    }
 }
 
 /// Every detector any mask rule of the target names, for [`Ctx::texts`].
@@ -611,6 +628,9 @@ pub fn parameter_ok(body: &[u8]) -> bool {
 
 /// Writes the audit events of a completed expectation.
 fn finish(ctx: &Ctx<'_>, mut e: Expect) {
+    let _ = ctx
+        .outstanding
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
     // A names change still unresolved here never ran: skipped after an error, or the
     // session ended first.
     if let Some(t) = e.ticket() {
@@ -783,7 +803,7 @@ async fn left_while_held<W: AsyncWrite + Unpin>(
     if let Some(p) = held.pending() {
         p.error = Some("withdrawn: the agent left while the statement waited for approval".into());
     }
-    let _ = expect.0.send(held);
+    ctx.expect(expect, held);
     let _ = upstream.write_all(&[b'X', 0, 0, 0, 4]).await;
     Ok(())
 }

@@ -318,7 +318,6 @@ async fn relay<F: Future<Output = ()>>(script: impl FnOnce(Wire) -> F) -> Ran {
         target: "db".into(),
         protocol: Protocol::Postgres,
         governed_cgroup_id: 1,
-        destination: "127.0.0.1:5432".parse().unwrap(),
         agent: None,
         reach: Arc::new(crate::session::Nowhere),
     };
@@ -328,6 +327,7 @@ async fn relay<F: Future<Output = ()>>(script: impl FnOnce(Wire) -> F) -> Ran {
         session: &session,
         texts: super::text_masker(&target),
         names: Default::default(),
+        outstanding: Default::default(),
         cancelled: Default::default(),
         target,
     };
@@ -613,4 +613,34 @@ async fn pipelined_queries_are_judged_and_answered_in_order() {
         ev(SqlStep::Query, Action::Allow, "reads", SELECT, SELECT_T).rows(3),
         refused(SqlStep::Query, "DELETE FROM t WHERE id = ?"),
     ]);
+}
+
+/// After an error the server skips to the next Sync and answers nothing: an agent that never
+/// sends one cannot make the gateway queue judgements without end.
+#[tokio::test]
+async fn an_agent_that_never_syncs_is_stopped_at_the_outstanding_bound() {
+    // Execute of the unnamed portal, which no Bind made: each refused, none answered.
+    let executes = message(b'E', &[0, 0, 0, 0, 0]).repeat(super::MAX_OUTSTANDING + 1);
+    let ran = relay(|w| async move {
+        let Wire {
+            mut agent,
+            mut server,
+        } = w;
+        let send = async {
+            let _ = agent.write_all(&executes).await;
+        };
+        let drain = async {
+            let mut sink = Vec::new();
+            let _ = server.read_to_end(&mut sink).await;
+        };
+        // The relay stops reading the agent once it refuses the session, and the script's
+        // ends stay open until it returns: give it a moment, then close them.
+        let _ =
+            tokio::time::timeout(Duration::from_secs(3), async { tokio::join!(send, drain) }).await;
+    })
+    .await;
+    match &ran.to_upstream {
+        Err(RelayError::Limit(why)) => assert!(why.contains("await the server's answer"), "{why}"),
+        other => panic!("{other:?}"),
+    }
 }
