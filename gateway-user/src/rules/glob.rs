@@ -21,6 +21,8 @@ pub enum GlobError {
 pub struct Glob {
     source: String,
     folded: Vec<char>,
+    /// The pattern as written, for case-kept matches (read once, not per match).
+    chars: Vec<char>,
 }
 
 impl Glob {
@@ -43,6 +45,7 @@ impl Glob {
         Ok(Glob {
             source: pattern.to_string(),
             folded: pattern.chars().map(fold).collect(),
+            chars: pattern.chars().collect(),
         })
     }
 
@@ -58,8 +61,7 @@ impl Glob {
     /// Whole-string match, case kept: file names, paths and programs, which the systems
     /// they live on tell apart by case.
     pub fn matches_exact(&self, text: &str) -> bool {
-        let pattern: Vec<char> = self.source.chars().collect();
-        wild_match(&pattern, text, |c| c)
+        wild_match(&self.chars, text, |c| c)
     }
 
     /// For schema-qualified names: a pattern without a dot names the object

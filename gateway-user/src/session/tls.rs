@@ -193,6 +193,10 @@ mod tests {
         let a = tls.client_config().await.unwrap().unwrap();
         let b = tls.client_config().await.unwrap().unwrap();
         assert!(Arc::ptr_eq(&a, &b), "built once");
+        // The CA file changes: the next session gets a config built from it.
+        std::fs::write(&ca, "\n\n").unwrap();
+        let c = tls.client_config().await.unwrap().unwrap();
+        assert!(!Arc::ptr_eq(&b, &c), "rebuilt after the CA changed");
         std::fs::remove_file(&ca).unwrap();
         let e = tls.client_config().await.unwrap_err();
         assert!(e.to_string().contains("ca.pem"), "{e}");
