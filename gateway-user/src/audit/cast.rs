@@ -2,7 +2,7 @@
 //! their pace (`gatewayctl replay` of an SSH session), or as asciicast v2 (`gatewayctl export
 //! --format asciicast`), which `asciinema play` plays.
 
-use std::time::Duration;
+use std::{borrow::Cow, time::Duration};
 
 use serde_json::json;
 
@@ -18,7 +18,7 @@ pub fn terminal(record: &SessionRecord, events: &[Event]) -> Option<Vec<Step>> {
             before = before.max(e.at_ms);
             Step {
                 pause,
-                text: d.data.clone(),
+                text: played(d).into_owned(),
             }
         })
         .collect();
@@ -46,13 +46,13 @@ pub fn asciicast(record: &SessionRecord, events: &[Event]) -> Vec<String> {
             continue;
         };
         let line = match d.stream {
-            Stream::Output | Stream::Error => json!([at(e), "o", d.data]),
+            Stream::Output | Stream::Error => json!([at(e), "o", safe(&d.data)]),
             Stream::Resize => json!([
                 at(e),
                 "r",
                 format!("{}x{}", d.cols.unwrap_or(cols), d.rows.unwrap_or(rows))
             ]),
-            Stream::Truncated => json!([at(e), "o", "\r\n[gatewayd: recording bound reached]\r\n"]),
+            Stream::Truncated => json!([at(e), "o", TRUNCATED]),
             Stream::Input | Stream::Typed => continue,
         };
         out.push(line.to_string());
@@ -69,14 +69,83 @@ fn outputs(events: &[Event]) -> impl Iterator<Item = &OutputDetail> {
 
 fn shown(events: &[Event]) -> impl Iterator<Item = (&Event, &OutputDetail)> {
     events.iter().filter_map(|e| match &e.detail {
-        Detail::Output(d) if matches!(d.stream, Stream::Output | Stream::Error) => Some((e, d)),
+        Detail::Output(d)
+            if matches!(d.stream, Stream::Output | Stream::Error | Stream::Truncated) =>
+        {
+            Some((e, d))
+        }
         _ => None,
     })
+}
+
+const TRUNCATED: &str = "\r\n[gatewayd: recording bound reached]\r\n";
+
+fn played(d: &OutputDetail) -> Cow<'_, str> {
+    match d.stream {
+        Stream::Truncated => Cow::Borrowed(TRUNCATED),
+        _ => safe(&d.data),
+    }
+}
+
+/// Recorded output as an auditor's terminal may play it: the agent chose those bytes, so the
+/// control strings that act outside the screen are dropped (OSC: clipboard writes, titles,
+/// hyperlinks; DCS, APC, PM, SOS: device and application commands), whether written as
+/// `ESC ]` or as the C1 character. Colours and cursor movement (CSI) stay.
+fn safe(text: &str) -> Cow<'_, str> {
+    let opens = |c: char, next: Option<char>| {
+        matches!(c, '\u{90}' | '\u{98}' | '\u{9d}' | '\u{9e}' | '\u{9f}')
+            || (c == '\u{1b}' && matches!(next, Some(']' | 'P' | 'X' | '^' | '_')))
+    };
+    if !text.contains(['\u{1b}', '\u{90}', '\u{98}', '\u{9d}', '\u{9e}', '\u{9f}']) {
+        return Cow::Borrowed(text);
+    }
+    let mut chars = text.chars().peekable();
+    let mut out = String::with_capacity(text.len());
+    while let Some(c) = chars.next() {
+        if !opens(c, chars.peek().copied()) {
+            out.push(c);
+            continue;
+        }
+        if c == '\u{1b}' {
+            chars.next();
+        }
+        // Up to the string terminator (ESC \, ST, or BEL), or the end of the chunk.
+        while let Some(c) = chars.next() {
+            match c {
+                '\u{7}' | '\u{9c}' => break,
+                '\u{1b}' if chars.peek() == Some(&'\\') => {
+                    chars.next();
+                    break;
+                }
+                _ => {}
+            }
+        }
+    }
+    Cow::Owned(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_strings_the_agent_wrote_are_not_played() {
+        let cases = [
+            (
+                "plain \u{1b}[31mred\u{1b}[0m",
+                "plain \u{1b}[31mred\u{1b}[0m",
+            ),
+            ("a\u{1b}]52;c;ZXZpbA==\u{7}b", "ab"),
+            ("a\u{1b}]0;title\u{1b}\\b", "ab"),
+            ("a\u{1b}Pq#0;2;0;0;0\u{1b}\\b", "ab"),
+            ("a\u{9d}52;c;eA==\u{9c}b", "ab"),
+            ("a\u{1b}_app\u{1b}\\b\u{1b}^pm\u{7}c", "abc"),
+            ("unterminated\u{1b}]52;c;eA==", "unterminated"),
+        ];
+        for (recorded, played) in cases {
+            assert_eq!(safe(recorded), played, "{recorded:?}");
+        }
+    }
     use crate::{audit::SessionRecord, rules::Action};
 
     fn out(at_ms: u64, stream: Stream, data: &str, size: Option<(u32, u32)>) -> Event {

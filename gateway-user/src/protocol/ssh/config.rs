@@ -37,8 +37,9 @@ pub struct SshFile {
     pub known_hosts: Option<PathBuf>,
     #[serde(default)]
     pub host_keys: Vec<String>,
-    /// Bytes of channel data recorded per session (default 64 MiB); the session ends past it,
-    /// rather than go on unrecorded.
+    /// Bytes of channel data recorded per session (default 64 MiB); past it the data is
+    /// counted, not kept, and the recording says where it stopped (requests and commands are
+    /// audited whatever the bound).
     pub record_limit_bytes: Option<u64>,
     /// Let an agent present a JWT as its password (or keyboard-interactive answer); its subject
     /// and groups feed the rules. Without it, any authentication is accepted: who the agent

@@ -10,7 +10,6 @@ pub mod config;
 mod files;
 pub mod forward;
 pub mod grants;
-mod prefixed;
 pub mod record;
 mod relay;
 pub mod rules;

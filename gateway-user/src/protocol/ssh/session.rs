@@ -23,7 +23,6 @@ use super::{
     config::SshTarget,
     forward,
     grants::{Granted, HostNote, MAX_HOST_CHANNELS},
-    prefixed::Prefixed,
     record::{Recorder, detail},
     upstream,
 };
@@ -193,7 +192,7 @@ async fn run(
     };
     let running = match tokio::time::timeout(
         HANDSHAKE_STEP,
-        russh::server::run_stream(config, Prefixed::new(version, agent), side),
+        russh::server::run_stream(config, unread(version, agent), side),
     )
     .await
     {
@@ -294,6 +293,15 @@ pub(super) fn record(session: &Session, event: crate::audit::Event) -> Result<()
     session
         .record(event)
         .map_err(|e| SessionError::audit(Phase::Serve, e))
+}
+
+/// The agent's stream with the bytes already read from it put back in front.
+fn unread(
+    read: Vec<u8>,
+    agent: TcpStream,
+) -> impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {
+    let (rd, wr) = agent.into_split();
+    tokio::io::join(std::io::Cursor::new(read).chain(rd), wr)
 }
 
 /// Reads until the client's version line (`SSH-2.0-...`) is complete; returns every byte read

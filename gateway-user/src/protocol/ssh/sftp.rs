@@ -114,25 +114,25 @@ impl Filter {
                 if let Ok(path) = r.string() {
                     self.opening.insert(
                         id,
-                        normalise(&String::from_utf8_lossy(&path)).unwrap_or_default(),
+                        normalise(&String::from_utf8_lossy(path)).unwrap_or_default(),
                     );
                 }
             }
             5 => {
                 if let Ok(handle) = r.string() {
-                    self.reading.insert(id, handle);
+                    self.reading.insert(id, Bytes::copy_from_slice(handle));
                 }
             }
             6 => {
                 if let (Ok(handle), Ok(_offset), Ok(data)) = (r.string(), r.u64(), r.string())
-                    && let Some(f) = self.handles.get_mut(&handle)
+                    && let Some(f) = self.handles.get_mut(handle)
                 {
                     f.written += data.len() as u64;
                 }
             }
             // The host's STATUS for a close carries no handle: the file's totals are final
             // once the agent closes it.
-            4 => return r.string().ok().and_then(|h| self.handles.remove(&h)),
+            4 => return r.string().ok().and_then(|h| self.handles.remove(h)),
             _ => {}
         }
         None
@@ -166,7 +166,7 @@ impl Filter {
         let path = |r: &mut Reader| -> Result<String, String> {
             let raw = r.string().map_err(|_| "a truncated packet".to_owned())?;
             let text =
-                std::str::from_utf8(&raw).map_err(|_| "a path that is not UTF-8".to_owned())?;
+                std::str::from_utf8(raw).map_err(|_| "a path that is not UTF-8".to_owned())?;
             // A server reading the path as a C string would stop at a NUL the gateway reads past.
             if text.contains('\0') {
                 return Err("a path with a NUL byte".to_owned());
@@ -207,7 +207,7 @@ impl Filter {
             // a read-only handle to reading).
             4 | 5 | 6 | 8 | 12 => Request::Pass,
             // Except attributes: a handle opened for reading must not chmod its file.
-            10 => match r.string().ok().and_then(|h| self.handles.get(&h)) {
+            10 => match r.string().ok().and_then(|h| self.handles.get(h)) {
                 Some(f) => op("fsetstat", vec![(f.path.clone(), Write)]),
                 None => Request::Refuse {
                     id,
@@ -241,7 +241,7 @@ impl Filter {
                         why: "a truncated extension".into(),
                     };
                 };
-                match &name[..] {
+                match name {
                     b"posix-rename@openssh.com" => two(&mut r, "rename", Write, Write),
                     b"hardlink@openssh.com" => Request::Refuse {
                         id,
@@ -284,7 +284,7 @@ impl Filter {
             102 => {
                 if let (Some(path), Ok(handle)) = (self.opening.remove(&id), r.string()) {
                     self.handles.insert(
-                        handle,
+                        Bytes::copy_from_slice(handle),
                         Opened {
                             path,
                             read: 0,
@@ -365,7 +365,7 @@ fn next_packet(buf: &mut BytesMut) -> Result<Option<Bytes>, SftpError> {
 
 struct Reader<'a>(&'a [u8]);
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
     fn u8(&mut self) -> Result<u8, ()> {
         let (&b, rest) = self.0.split_first().ok_or(())?;
         self.0 = rest;
@@ -386,14 +386,16 @@ impl Reader<'_> {
         Ok(self.0.get_u64())
     }
 
-    fn string(&mut self) -> Result<Bytes, ()> {
+    /// A string field, in place: most are only looked up or measured (a WRITE's or a DATA
+    /// answer's bytes), so nothing is copied unless kept.
+    fn string(&mut self) -> Result<&'a [u8], ()> {
         let n = self.u32()? as usize;
         if self.0.len() < n {
             return Err(());
         }
         let (s, rest) = self.0.split_at(n);
         self.0 = rest;
-        Ok(Bytes::copy_from_slice(s))
+        Ok(s)
     }
 }
 
